@@ -1,0 +1,1 @@
+"""The logic behind the notebooks: data, chat format, models, SFT, reward model, PPO, evaluation."""

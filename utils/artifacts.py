@@ -1,0 +1,68 @@
+"""Where stages put their results: ``runs/<profile>/<NN_stage>/`` with a ``metrics.json``.
+
+A stage writes into ``out_dir``, which the runner renames into place only when the notebook finished.
+So paths a stage records in its metrics are relative to its own directory when they point inside it
+(``"adapter"``), and absolute otherwise (a shared cache); :func:`stage_path` resolves both.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+METRICS_FILE = "metrics.json"
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item") and callable(x.item) and getattr(x, "ndim", 1) == 0:  # numpy / torch scalars
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None  # JSON has no NaN/inf; None says "not defined" honestly
+    return x
+
+
+def record_path(out_dir: str | Path, path: str | Path) -> str:
+    """How a stage stores a path in its metrics: relative to ``out_dir`` when inside it."""
+    out_dir, path = Path(out_dir).resolve(), Path(path).resolve()
+    try:
+        return str(path.relative_to(out_dir))
+    except ValueError:
+        return str(path)
+
+
+def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """Write ``metrics.json`` atomically (a reader never sees half a file)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, out / METRICS_FILE)
+    return out / METRICS_FILE
+
+
+def stage_dir(run_dir: str | Path, stage: str) -> Path:
+    return Path(run_dir) / stage
+
+
+def read_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    path = stage_dir(run_dir, stage) / METRICS_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run stage {stage} first (python -m recipes.run --only {stage})")
+    return json.loads(path.read_text())
+
+
+def stage_path(run_dir: str | Path, stage: str, key: str) -> Path:
+    """A path recorded under ``key`` in a finished stage's metrics, resolved against that stage's dir."""
+    metrics = read_metrics(run_dir, stage)
+    if key not in metrics:
+        raise KeyError(f"{stage_dir(run_dir, stage) / METRICS_FILE} has no {key!r}")
+    return stage_dir(run_dir, stage) / metrics[key]
