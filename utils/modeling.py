@@ -1,0 +1,147 @@
+"""Loading tokenizers and causal language models the same way in every stage.
+
+One call gives a model ready for the kit: the chat special tokens (``utils.chat_format``) are in the
+tokenizer and the model's embeddings cover them, the pad token is known to the model, and with
+``quantization="nf4"`` the linear layers are 4-bit NormalFloat with double quantization, QLoRA's recipe
+(Dettmers et al., 2023, https://arxiv.org/abs/2305.14314). bitsandbytes runs 4-bit layers on the CPU too,
+slowly, so the offline profile trains the very same QLoRA model a GPU would.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+from typing import Literal
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+
+from utils import chat_format
+
+Quantization = Literal["nf4", "none"]
+QUANTIZATIONS = ("nf4", "none")
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def compute_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The dtype matrix multiplications run in on ``device``.
+
+    bf16 on GPUs with native support (Ampere and newer); fp16 on older GPUs such as the T4, where bf16 is
+    only emulated; float32 on the CPU, where half precision matmuls are slow or missing.
+    """
+    device = torch.device(device) if device is not None else default_device()
+    if device.type != "cuda":
+        return torch.float32
+    major, _ = torch.cuda.get_device_capability(device)
+    return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
+    """A tokenizer with the chat special tokens (and a pad token) added where it has no chat template."""
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    chat_format.add_special_tokens(tokenizer)
+    return tokenizer
+
+
+def nf4_config(device: torch.device | str | None = None) -> BitsAndBytesConfig:
+    """QLoRA's quantization: 4-bit NormalFloat weights, quantized quantization constants (double quant)."""
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=compute_dtype(device),
+    )
+
+
+def load_causal_lm(
+    name_or_path: str | Path,
+    quantization: Quantization = "nf4",
+    device: torch.device | str | None = None,
+    trust_remote_code: bool = False,
+    tokenizer=None,
+) -> PreTrainedModel:
+    """A causal LM on ``device``, 4-bit NF4 (``"nf4"``) or in its compute dtype (``"none"``).
+
+    Pass the kit's ``tokenizer`` (from :func:`load_tokenizer`) so that the embeddings are grown to cover
+    the chat tokens it added, when the checkpoint's vocabulary does not already (Pythia's embedding matrix
+    is padded to 50,304 rows, so its 3 new tokens fit without growing it), and so that the model knows
+    the pad token.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    device = torch.device(device) if device is not None else default_device()
+    dtype = compute_dtype(device)
+    kwargs: dict = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+    if quantization == "nf4":
+        kwargs["quantization_config"] = nf4_config(device)
+        # bitsandbytes quantizes the weights as they are placed on the device: place them there directly.
+        if device.type == "cuda":
+            kwargs["device_map"] = {"": device.index if device.index is not None else torch.cuda.current_device()}
+        else:
+            kwargs["device_map"] = {"": device.type}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    except OSError as e:
+        raise OSError(f"cannot load a causal LM from {str(name_or_path)!r}: {e}") from None
+    if quantization == "none":
+        model.to(device)
+    if tokenizer is not None:
+        if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+            # New rows start at the mean of the old ones (transformers' default), a neutral starting point.
+            model.resize_token_embeddings(len(tokenizer))
+        model.config.pad_token_id = tokenizer.pad_token_id
+        if model.generation_config is not None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameter counts; a 4-bit weight counts as its real number of parameters.
+
+    bitsandbytes stores two 4-bit values per uint8 element, so those tensors count double.
+    """
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if p.dtype == torch.uint8 and hasattr(p, "quant_state") else 1)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window (see :func:`peak_memory_mb`)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    else:
+        # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM).
+        try:
+            with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+                f.write("5")
+        except OSError:
+            pass  # other systems: the peak then counts from process start, which :func:`peak_memory_mb` says
+
+
+def peak_memory_mb() -> float:
+    """Peak memory since :func:`reset_peak_memory`, in MiB.
+
+    On a GPU: the most memory torch's allocator held for tensors. On the CPU: the process's peak resident
+    memory (Python, libraries and data included, so an upper bound on what the model needed).
+    """
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
