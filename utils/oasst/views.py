@@ -1,0 +1,160 @@
+"""The three training views of OASST trees, with the reference OpenAssistant pipeline's semantics.
+
+This follows ``load_oasst_export`` in LAION-AI/Open-Assistant
+(``model/model_training/custom_datasets/oasst_dataset.py``), which walks every root-to-node path
+("thread") of a tree depth first and keeps those a per-mode filter accepts:
+
+* a thread is usable when none of its messages is ``deleted`` or ``synthetic`` (``thread_filter``);
+  with ``top_k``, also when every assistant message on it has ``rank < top_k``, and an unranked
+  assistant message is allowed only as its parent's single reply;
+* **sft**: threads of length > 1 ending at a leaf that is an assistant message, or a prompter leaf
+  that is its parent's *first* reply; that trailing prompter message is then dropped, so every
+  conversation ends with an assistant turn;
+* **rm**: threads ending at a prompter message with at least two ranked replies; its assistant
+  replies with a rank, sorted by rank (best first), form a group. The replies themselves are not
+  filtered (the reference keeps a ranked reply even when it was deleted later);
+* **rl**: every thread ending at a prompter message with no deleted or synthetic message on it
+  (``top_k`` does not apply, as in the reference).
+
+Conversations use the kit's format: ``[{"role": "user" | "assistant", "content": str}, ...]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
+
+from .trees import Tree, iter_messages
+
+Conversation = list[dict[str, str]]
+ROLE = {"prompter": "user", "assistant": "assistant"}
+
+
+@dataclass
+class RankGroup:
+    """A prompt and its ranked replies, best first."""
+
+    prompt: Conversation
+    replies: list[str]
+
+
+@dataclass
+class Pair:
+    """A preference: ``chosen`` was ranked above ``rejected`` as a reply to ``prompt``."""
+
+    prompt: Conversation
+    chosen: str
+    rejected: str
+
+
+def to_conversation(thread: list[dict[str, Any]]) -> Conversation:
+    return [{"role": ROLE[m["role"]], "content": m["text"]} for m in thread]
+
+
+def iter_threads(tree: Tree, top_k: int | None = None) -> Iterator[tuple[list[dict[str, Any]], bool, bool]]:
+    """Every thread of ``tree`` depth first: ``(path, clean, within_top_k)``.
+
+    ``clean``: no deleted or synthetic message on the path; ``within_top_k``: the ``top_k`` rule holds
+    (always True without ``top_k``). ``path`` is one list reused from thread to thread: copy it to keep it.
+    Both flags are carried down the walk, so the whole tree costs time linear in its size.
+    """
+    path: list[dict[str, Any]] = []
+    stack = [(tree.prompt, 0, True, True)]
+    while stack:
+        node, depth, clean, ok = stack.pop()
+        del path[depth:]
+        path.append(node)
+        clean = clean and not node.get("deleted") and not node.get("synthetic")
+        if top_k is not None and ok and depth > 0 and node["role"] == "assistant":
+            rank = node.get("rank")
+            ok = len(path[-2]["replies"]) == 1 if rank is None else rank < top_k
+        yield path, clean, ok
+        for child in reversed(node["replies"]):
+            stack.append((child, depth + 1, clean, ok))
+
+
+def _is_sft_end(path: list[dict[str, Any]]) -> bool:
+    node = path[-1]
+    return len(path) > 1 and not node["replies"] and (node["role"] == "assistant" or path[-2]["replies"][0] is node)
+
+
+def _ranked_replies(node: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The replies forming a ranking group under ``node``, best first, or None when it has no group."""
+    if node["role"] != "prompter" or sum(r.get("rank") is not None for r in node["replies"]) < 2:
+        return None
+    replies = [r for r in node["replies"] if r["role"] == "assistant" and r.get("rank") is not None]
+    return sorted(replies, key=lambda r: r["rank"])  # stable: equal ranks keep input order
+
+
+def sft_conversations(trees: Iterable[Tree], top_k: int | None = None) -> list[Conversation]:
+    """The SFT view: one conversation per usable thread, each ending with an assistant reply."""
+    out = []
+    for tree in trees:
+        for path, clean, ok in iter_threads(tree, top_k):
+            if clean and ok and _is_sft_end(path):
+                out.append(to_conversation(path if path[-1]["role"] == "assistant" else path[:-1]))
+    return out
+
+
+def rm_groups(trees: Iterable[Tree], top_k: int | None = None) -> list[RankGroup]:
+    """The reward-model view: a prompt (ending with the user turn) and its replies, best first."""
+    out = []
+    for tree in trees:
+        for path, clean, ok in iter_threads(tree, top_k):
+            if clean and ok:
+                replies = _ranked_replies(path[-1])
+                if replies is not None:
+                    out.append(RankGroup(to_conversation(path), [r["text"] for r in replies]))
+    return out
+
+
+def preference_pairs(groups: Iterable[RankGroup]) -> list[Pair]:
+    """Every ordered pair of a group: a group of k replies gives k(k-1)/2 pairs, the better one chosen."""
+    return [
+        Pair(g.prompt, g.replies[i], g.replies[j])
+        for g in groups
+        for i in range(len(g.replies))
+        for j in range(i + 1, len(g.replies))
+    ]
+
+
+def rl_prompts(trees: Iterable[Tree]) -> list[Conversation]:
+    """The RL view: every clean thread ending with a user turn, as the prompt for a policy reply."""
+    out = []
+    for tree in trees:
+        for path, clean, _ in iter_threads(tree):
+            if clean and path[-1]["role"] == "prompter":
+                out.append(to_conversation(path))
+    return out
+
+
+def message_texts(trees: Iterable[Tree]) -> list[str]:
+    """The text of every message of ``trees`` but the deleted ones (moderators removed those)."""
+    return [m["text"] for tree in trees for m in iter_messages(tree) if not m.get("deleted")]
+
+
+@dataclass
+class ViewCounts:
+    sft_threads: int = 0
+    rm_groups: int = 0
+    rm_pairs: int = 0
+    rl_prompts: int = 0
+
+
+def count_views(trees: Iterable[Tree], top_k: int | None = None) -> ViewCounts:
+    """How many items each view holds, in one walk and without building the conversations."""
+    c = ViewCounts()
+    for tree in trees:
+        for path, clean, ok in iter_threads(tree, top_k):
+            if not clean:
+                continue
+            if path[-1]["role"] == "prompter":
+                c.rl_prompts += 1
+            if ok:
+                if _is_sft_end(path):
+                    c.sft_threads += 1
+                replies = _ranked_replies(path[-1])
+                if replies is not None:
+                    c.rm_groups += 1
+                    c.rm_pairs += len(replies) * (len(replies) - 1) // 2
+    return c
