@@ -1,0 +1,158 @@
+"""Stage 05's measurements on a tiny random GPT-NeoX: log-probs, Monte-Carlo KL, perplexity, refusals, answers."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from utils import chat_format
+from utils.evaluate import (
+    Sample,
+    fitting_prompts,
+    generate_answers,
+    is_refusal,
+    markdown_table,
+    perplexity,
+    refusal_rate,
+    reply_logprobs,
+    sample_replies,
+    sample_table,
+    score_answers,
+)
+from utils.generation import sampling_preset
+from utils.sampling_reports import prompt_key
+
+TEXTS = ["How do I bake bread?", "Mix flour, water, salt and yeast, then bake it.", "What is the capital of France?",
+         "Paris is the capital of France.", "Tell me a joke about cats.", "Why did the cat sit on the computer?"] * 5
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = [chat_format.END_OF_TURN_TOKEN, chat_format.PAD_TOKEN, *chat_format.OA_SPECIAL_TOKENS]
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(TEXTS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=chat_format.END_OF_TURN_TOKEN, pad_token=chat_format.PAD_TOKEN,
+                                   extra_special_tokens=list(chat_format.OA_SPECIAL_TOKENS))
+    chat_format.add_special_tokens(fast)
+    return fast
+
+
+def tiny_lm(tokenizer, seed: int, sharpen: float = 1.0):
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                           max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = GPTNeoXForCausalLM(config).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(sharpen)  # sharper next-token distributions: models that differ measurably
+    return model
+
+
+def conv(*turns):
+    return [{"role": "user" if i % 2 == 0 else "assistant", "content": t} for i, t in enumerate(turns)]
+
+
+def test_reply_logprobs_match_a_token_by_token_loop(tokenizer):
+    model = tiny_lm(tokenizer, 0, sharpen=20)
+    samples = [Sample(chat_format.encode_prompt(conv("How do I bake bread?"), tokenizer), [7, 9, 11, tokenizer.eos_token_id]),
+               Sample(chat_format.encode_prompt(conv("Hi", "Hello", "Tell me a joke about cats."), tokenizer), [12]),
+               Sample(chat_format.encode_prompt(conv("Why?"), tokenizer), [5, 6])]
+    batched = reply_logprobs(model, samples, tokenizer.pad_token_id, batch_size=3)
+    for s, got in zip(samples, batched):
+        want = 0.0
+        for t, token in enumerate(s.reply_ids):  # one forward per reply token on the unpadded prefix
+            prefix = torch.tensor([s.prompt_ids + s.reply_ids[:t]])
+            want += torch.log_softmax(model(prefix).logits[0, -1].float(), -1)[token].item()
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def test_monte_carlo_kl_matches_the_exact_kl_of_one_token_replies(tokenizer):
+    policy, reference = tiny_lm(tokenizer, 0, sharpen=30), tiny_lm(tokenizer, 1, sharpen=30)
+    prompt = conv("What is the capital of France?")
+    ids = torch.tensor([chat_format.encode_prompt(prompt, tokenizer)])
+    with torch.no_grad():
+        logp = torch.log_softmax(policy(ids).logits[0, -1], -1)
+        logq = torch.log_softmax(reference(ids).logits[0, -1], -1)
+    exact = float((logp.exp() * (logp - logq)).sum())
+    samples = sample_replies(policy, tokenizer, [prompt] * 2000, max_new_tokens=1, batch_size=500)
+    estimate = reply_logprobs(policy, samples, tokenizer.pad_token_id, 500) - reply_logprobs(reference, samples, tokenizer.pad_token_id, 500)
+    assert exact > 0.05  # the two models really differ
+    assert estimate.mean() == pytest.approx(exact, abs=4 * estimate.std() / math.sqrt(len(estimate)))
+    same = reply_logprobs(policy, samples[:50], tokenizer.pad_token_id) - reply_logprobs(policy, samples[:50], tokenizer.pad_token_id)
+    assert np.all(same == 0)  # KL of a model from itself
+
+
+def test_sampled_replies_stop_at_the_first_stop_token(tokenizer):
+    model = tiny_lm(tokenizer, 2)
+    stops = set(chat_format.stop_token_ids(tokenizer))
+    for s in sample_replies(model, tokenizer, [conv("Hi")] * 16, max_new_tokens=12, batch_size=8):
+        inner = s.reply_ids[:-1]
+        assert not stops & set(inner)
+        assert s.reply_ids[-1] in stops or len(s.reply_ids) == 12
+
+
+def test_perplexity_over_assistant_tokens_by_hand(tokenizer):
+    model = tiny_lm(tokenizer, 3, sharpen=10)
+    convs = [conv("How do I bake bread?", "Mix flour and bake."), conv("Hi", "Paris.", "Why?", "Cats.")]
+    nll, count = 0.0, 0
+    for c in convs:
+        enc = chat_format.encode(c, tokenizer)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([enc.input_ids])).logits[0].float(), -1)
+        for t in range(1, len(enc.input_ids)):
+            if enc.assistant_mask[t]:
+                nll -= logp[t - 1, enc.input_ids[t]].item()
+                count += 1
+    ppl, tokens = perplexity(model, tokenizer, convs, batch_size=2)
+    assert tokens == count
+    assert ppl == pytest.approx(math.exp(nll / count), rel=1e-4)
+
+
+def test_refusal_detector():
+    assert is_refusal("I'm sorry, but I can't help with that.")
+    assert is_refusal("As an AI language model, I do not have opinions.")
+    assert is_refusal("I\u2019m not able to do this.")  # curly apostrophe
+    assert not is_refusal("Sure! Here is a bread recipe: mix flour and water.")
+    assert not is_refusal("Bread is easy. " * 20 + "I can't promise it rises at altitude.")  # past the opening
+    assert refusal_rate(["I cannot do that.", "Sure.", "Of course.", "I won't."]) == 0.5
+    assert math.isnan(refusal_rate([]))
+
+
+def test_generate_answers_keys_samples_and_greedy_once(tokenizer):
+    model = tiny_lm(tokenizer, 4)
+    prompts = ["How do I bake  bread?", "Why?"]
+    k50 = sampling_preset("k50", max_new_tokens=6, min_new_tokens=1)
+    answers = generate_answers(model, tokenizer, prompts, k50, samples=3, batch_size=2)
+    assert list(answers) == [prompt_key(p) for p in prompts]
+    assert all(len(v) == 3 for v in answers.values())
+    assert generate_answers(model, tokenizer, prompts, k50, samples=3, batch_size=2) == answers  # seeded
+    greedy = generate_answers(model, tokenizer, prompts, sampling_preset("greedy", max_new_tokens=6), samples=3)
+    assert all(len(v) == 1 for v in greedy.values())
+
+
+def test_score_answers_regroups_by_prompt():
+    class LengthScorer:  # reward = characters in the reply, so the right grouping is easy to check
+        def score(self, conversations, batch_size=16):
+            assert all(c[-1]["role"] == "assistant" for c in conversations)
+            return [float(len(c[-1]["content"])) for c in conversations]
+
+    prompts = {"a": "first", "b": conv("second", "ok", "third")}
+    scores = score_answers(LengthScorer(), prompts, {"a": ["x", "xyz"], "b": ["xx"]}, batch_size=2)
+    assert scores == {"a": [1.0, 3.0], "b": [2.0]}
+
+
+def test_fitting_prompts_pass_over_long_ones(tokenizer):
+    convs = [conv("Hi"), conv("Tell me a joke about cats. " * 20), conv("Why?"), conv("Paris?")]
+    kept, skipped = fitting_prompts(convs, tokenizer, max_tokens=20, n=2)
+    assert kept == [convs[0], convs[2]] and skipped == 1
+
+
+def test_sample_table_side_by_side():
+    rows = sample_table({"p": "What?"}, {"sft": {"p": ["An | answer"]}, "ext": {}}, {"sft": {"p": [0.5]}}, ["p"])
+    assert rows == [{"prompt": "What?", "sft": "[+0.50] An | answer"}]
+    assert markdown_table(rows).splitlines()[2] == "| What? | [+0.50] An \\| answer |"

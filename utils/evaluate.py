@@ -1,0 +1,331 @@
+"""Stage 05's measurements: answers from base, SFT and PPO, their rewards, KL, perplexity and refusals.
+
+One copy of the base weights serves all three models: the SFT and PPO LoRA adapters sit on it side by
+side and :func:`use` switches between them (``"base"`` runs with no adapter at all).
+
+* **Reward**: every answer is scored by the stage-03 reward model, as the prompt plus the answer.
+* **KL from a reference**, by Monte Carlo (as PPO's penalty measures it, Ziegler et al. 2019): sample
+  replies ``y ~ π(·|x)`` and average ``Σ_t log π(y_t|x, y_<t) − log π_ref(y_t|x, y_<t)`` over samples.
+  The estimate needs samples from π itself, so these replies are drawn at temperature 1 with no top-k,
+  top-p or repetition penalty, and scored on the very token ids that were sampled.
+* **Perplexity** on held-out SFT threads: ``exp`` of the mean negative log-likelihood of the assistant
+  tokens (the tokens SFT trains on, each reply's end-of-turn token included).
+* **Refusal rate**: the share of answers that decline, by a deliberately simple phrase detector
+  (:data:`REFUSAL_PHRASES`), crude but transparent: read the sample tables before trusting it.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from utils import chat_format
+from utils.artifacts import read_metrics, stage_path
+from utils.generation import SamplingConfig, generate_replies
+from utils.sampling_reports import prompt_key
+
+Conversation = list[dict[str, Any]]
+BASE = "base"  # the model with no adapter
+
+
+def as_prompt(text: str) -> Conversation:
+    return [{"role": "user", "content": text}]
+
+
+def word_count(text: str) -> int:
+    """Reply length in words: comparable across players with different tokenizers (ours and OpenAssistant's)."""
+    return len(text.split())
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+@dataclass
+class Models:
+    """The base model with the run's adapters loaded by name ("sft", "ppo"); ``names`` lists what can be used."""
+
+    model: Any
+    tokenizer: Any
+    names: list[str]
+    sources: dict[str, str]  # name -> where it came from, for the record
+
+
+def load_models(run_dir: str | Path, quantization: str | None = None, device: str | None = None) -> Models:
+    """Base (from stage 02's ``base_model_dir``), the SFT adapter and, when stage 04 ran, the PPO adapter.
+
+    ``quantization`` defaults to the one SFT trained with: the adapters were fitted to those weights.
+    """
+    from peft import PeftModel
+
+    from utils.modeling import load_causal_lm, load_tokenizer
+
+    sft = read_metrics(run_dir, "02_sft")
+    base_dir = stage_path(run_dir, "02_sft", "base_model_dir")
+    tokenizer = load_tokenizer(base_dir)
+    base = load_causal_lm(base_dir, quantization or sft.get("quantization", "nf4"), device=device, tokenizer=tokenizer)
+    sft_dir = stage_path(run_dir, "02_sft", "adapter_dir")
+    model = PeftModel.from_pretrained(base, str(sft_dir), adapter_name="sft")
+    names, sources = [BASE, "sft"], {BASE: str(base_dir), "sft": str(sft_dir)}
+    try:
+        ppo_dir = stage_path(run_dir, "04_ppo", "adapter_dir")
+    except FileNotFoundError:
+        ppo_dir = None  # stage 04 not run: evaluate base and SFT only (the notebook says so)
+    if ppo_dir is not None:
+        model.load_adapter(str(ppo_dir), adapter_name="ppo")
+        names.append("ppo")
+        sources["ppo"] = str(ppo_dir)
+    model.eval()
+    return Models(model, tokenizer, names, sources)
+
+
+@contextmanager
+def use(models: Models, name: str) -> Iterator[Any]:
+    """The shared model acting as ``name``: ``"base"`` with adapters off, else that adapter on."""
+    if name not in models.names:
+        raise KeyError(f"no model {name!r}; loaded: {models.names}")
+    if name == BASE:
+        with models.model.disable_adapter():
+            yield models.model
+    else:
+        models.model.set_adapter(name)
+        yield models.model
+
+
+# ------------------------------------------------------------------------------------------ answers and rewards
+
+
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    sampling: SamplingConfig,
+    samples: int = 1,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + 1000 s``.
+
+    A deterministic config (greedy, beams without sampling) is asked once whatever ``samples`` says.
+    """
+    n = samples if sampling.do_sample else 1
+    convs = [as_prompt(p) for p in prompts]
+    out: dict[str, list[str]] = {prompt_key(p): [] for p in prompts}
+    for s in range(n):
+        replies = generate_replies(model, tokenizer, convs, sampling, batch_size=batch_size, seed=seed + 1000 * s)
+        for p, r in zip(prompts, replies):
+            out[prompt_key(p)].append(r)
+    return out
+
+
+def score_answers(scorer, prompts: Mapping[str, str | Conversation], answers: Mapping[str, Sequence[str]], batch_size: int = 16) -> dict[str, list[float]]:
+    """Reward of every answer: ``{key: [reward per answer]}``, the prompt (text or conversation) looked up by key."""
+    flat, where = [], []
+    for key, replies in answers.items():
+        prompt = prompts[key]
+        conv = as_prompt(prompt) if isinstance(prompt, str) else list(prompt)
+        for r in replies:
+            flat.append(conv + [{"role": "assistant", "content": r}])
+            where.append(key)
+    rewards = scorer.score(flat, batch_size=batch_size) if flat else []
+    out: dict[str, list[float]] = {key: [] for key in answers}
+    for key, r in zip(where, rewards):
+        out[key].append(float(r))
+    return out
+
+
+def per_prompt_means(scores: Mapping[str, Sequence[float]]) -> list[float]:
+    """One number per prompt (the mean over its samples): the unit a bootstrap should resample."""
+    return [float(np.mean(v)) for v in scores.values() if len(v)]
+
+
+# ------------------------------------------------------------------------------------------ KL
+
+
+@dataclass
+class Sample:
+    prompt_ids: list[int]
+    reply_ids: list[int]  # the stop token included when the reply ended with one
+
+
+@torch.no_grad()
+def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_tokens: int, batch_size: int = 8, seed: int = 0) -> list[Sample]:
+    """Replies drawn from the model's own distribution (temperature 1, nothing truncated), as token ids."""
+    device = next(model.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    stops = chat_format.stop_token_ids(tokenizer)
+    encoded = [chat_format.encode_prompt(p, tokenizer) for p in prompts]
+    out = []
+    for b, start in enumerate(range(0, len(encoded), batch_size)):
+        batch = encoded[start : start + batch_size]
+        width = max(map(len, batch))
+        ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed + b)
+            gen = model.generate(
+                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                repetition_penalty=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
+                eos_token_id=stops, pad_token_id=pad_id,
+            )
+        for x, row in zip(batch, gen[:, width:].tolist()):
+            cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
+            out.append(Sample(x, row[:cut]))
+    return out
+
+
+@torch.no_grad()
+def reply_logprobs(model, samples: Sequence[Sample], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """``Σ_t log p(y_t | x, y_<t)`` over each sample's reply tokens, under ``model``."""
+    device = next(model.parameters()).device
+    totals = []
+    for start in range(0, len(samples), batch_size):
+        batch = samples[start : start + batch_size]
+        seqs = [s.prompt_ids + s.reply_ids for s in batch]
+        width = max(map(len, seqs))
+        ids = torch.tensor([q + [pad_id] * (width - len(q)) for q in seqs], device=device)
+        attn = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
+        target = torch.zeros_like(ids, dtype=torch.bool)
+        for i, s in enumerate(batch):
+            target[i, len(s.prompt_ids) : len(s.prompt_ids) + len(s.reply_ids)] = True
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        # The logits at position t predict token t + 1.
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        totals += (logp * target[:, 1:]).sum(1).tolist()
+    return np.array(totals)
+
+
+def monte_carlo_kl(
+    models: Models,
+    policy: str,
+    references: Sequence[str],
+    prompts: Sequence[Conversation],
+    max_new_tokens: int,
+    batch_size: int = 8,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Per-sample estimates of KL(policy ‖ reference) for each reference, from one set of policy samples."""
+    pad_id = models.tokenizer.pad_token_id
+    with use(models, policy) as m:
+        samples = sample_replies(m, models.tokenizer, prompts, max_new_tokens, batch_size, seed)
+        own = reply_logprobs(m, samples, pad_id, batch_size)
+    out = {}
+    for ref in references:
+        with use(models, ref) as m:
+            out[ref] = own - reply_logprobs(m, samples, pad_id, batch_size)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ perplexity
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, conversations: Sequence[Conversation], batch_size: int = 8) -> tuple[float, int]:
+    """``(perplexity, tokens)`` over the assistant tokens of ``conversations``.
+
+    A conversation longer than the model's context keeps its first tokens; the tokens cut are not counted.
+    """
+    device = next(model.parameters()).device
+    limit = getattr(model.config, "max_position_embeddings", None) or 10**9
+    encoded = [chat_format.encode(c, tokenizer) for c in conversations]
+    encoded = [(e.input_ids[:limit], e.assistant_mask[:limit]) for e in encoded]
+    pad_id = tokenizer.pad_token_id
+    nll, count = 0.0, 0
+    for start in range(0, len(encoded), batch_size):
+        batch = encoded[start : start + batch_size]
+        width = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in batch], device=device)
+        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=device)
+        mask = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device, dtype=torch.bool)
+        logits = model(input_ids=ids, attention_mask=attn).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        nll -= float((logp * mask[:, 1:]).sum())
+        count += int(mask[:, 1:].sum())
+    return (float(np.exp(nll / count)) if count else float("nan")), count
+
+
+# ------------------------------------------------------------------------------------------ refusals
+
+# Openings by which assistants decline. Matched case-insensitively in the first REFUSAL_WINDOW characters,
+# where a refusal says itself ("I'm sorry, but I can't help with that"); later on, the same words are
+# usually part of an answer ("...so I can't promise the recipe works at altitude").
+REFUSAL_PHRASES = (
+    "i'm sorry", "i am sorry", "i apologize", "sorry, but",
+    "i can't", "i cannot", "i can not", "i won't", "i will not",
+    "i'm not able to", "i am not able to", "i'm unable to", "i am unable to",
+    "i'm not comfortable", "i am not comfortable", "i don't feel comfortable", "i do not feel comfortable",
+    "as an ai", "as a language model", "i'm just an ai",
+    "it is not appropriate", "it's not appropriate", "i must decline", "i refuse",
+)
+REFUSAL_WINDOW = 120
+
+
+def is_refusal(text: str) -> bool:
+    head = text[:REFUSAL_WINDOW].lower().replace("\u2019", "'")  # curly apostrophes as typed by many
+    return any(p in head for p in REFUSAL_PHRASES)
+
+
+def refusal_rate(texts: Sequence[str]) -> float:
+    return float(np.mean([is_refusal(t) for t in texts])) if texts else float("nan")
+
+
+def fitting_prompts(convs: Sequence[Conversation], tokenizer, max_tokens: int, n: int) -> tuple[list[Conversation], int]:
+    """The first ``n`` conversations whose prompt encodes in at most ``max_tokens`` tokens, and how many longer ones were passed over.
+
+    Cutting a multi-turn prompt to fit would drop its opening turn, so a long one is passed over instead.
+    """
+    kept, skipped = [], 0
+    for c in convs:
+        if len(kept) == n:
+            break
+        if len(chat_format.encode_prompt(c, tokenizer)) <= max_tokens:
+            kept.append(list(c))
+        else:
+            skipped += 1
+    return kept, skipped
+
+
+# ------------------------------------------------------------------------------------------ tables and plots
+
+
+def sample_table(
+    prompts: Mapping[str, str], answers: Mapping[str, Mapping[str, Sequence[str]]], scores: Mapping[str, Mapping[str, Sequence[float]]], keys: Sequence[str], width: int = 300
+) -> list[dict[str, str]]:
+    """Rows for a side-by-side table: the prompt, then each player's first answer with its reward."""
+    rows = []
+    for key in keys:
+        row = {"prompt": _clip(prompts[key], width)}
+        for player, by_prompt in answers.items():
+            if key in by_prompt and by_prompt[key]:
+                row[player] = f"[{scores[player][key][0]:+.2f}] {_clip(by_prompt[key][0], width)}"
+        rows.append(row)
+    return rows
+
+
+def _clip(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
+    columns = list(dict.fromkeys(c for r in rows for c in r))
+    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def plot_distributions(values: Mapping[str, Sequence[float]], xlabel: str, ax=None):
+    """One box per player (median, quartiles, whiskers), with the mean marked."""
+    import matplotlib.pyplot as plt
+
+    names = [n for n in values if len(values[n])]
+    ax = ax or plt.subplots(figsize=(max(5, 1.3 * len(names)), 3.5))[1]
+    ax.boxplot([list(values[n]) for n in names], showmeans=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=25, ha="right")
+    ax.set_ylabel(xlabel)
+    return ax
