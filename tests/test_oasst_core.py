@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import oasst_reference as ref
+import test_oasst_reference as ref
 from utils.oasst import (
     load_split,
     load_trees,

@@ -12,16 +12,21 @@ import sys
 from typing import Any, Sequence
 
 from .records import DataError
-from .trees import load_trees
+from .trees import STRUCTURE_FIELDS, load_trees, no_gc
 from .views import count_views
 
 
 def stats(paths: Sequence[str], lang: Sequence[str] | None = None, top_k: int | None = None, on_error: str = "raise") -> dict[str, Any]:
     """The numbers ``stats`` prints: trees, messages, the size of each view and the read's account."""
-    trees, report = load_trees(paths, lang, on_error)  # type: ignore[arg-type]
-    views = count_views(trees, top_k)
+    with no_gc():
+        trees, report = load_trees(paths, lang, on_error, fields=STRUCTURE_FIELDS)  # type: ignore[arg-type]
+        views = count_views(trees, top_k)
+        n_trees = len(trees)
+        # Released while the cyclic GC is still off, the trees are freed by reference counting alone,
+        # and no collection ever scans them (none of them can be part of a cycle).
+        del trees
     return {
-        "trees": len(trees),
+        "trees": n_trees,
         "messages": report.kept,
         "sft_threads": views.sft_threads,
         "rm_groups": views.rm_groups,

@@ -10,6 +10,7 @@ Building is linear: one dict from id to message, one pass linking children, one 
 
 from __future__ import annotations
 
+import bisect
 import gc
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +19,11 @@ from typing import Any, Iterable, Iterator, Sequence
 from .records import DataError, ErrorPolicy, OnError, Report, Source, check_message, iter_records, source_name
 
 READY = "ready_for_export"
+# What tree selection and the views look at besides the text: enough for counting (``stats``).
+STRUCTURE_FIELDS = (
+    "message_id", "parent_id", "role", "lang", "deleted", "synthetic", "review_result", "rank",
+    "tree_state", "message_tree_id",
+)  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -45,15 +51,19 @@ def iter_messages(tree: Tree) -> Iterator[dict[str, Any]]:
         stack.extend(reversed(m["replies"]))
 
 
-def read_trees(sources: Iterable[Source], on_error: OnError = "raise") -> tuple[list[Tree], Report]:
+def read_trees(
+    sources: Iterable[Source], on_error: OnError = "raise", fields: Sequence[str] | None = None
+) -> tuple[list[Tree], Report]:
     """All trees of ``sources`` (flat and nested forms may be mixed) and the account of what was read.
 
     Messages whose parent is not in the input (every single-language subset has some) are skipped with
-    their subtrees and counted as ``orphaned``; that is never an error.
+    their subtrees and counted as ``orphaned``; that is never an error. ``fields``: keep only these
+    fields of each message (e.g. :data:`STRUCTURE_FIELDS`, for counting) instead of every field; a
+    message then holds a fraction of the memory.
     """
     report = Report()
-    builder = _Builder(ErrorPolicy(on_error, report))
-    with _no_gc():
+    builder = _Builder(ErrorPolicy(on_error, report), fields)
+    with no_gc():
         for source in sources:
             builder.add(source)
         trees = builder.finish()
@@ -95,17 +105,21 @@ def normalize_lang(lang: str | Sequence[str] | None) -> tuple[str, ...] | None:
 
 
 def load_trees(
-    sources: Iterable[Source], lang: str | Sequence[str] | None = ("en",), on_error: OnError = "raise"
+    sources: Iterable[Source],
+    lang: str | Sequence[str] | None = ("en",),
+    on_error: OnError = "raise",
+    fields: Sequence[str] | None = None,
 ) -> tuple[list[Tree], Report]:
     """The usable trees of ``sources`` in the languages ``lang`` (None: all), with the read's account."""
-    trees, report = read_trees(sources, on_error)
+    trees, report = read_trees(sources, on_error, fields)
     return select_trees(trees, report, normalize_lang(lang)), report
 
 
 @contextmanager
-def _no_gc():
-    # Reading keeps millions of small containers alive; the cyclic GC would rescan them again and again
-    # (quadratic in practice) although none of them can form a cycle.
+def no_gc():
+    """Keep the cyclic GC off inside: reading allocates millions of containers that stay alive and
+    cannot form cycles, and collections triggered meanwhile would scan them all, again and again.
+    Nests: only the outermost block turns the GC back on."""
     enabled = gc.isenabled()
     gc.disable()
     try:
@@ -116,51 +130,61 @@ def _no_gc():
 
 
 class _Builder:
-    def __init__(self, policy: ErrorPolicy):
+    def __init__(self, policy: ErrorPolicy, fields: Sequence[str] | None):
         self.policy = policy
+        self.fields = tuple(fields) if fields is not None else None
         self.report = policy.report
         self.names: list[str] = []
         self.flat: list[dict[str, Any]] = []  # flat messages in input order
-        self.flat_locs: list[tuple[int, int]] = []  # (source index, line) of each
+        self.flat_lines: list[int] = []  # the line (or row) of each
+        self.flat_starts: list[int] = []  # where each source's flat messages start in self.flat
         self.flat_by_id: dict[str, dict[str, Any]] = {}
         self.nested_ids: dict[str, str] = {}  # id -> where its tree was read
         self.skipped_ids: set[str] = set()  # ids of messages skipped as bad records
         self.trees: list[Tree] = []
 
-    def where(self, source_index: int, line: int) -> str:
-        return f"{self.names[source_index]}:{line}"
+    def flat_source(self, i: int) -> int:
+        """Index of the source that flat message ``i`` came from."""
+        return bisect.bisect_right(self.flat_starts, i) - 1
+
+    def flat_where(self, i: int) -> str:
+        return f"{self.names[self.flat_source(i)]}:{self.flat_lines[i]}"
 
     def add(self, source: Source) -> None:
         name = source_name(source)
         self.names.append(name)
-        index = len(self.names) - 1
-        report, policy = self.report, self.policy
-        flat, flat_locs, flat_by_id, nested_ids = self.flat, self.flat_locs, self.flat_by_id, self.nested_ids
+        self.flat_starts.append(len(self.flat))
+        report = self.report
+        flat, flat_lines, flat_by_id, nested_ids = self.flat, self.flat_lines, self.flat_by_id, self.nested_ids
+        fields = self.fields
         n_flat, n_nested, read = 0, 0, 0
-        for line, rec in iter_records(source, policy):
+        for line, rec in iter_records(source, self.policy):
             if type(rec) is dict and "message_id" in rec:
                 read += 1
                 problem = check_message(rec)
                 if problem is None:
                     mid = rec["message_id"]
-                    if mid in flat_by_id or mid in nested_ids:
-                        problem = "duplicate_id", f"duplicate message id {mid} (first read at {self._first_seen(mid)})"
-                    else:
+                    if not (mid in flat_by_id or (nested_ids and mid in nested_ids)):
+                        if fields is not None:
+                            rec = {k: rec.get(k) for k in fields}
                         rec["replies"] = []
                         flat_by_id[mid] = rec
                         flat.append(rec)
-                        flat_locs.append((index, line))
+                        flat_lines.append(line)
                         n_flat += 1
                         continue
+                    problem = "duplicate_id", f"duplicate message id {mid} (first read at {self._first_seen(mid)})"
                 self._bad(DataError(f"{name}:{line}", problem[1], problem[0]), rec.get("message_id"))
             elif type(rec) is dict and ("prompt" in rec or "message_tree_id" in rec):
                 read += self._add_nested(rec, f"{name}:{line}")
                 n_nested += 1
             else:
                 read += 1
-                what = "a JSON object" if type(rec) is dict else type(rec).__name__
-                problem = "missing field 'message_id'" if type(rec) is dict else "expected a JSON object"
-                self._bad(DataError(f"{name}:{line}", f"{problem}: neither a message nor a message tree ({what})", "missing_field" if type(rec) is dict else "wrong_type"), None)
+                if type(rec) is dict:
+                    problem = "missing_field", "missing field 'message_id' (neither a message nor a message tree)"
+                else:
+                    problem = "wrong_type", f"expected a JSON object (a message or a message tree), got {type(rec).__name__}"
+                self._bad(DataError(f"{name}:{line}", problem[1], problem[0]), None)
         report.read += read
         forms = [f"{n_flat} flat messages" if n_flat else "", f"{n_nested} nested trees" if n_nested else ""]
         report.forms[name] = ", ".join(f for f in forms if f) or "nothing readable"
@@ -175,8 +199,7 @@ class _Builder:
         if mid in self.nested_ids:
             return self.nested_ids[mid]
         first = self.flat_by_id[mid]
-        i = next(i for i, m in enumerate(self.flat) if m is first)  # error path only
-        return self.where(*self.flat_locs[i])
+        return self.flat_where(next(i for i, m in enumerate(self.flat) if m is first))  # error path only
 
     def _add_nested(self, rec: dict[str, Any], where: str) -> int:
         """Check and keep one nested tree; returns how many messages it holds."""
@@ -200,7 +223,7 @@ class _Builder:
             Tree(
                 id=rec["message_tree_id"],
                 state=rec.get("tree_state"),
-                prompt=rec["prompt"],
+                prompt=rec["prompt"] if self.fields is None else _project(rec["prompt"], self.fields),
                 size=len(nodes),
                 source=where.rsplit(":", 1)[0],
                 origin=rec.get("origin"),
@@ -212,10 +235,10 @@ class _Builder:
         """Link the flat messages into trees; skip and count orphaned subtrees and parent cycles."""
         by_id = self.flat_by_id
         roots, loose = [], []
-        for m, (source_index, _) in zip(self.flat, self.flat_locs):
+        for i, m in enumerate(self.flat):
             parent_id = m.get("parent_id")
             if parent_id is None:
-                roots.append((m, source_index))
+                roots.append((m, i))
             else:
                 parent = by_id.get(parent_id)
                 if parent is None:
@@ -223,11 +246,11 @@ class _Builder:
                 else:
                     parent["replies"].append(m)
         reached = 0
-        for root, source_index in roots:
+        for root, i in roots:
             size = _subtree_size(root)
             reached += size
             tree_id = root.get("message_tree_id") or root["message_id"]
-            self.trees.append(Tree(tree_id, root.get("tree_state"), root, size, self.names[source_index]))
+            self.trees.append(Tree(tree_id, root.get("tree_state"), root, size, self.names[self.flat_source(i)]))
         for m in loose:
             size = _subtree_size(m)
             reached += size
@@ -239,16 +262,22 @@ class _Builder:
     def _cycles(self, tops: list[dict[str, Any]], n_left: int) -> None:
         """Messages never reached from a root or an orphan lie on a parent cycle, or under one."""
         seen = {id(m) for top in tops for m in _walk(top)}
-        left = [(m, loc) for m, loc in zip(self.flat, self.flat_locs) if id(m) not in seen]
+        left = [(m, i) for i, m in enumerate(self.flat) if id(m) not in seen]
         chain, mid = [], left[0][0]["message_id"]
         while mid not in chain:  # walk up until a message repeats: from there on it is the cycle
             chain.append(mid)
             mid = self.flat_by_id[mid]["parent_id"]
         cycle = chain[chain.index(mid):] + [mid]
         on_cycle = set(cycle)
-        loc = next(loc for m, loc in left if m["message_id"] in on_cycle)
+        first = next(i for m, i in left if m["message_id"] in on_cycle)
         problem = f"parent cycle: {' -> '.join(cycle)} (each message's parent_id is the next)"
-        self.policy(DataError(self.where(*loc), problem, "parent_cycle"), n_left)
+        self.policy(DataError(self.flat_where(first), problem, "parent_cycle"), n_left)
+
+
+def _project(node: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    out = {k: node.get(k) for k in fields}
+    out["replies"] = [_project(r, fields) for r in node["replies"]]
+    return out
 
 
 def _walk(m: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -60,17 +60,23 @@ def iter_threads(tree: Tree, top_k: int | None = None) -> Iterator[tuple[list[di
     """
     path: list[dict[str, Any]] = []
     stack = [(tree.prompt, 0, True, True)]
+    pop, push = stack.pop, stack.append
     while stack:
-        node, depth, clean, ok = stack.pop()
-        del path[depth:]
+        node, depth, clean, ok = pop()
+        if len(path) > depth:
+            del path[depth:]
         path.append(node)
-        clean = clean and not node.get("deleted") and not node.get("synthetic")
+        if clean and (node.get("deleted") or node.get("synthetic")):
+            clean = False
         if top_k is not None and ok and depth > 0 and node["role"] == "assistant":
             rank = node.get("rank")
             ok = len(path[-2]["replies"]) == 1 if rank is None else rank < top_k
         yield path, clean, ok
-        for child in reversed(node["replies"]):
-            stack.append((child, depth + 1, clean, ok))
+        replies = node["replies"]
+        if replies:
+            depth += 1
+            for child in reversed(replies):
+                push((child, depth, clean, ok))
 
 
 def _is_sft_end(path: list[dict[str, Any]]) -> bool:
@@ -80,10 +86,16 @@ def _is_sft_end(path: list[dict[str, Any]]) -> bool:
 
 def _ranked_replies(node: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The replies forming a ranking group under ``node``, best first, or None when it has no group."""
-    if node["role"] != "prompter" or sum(r.get("rank") is not None for r in node["replies"]) < 2:
+    if node["role"] != "prompter":
         return None
-    replies = [r for r in node["replies"] if r["role"] == "assistant" and r.get("rank") is not None]
-    return sorted(replies, key=lambda r: r["rank"])  # stable: equal ranks keep input order
+    ranked = [r for r in node["replies"] if r.get("rank") is not None]
+    if len(ranked) < 2:
+        return None
+    return sorted((r for r in ranked if r["role"] == "assistant"), key=_rank)  # stable: ties keep input order
+
+
+def _rank(m: dict[str, Any]) -> int:
+    return m["rank"]
 
 
 def sft_conversations(trees: Iterable[Tree], top_k: int | None = None) -> list[Conversation]:
@@ -148,13 +160,14 @@ def count_views(trees: Iterable[Tree], top_k: int | None = None) -> ViewCounts:
         for path, clean, ok in iter_threads(tree, top_k):
             if not clean:
                 continue
-            if path[-1]["role"] == "prompter":
+            node = path[-1]
+            if node["role"] == "prompter":
                 c.rl_prompts += 1
-            if ok:
-                if _is_sft_end(path):
-                    c.sft_threads += 1
-                replies = _ranked_replies(path[-1])
-                if replies is not None:
-                    c.rm_groups += 1
-                    c.rm_pairs += len(replies) * (len(replies) - 1) // 2
+                if ok and len(node["replies"]) > 1:  # cheap test first: most prompter nodes have one reply
+                    replies = _ranked_replies(node)
+                    if replies is not None:
+                        c.rm_groups += 1
+                        c.rm_pairs += len(replies) * (len(replies) - 1) // 2
+            if ok and not node["replies"] and _is_sft_end(path):
+                c.sft_threads += 1
     return c
