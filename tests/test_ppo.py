@@ -1,0 +1,366 @@
+"""PPO (utils/ppo.py, utils/ppo_model.py, utils/ppo_rollout.py).
+
+The math is checked against plain loops and hand-worked numbers; the loop on a tiny random GPT-NeoX with a
+word-level tokenizer and a synthetic reward (the fraction of reply words that are "yes").
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from utils.chat_format import add_special_tokens, encode_prompt, stop_token_ids
+from utils.ppo import (
+    KLController,
+    PPOConfig,
+    PPOTrainer,
+    TrainingDiverged,
+    clipped_policy_loss,
+    clipped_value_loss,
+    explained_variance,
+    gae,
+    kl_penalty_rewards,
+    masked_whiten,
+    scorer_reward,
+    summary_metrics,
+)
+from utils.ppo_model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
+from utils.ppo_rollout import sample_rollout, token_logprobs
+
+WORDS = [f"w{i}" for i in range(24)] + ["yes", "no"]
+
+
+# ---- fixtures: a word-level tokenizer in the kit's chat format and a tiny random GPT-NeoX -----------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
+    add_special_tokens(hf)
+    return hf
+
+
+def tiny_lm(tokenizer, seed: int = 0) -> GPTNeoXForCausalLM:
+    # A larger init than the default 0.02 gives a random model with peaked next-token distributions, which a
+    # LoRA adapter can move within a few updates (a 0.02 init is nearly uniform and learns slowly).
+    torch.manual_seed(seed)
+    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
+    return GPTNeoXForCausalLM(config)
+
+
+@pytest.fixture
+def sft_adapter(tokenizer, tmp_path):
+    """An 'SFT adapter' with non-zero weights, so the reference adapter differs from the bare base."""
+    model = get_peft_model(tiny_lm(tokenizer), LoraConfig(task_type="CAUSAL_LM", **GPT_NEOX_LORA))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    model.save_pretrained(tmp_path / "sft")
+    return tmp_path / "sft"
+
+
+def prompts(n: int = 20) -> list[list[dict[str, str]]]:
+    return [[{"role": "user", "content": " ".join(WORDS[(3 * i + j) % 24] for j in range(3))}] for i in range(n)]
+
+
+def yes_fraction(prompts, replies):
+    return [sum(w == "yes" for w in r.split()) / max(len(r.split()), 1) for r in replies]
+
+
+def small_config(**overrides) -> PPOConfig:
+    base = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3, init_kl_coef=0.05)
+    return PPOConfig(**{**base, **overrides})
+
+
+# ---- the math ---------------------------------------------------------------------------------------------------
+
+
+def test_gae_matches_a_plain_loop_over_time_steps():
+    torch.manual_seed(0)
+    B, T, gamma, lam = 4, 7, 0.9, 0.8
+    lengths = [7, 3, 1, 5]
+    mask = torch.tensor([[1.0] * n + [0.0] * (T - n) for n in lengths])
+    rewards, values = torch.randn(B, T), torch.randn(B, T)
+    advantages, returns = gae(rewards, values, mask, gamma, lam)
+    for b, n in enumerate(lengths):
+        r, v = rewards[b, :n].tolist(), values[b, :n].tolist() + [0.0]  # terminal state after the last token
+        deltas = [r[t] + gamma * v[t + 1] - v[t] for t in range(n)]
+        for t in range(n):  # A_t = Σ_l (γλ)^l δ_{t+l}, the definition rather than the recursion
+            expected = sum((gamma * lam) ** l * deltas[t + l] for l in range(n - t))
+            assert advantages[b, t].item() == pytest.approx(expected, abs=1e-5)
+            assert returns[b, t].item() == pytest.approx(expected + v[t], abs=1e-5)
+        assert advantages[b, n:].abs().sum() == 0  # nothing leaks into the padding
+
+
+def test_kl_penalty_on_every_token_and_score_on_the_last():
+    logprobs = torch.tensor([[-1.0, -2.0, -0.5], [-1.0, -1.0, -9.0]])
+    ref = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -1.0, -3.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    rewards, kl = kl_penalty_rewards(logprobs, ref, torch.tensor([2.0, -1.0]), mask, kl_coef=0.1)
+    # row 0: kl = [0.5, -1, 0], score on token 2; row 1: kl = [1, 0, (pad)], score on token 1
+    assert torch.allclose(kl, torch.tensor([[0.5, -1.0, 0.0], [1.0, 0.0, 0.0]]))
+    assert torch.allclose(rewards, torch.tensor([[-0.05, 0.1, 2.0], [-0.1, -1.0, 0.0]]))
+
+
+def test_clipped_policy_loss_has_zero_gradient_outside_the_clip_range():
+    eps = 0.2
+    old = torch.zeros(6)
+    # ratio = e^{new}: 1.5 (above 1+ε), 0.5 (below 1−ε), 1.1 (inside), for positive and negative advantages
+    new = torch.log(torch.tensor([1.5, 0.5, 1.1, 1.5, 0.5, 1.1])).requires_grad_()
+    adv = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0, -1.0])
+    loss, clip_fraction, _ = clipped_policy_loss(new, old, adv, torch.ones(6), eps)
+    loss.backward()
+    ratio = torch.tensor([1.5, 0.5, 1.1, 1.5, 0.5, 1.1])
+    # Clipped where the ratio left the range in the advantage's favour (tokens 0 and 1): gradient 0.
+    # Elsewhere the unclipped term is the max, d(−A·ρ)/d log π = −A·ρ, averaged over the 6 tokens.
+    expected = torch.tensor([0.0, 0.0, -1.1, 1.5, -0.5, 1.1]) / 6
+    assert torch.allclose(new.grad, expected, atol=1e-6)
+    assert clip_fraction.item() == pytest.approx(2 / 6)
+    assert loss.item() == pytest.approx((-1.2 + 0.8 - 1.1 + 1.5 - 0.5 + 1.1) / 6, abs=1e-6)
+
+
+def test_clipped_value_loss_keeps_the_pessimistic_term():
+    old = torch.tensor([0.0, 0.0, 0.0])
+    new = torch.tensor([1.0, 1.0, 0.1], requires_grad=True)
+    returns = torch.tensor([2.0, -1.0, 0.0])
+    loss, clip_fraction = clipped_value_loss(new, old, returns, torch.ones(3), clip_range=0.2)
+    # token 0: unclipped (1−2)²=1, clipped (0.2−2)²=3.24 -> 3.24, gradient 0 (clipped value is constant)
+    # token 1: unclipped (1+1)²=4, clipped (0.2+1)²=1.44 -> 4; token 2: inside the range, 0.01
+    assert loss.item() == pytest.approx(0.5 * (3.24 + 4 + 0.01) / 3)
+    loss.backward()
+    assert torch.allclose(new.grad, torch.tensor([0.0, 2.0, 0.1]) / 3)
+    assert clip_fraction.item() == pytest.approx(1 / 3)
+
+
+def test_whitening_and_explained_variance():
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    x = torch.tensor([[1.0, 2.0, 99.0], [3.0, 4.0, 5.0]])
+    w = masked_whiten(x, mask)
+    kept = w[mask.bool()]
+    assert kept.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert (kept**2).mean().item() == pytest.approx(1.0, abs=1e-4)
+    assert w[0, 2] == 0
+    returns = torch.tensor([[1.0, 3.0, 0.0], [5.0, 7.0, 9.0]])
+    assert explained_variance(returns, returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 5.0), returns, mask) == pytest.approx(0.0)
+
+
+def test_adaptive_kl_controller_follows_ziegler():
+    ctl = KLController(0.2, target=6.0, horizon=10_000)
+    ctl.update(24.0, n_steps=1000)  # error clipped to +0.2: β·(1 + 0.2·0.1)
+    assert ctl.value == pytest.approx(0.2 * 1.02)
+    ctl.update(3.0, n_steps=1000)  # error −0.5 clipped to −0.2
+    assert ctl.value == pytest.approx(0.2 * 1.02 * 0.98)
+    ctl.update(6.6, n_steps=500)  # error +0.1, unclipped
+    assert ctl.value == pytest.approx(0.2 * 1.02 * 0.98 * 1.005)
+    fixed = KLController(0.2, target=None, horizon=10_000)
+    fixed.update(100.0, n_steps=1000)
+    assert fixed.value == 0.2
+
+
+# ---- rollouts ---------------------------------------------------------------------------------------------------
+
+
+def test_rollout_cuts_each_reply_at_its_first_stop_token(tokenizer):
+    eos, pad = stop_token_ids(tokenizer)[0], tokenizer.pad_token_id
+    yes, no, w1 = (tokenizer.convert_tokens_to_ids(t) for t in ("yes", "no", "w1"))
+    ids = [encode_prompt(p, tokenizer) for p in prompts(3)]
+    width = max(map(len, ids))
+    generated = torch.tensor([[yes, eos, no, no], [w1, w1, w1, w1], [eos, eos, yes, yes]])
+
+    def fake_generate(input_ids, **kwargs):
+        assert input_ids.shape == (3, width) and kwargs["eos_token_id"] == stop_token_ids(tokenizer)
+        return torch.cat([input_ids, generated], 1)
+
+    fake_model = SimpleNamespace(lm=SimpleNamespace(generate=fake_generate), device=torch.device("cpu"))
+    ro = sample_rollout(fake_model, tokenizer, prompts(3), ids, max_new_tokens=4)
+    assert ro.response_mask.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+    assert ro.ended.tolist() == [True, False, True]  # the second reply hit max_new_tokens
+    assert ro.response_ids.tolist() == [[yes, eos, pad, pad], [w1] * 4, [eos, pad, pad, pad]]
+    assert ro.replies == ["yes", "w1 w1 w1 w1", ""]
+    assert ro.attention_mask[:, :width].sum(1).tolist() == [len(i) for i in ids]  # prompts left-padded
+
+
+# ---- the model: one base, policy and reference adapters ------------------------------------------------------------
+
+
+def reply_logprobs(ac, tokenizer, n: int = 4):
+    torch.manual_seed(0)
+    ps = prompts(n)
+    ro = sample_rollout(ac, tokenizer, ps, [encode_prompt(p, tokenizer) for p in ps], max_new_tokens=5)
+    with torch.no_grad():
+        logits, _ = ac(ro.input_ids[:, :-1], ro.attention_mask[:, :-1], ro.response_mask.shape[1])
+        policy = token_logprobs(logits, ro.response_ids) * ro.response_mask
+        with ac.as_reference():
+            logits, _ = ac(ro.input_ids[:, :-1], ro.attention_mask[:, :-1], ro.response_mask.shape[1])
+            ref = token_logprobs(logits, ro.response_ids) * ro.response_mask
+    return policy, ref
+
+
+@pytest.mark.parametrize("with_sft_adapter", [False, True])
+def test_kl_is_zero_while_policy_equals_reference(tokenizer, sft_adapter, with_sft_adapter):
+    ac = build_actor_critic(tiny_lm(tokenizer), sft_adapter if with_sft_adapter else None)
+    policy, ref = reply_logprobs(ac, tokenizer)
+    assert torch.equal(policy, ref)
+    assert policy.abs().sum() > 0  # the comparison was of real log-probs
+    # After one update the policy has moved: the KL is no longer zero, so the check above could fail.
+    PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(learning_rate=1e-2), log=None).step()
+    policy, ref = reply_logprobs(ac, tokenizer)
+    assert not torch.allclose(policy, ref)
+
+
+def test_reference_is_the_frozen_sft_adapter(tokenizer, sft_adapter):
+    ac = build_actor_critic(tiny_lm(tokenizer), sft_adapter)
+    lora = {n: p.detach().clone() for n, p in ac.peft_model.named_parameters() if "lora_" in n}
+    assert any(f".{REFERENCE}." in n for n in lora) and any(f".{POLICY}." in n for n in lora)
+    trainable = {n for n, p in ac.named_parameters() if p.requires_grad}
+    assert trainable and all(f".{POLICY}." in n or n.startswith("value_head") for n in trainable)
+    # The reference is the SFT adapter (not the bare base): its log-probs differ from the base model's.
+    _, ref = reply_logprobs(ac, tokenizer)
+    with ac.peft_model.disable_adapter():
+        base, _ = reply_logprobs(ac, tokenizer)
+    assert not torch.allclose(ref, base)
+
+    PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(), log=None).step()
+    after = dict(ac.peft_model.named_parameters())
+    assert all(torch.equal(after[n], p) for n, p in lora.items() if f".{REFERENCE}." in n)
+    assert any(not torch.equal(after[n], p) for n, p in lora.items() if f".{POLICY}." in n)
+    assert {n for n, p in ac.named_parameters() if p.requires_grad} == trainable  # switching adapters kept them
+
+
+def test_saved_policy_adapter_loads_as_a_plain_peft_adapter(tokenizer, sft_adapter, tmp_path):
+    ac = build_actor_critic(tiny_lm(tokenizer), sft_adapter)
+    PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(learning_rate=1e-2), log=None).step()
+    ac.save_policy_adapter(tmp_path / "ppo")
+    reloaded = PeftModel.from_pretrained(tiny_lm(tokenizer), str(tmp_path / "ppo")).eval()
+    ids = torch.tensor([encode_prompt(prompts(1)[0], tokenizer)])
+    with torch.no_grad():
+        expected = ac.lm(ids).logits
+        assert torch.allclose(reloaded(ids).logits, expected, atol=1e-5)
+
+
+# ---- the loop ------------------------------------------------------------------------------------------------------
+
+
+def test_ppo_raises_a_synthetic_reward_within_a_few_updates_with_bounded_kl(tokenizer):
+    ac = build_actor_critic(tiny_lm(tokenizer))
+    config = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=4, max_new_tokens=8, learning_rate=3e-3,
+                       init_kl_coef=0.05, missing_eos_penalty=0.0, seed=0)
+    history = PPOTrainer(ac, tokenizer, prompts(), yes_fraction, config, log=None).train(10)
+    first = sum(r["reward_mean"] for r in history[:2]) / 2
+    last = sum(r["reward_mean"] for r in history[-2:]) / 2
+    # By chance "yes" is about 1 word in 30 (reward ≈ 0.03); PPO should make it several times more frequent.
+    assert last > first + 0.15, [round(r["reward_mean"], 3) for r in history]
+    # The KL penalty keeps the policy near the reference: a few nats per 8-token reply, not a collapse to "yes".
+    assert all(0.0 <= r["kl"] < 12.0 for r in history[1:]), [round(r["kl"], 2) for r in history]
+    assert history[0]["kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout comes from π = π_ref
+    metrics = summary_metrics(history)
+    assert metrics["updates"] == 10 and metrics["reward_mean_last"] == history[-1]["reward_mean"]
+
+
+def test_missing_eos_penalty_lowers_the_trained_objective_not_the_logged_reward(tokenizer):
+    runs = {}
+    for penalty in (0.0, 5.0):
+        ac = build_actor_critic(tiny_lm(tokenizer))
+        trainer = PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(max_new_tokens=3, missing_eos_penalty=penalty), log=None)
+        runs[penalty] = trainer.step()
+    cut = 1 - runs[0.0]["ended_fraction"]
+    assert cut > 0  # with 3 new tokens some replies are cut off
+    assert runs[5.0]["reward_mean"] == runs[0.0]["reward_mean"]  # same seed, same rollout, same score
+    assert runs[5.0]["objective"] == pytest.approx(runs[0.0]["objective"] - 5.0 * cut, abs=1e-5)
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tokenizer, tmp_path):
+    config = small_config()
+    straight = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config, log=None)
+    straight.train(3)
+
+    first = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config,
+                       checkpoint_dir=tmp_path, checkpoint_every=2, log=None)
+    first.train(2)
+    assert [p.name for p in tmp_path.iterdir()] == ["update-000002.pt"]
+
+    resumed = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config,
+                         checkpoint_dir=tmp_path, checkpoint_every=2, log=None)
+    assert resumed.resume() and resumed.update == 2
+    resumed.train(3)
+    assert [r["reward_mean"] for r in resumed.history] == [r["reward_mean"] for r in straight.history]
+    assert resumed.history[2]["kl"] == pytest.approx(straight.history[2]["kl"], abs=1e-5)
+    for a, b in zip(resumed.model.trainable_parameters(), straight.model.trainable_parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert [p.name for p in tmp_path.iterdir()] == ["update-000003.pt"]  # saved after the last update
+
+
+def test_a_checkpoint_of_another_configuration_is_not_resumed(tokenizer, tmp_path):
+    PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, small_config(),
+               checkpoint_dir=tmp_path, checkpoint_every=1, log=None).train(1)
+    messages = []
+    other = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction,
+                       small_config(learning_rate=1e-3), checkpoint_dir=tmp_path, checkpoint_every=1, log=messages.append)
+    assert not other.resume() and other.update == 0
+    assert "another configuration" in messages[0]
+
+
+def test_nan_reward_stops_the_run_and_keeps_the_last_good_checkpoint(tokenizer, tmp_path):
+    calls = []
+
+    def reward(prompts, replies):
+        calls.append(1)
+        scores = yes_fraction(prompts, replies)
+        return [math.nan] + scores[1:] if len(calls) == 3 else scores
+
+    trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), reward, small_config(),
+                         checkpoint_dir=tmp_path, checkpoint_every=1, log=None)
+    with pytest.raises(TrainingDiverged, match=r"update 3: the reward has 1 NaN/inf value\(s\) of 8; the last good checkpoint is .*update-000002\.pt"):
+        trainer.train(5)
+    assert [p.name for p in tmp_path.iterdir()] == ["update-000002.pt"]
+    assert len(trainer.history) == 2
+    again = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, small_config(),
+                       checkpoint_dir=tmp_path, checkpoint_every=1, log=None)
+    assert again.resume() and again.update == 2
+
+
+def test_nan_in_the_policy_stops_at_the_log_prob_check(tokenizer):
+    ac = build_actor_critic(tiny_lm(tokenizer))
+    trainer = PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(), log=None)
+    trainer.step()
+    with torch.no_grad():
+        next(p for n, p in ac.named_parameters() if "lora_B" in n).fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="update 2: the policy's log-probs has"):
+        trainer.step()
+
+
+def test_prompts_that_do_not_fit_are_counted_not_cut(tokenizer):
+    long = [{"role": "user", "content": " ".join(WORDS * 3)}]
+    trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(5) + [long], yes_fraction,
+                         small_config(max_prompt_tokens=16), log=None)
+    assert len(trainer.prompts) == 5 and trainer.prompts_too_long == 1
+    with pytest.raises(ValueError, match="none of the 1 prompts fits in max_prompt_tokens=16"):
+        PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, [long], yes_fraction, small_config(max_prompt_tokens=16))
+
+
+def test_scorer_reward_scores_each_reply_as_the_end_of_its_conversation():
+    seen = []
+    scorer = SimpleNamespace(score=lambda convs, batch_size: seen.extend(convs) or [float(len(c)) for c in convs])
+    prompt = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]
+    assert list(scorer_reward(scorer)([prompt], ["d"])) == [4.0]
+    assert seen == [prompt + [{"role": "assistant", "content": "d"}]]
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="PPOConfig.mini_batch_size must be >= 1"):
+        PPOConfig(mini_batch_size=0)
+    with pytest.raises(ValueError, match="temperature"):
+        PPOConfig(temperature=0.0)

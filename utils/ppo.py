@@ -1,0 +1,462 @@
+"""PPO for a language-model policy, in one readable file (in the spirit of CleanRL's ``ppo.py``).
+
+One update (:meth:`PPOTrainer.step`) does, in order:
+
+1. **rollout**: sample a reply to each prompt of a batch from the current policy;
+2. **score**: the reward model scores each decoded reply as a conversation;
+3. **old log-probs, values and reference log-probs**, without gradient;
+4. **per-token reward**: −β·(log π − log π_ref) on every reply token, plus the score on the last one;
+5. **GAE** advantages and returns;
+6. **advantage whitening**;
+7. **PPO epochs** over shuffled minibatches: clipped policy loss + clipped value loss, gradient clipping;
+8. **adaptive KL controller**: β moves so that the KL to the reference tracks a target.
+
+Each implementation detail is named where it happens ("Detail: ..."). Sources: Schulman et al. 2017 (PPO),
+Schulman et al. 2016 (GAE), Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences" (the
+KL-penalised reward and its adaptive controller), Ouyang et al. 2022 (InstructGPT), Huang et al. 2022
+"The 37 Implementation Details of PPO" and Huang et al. 2024 "The N+ Implementation Details of RLHF with PPO".
+
+The model is an :class:`~utils.ppo_model.ActorCritic` (policy adapter, frozen reference adapter and value head
+on one base model); rollouts come from :mod:`utils.ppo_rollout`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from utils.ppo_model import ActorCritic
+from utils.ppo_rollout import Conversation, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
+
+RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
+"""``reward_fn(prompts, replies) -> one score per reply``; see :func:`scorer_reward` for the reward model."""
+
+
+@dataclass
+class PPOConfig:
+    # Rollouts
+    batch_size: int = 16  # prompts, and so replies, per update
+    max_new_tokens: int = 32
+    max_prompt_tokens: int = 256  # longer prompts are left out (and counted), never cut
+    temperature: float = 1.0
+    top_k: int = 0  # 0 and top_p 1.0: sample from π itself, so the rollout is exactly on-policy
+    top_p: float = 1.0
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply cut off by max_new_tokens
+    # Optimisation
+    mini_batch_size: int = 4
+    ppo_epochs: int = 4
+    learning_rate: float = 1e-4
+    max_grad_norm: float = 1.0
+    # PPO
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_range: float = 0.2
+    clip_range_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    # KL penalty
+    init_kl_coef: float = 0.1
+    target_kl: float | None = 6.0  # None: β stays at init_kl_coef
+    kl_horizon: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "mini_batch_size", "ppo_epochs", "kl_horizon"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature!r}")
+        if self.target_kl is not None and self.target_kl <= 0:
+            raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl!r}")
+
+
+class TrainingDiverged(RuntimeError):
+    """A reward, log-prob, value, loss or gradient was NaN or infinite; the run stopped before using it."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The algorithm's pieces: pure functions on (batch, reply tokens) tensors, each tested on its own.
+# ``mask`` is 1 on reply tokens and 0 on padding after a reply's end.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return masked_mean((x - masked_mean(x, mask)) ** 2, mask)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Zero mean, unit variance over the tokens of the whole batch (padding stays 0)."""
+    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps) * mask
+
+
+def kl_penalty_rewards(
+    logprobs: torch.Tensor, ref_logprobs: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token rewards ``r_t = −β·(log π − log π_ref)_t``, plus the reward model's score on each reply's last token.
+
+    Detail (Ziegler et al. 2019): the KL penalty is paid token by token, where the policy drifts, not once per
+    reply; the score arrives only at the end, since the reward model judges the whole reply. Returns the rewards
+    and the per-token KL estimate ``log π − log π_ref`` (whose sum over a reply estimates KL(π‖π_ref)).
+    """
+    kl = (logprobs - ref_logprobs) * mask
+    rewards = -kl_coef * kl
+    last = mask.sum(1).long() - 1  # the stop token, or the last token before max_new_tokens cut the reply
+    rewards[torch.arange(len(rewards), device=rewards.device), last] += scores
+    return rewards, kl
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016), backwards over the reply tokens.
+
+    ``δ_t = r_t + γ·V(s_{t+1}) − V(s_t)`` and ``A_t = δ_t + γλ·A_{t+1}``. The state after a reply's last token is
+    terminal (its value is 0): the masked values past the end make sure of that. Returns ``(advantages, returns)``
+    with ``returns = advantages + values``, the value head's regression target.
+    """
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    next_advantage = torch.zeros_like(rewards[:, 0])
+    length = rewards.shape[1]
+    for t in reversed(range(length)):
+        next_value = values[:, t + 1] if t + 1 < length else torch.zeros_like(values[:, t])
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        next_advantage = delta + gamma * lam * next_advantage
+        advantages[:, t] = next_advantage
+    advantages = advantages * mask
+    return advantages, advantages + values
+
+
+def clipped_policy_loss(
+    logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PPO's clipped surrogate, ``−min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)`` with ``ρ = π/π_old``, averaged over tokens.
+
+    Where the ratio has left [1−ε, 1+ε] in the direction the advantage pushes, the clipped term is the larger
+    loss and constant in ρ: that token stops contributing gradient. Returns ``(loss, clip fraction, approx KL)``,
+    the approximate KL(π_old‖π) being the low-variance estimator ``(ρ − 1) − log ρ`` (Schulman's "k3").
+    """
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+        approx_kl = masked_mean((ratio - 1) - log_ratio, mask)
+    return loss, clip_fraction, approx_kl
+
+
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``½·max((V − R)², (V_clip − R)²)`` with ``V_clip = V_old + clip(V − V_old, ±ε)``: the value head, too, may move
+    only so far from the values the advantages were computed with. Returns ``(loss, clip fraction)``."""
+    clipped_values = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
+    unclipped_loss = (values - returns) ** 2
+    clipped_loss = (clipped_values - returns) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(unclipped_loss, clipped_loss), mask)
+    with torch.no_grad():
+        clip_fraction = masked_mean((clipped_loss > unclipped_loss).float(), mask)
+    return loss, clip_fraction
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 − Var(R − V)/Var(R): 1 for a perfect value head, 0 for one no better than a constant (NaN if Var(R) = 0)."""
+    var_returns = masked_var(returns, mask).item()
+    return float("nan") if var_returns == 0 else 1.0 - masked_var(returns - values, mask).item() / var_returns
+
+
+class KLController:
+    """The KL coefficient β. Detail (Ziegler et al. 2019, §2.2): adaptive, a proportional controller in log-space,
+
+    ``e = clip(KL/KL_target − 1, −0.2, 0.2)``, ``β ← β·(1 + e·n/horizon)`` after an update on ``n`` replies,
+    so β rises while the policy drifts further from the reference than the target, and falls otherwise.
+    With ``target=None`` β is fixed.
+    """
+
+    def __init__(self, init_kl_coef: float, target: float | None, horizon: int) -> None:
+        self.value, self.target, self.horizon = init_kl_coef, target, horizon
+
+    def update(self, current_kl: float, n_steps: int) -> None:
+        if self.target is None:
+            return
+        proportional_error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
+        self.value *= 1.0 + proportional_error * n_steps / self.horizon
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training loop
+# --------------------------------------------------------------------------------------------------------------
+
+
+def scorer_reward(scorer, batch_size: int = 16) -> RewardFn:
+    """The reward of stage 03: each reply appended to its prompt, scored by ``utils.reward.RewardScorer``
+    (which tokenizes with the reward model's own tokenizer)."""
+
+    def reward(prompts: list[Conversation], replies: list[str]) -> Sequence[float]:
+        return scorer.score([[*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, replies)], batch_size=batch_size)
+
+    return reward
+
+
+class PPOTrainer:
+    """Trains ``model``'s policy adapter and value head with PPO on ``prompts``, scored by ``reward_fn``.
+
+    ``history`` holds one dict of logs per update; ``samples`` a few (prompt, reply, reward) per update.
+    With ``checkpoint_dir`` and ``checkpoint_every``, the state is saved every N updates (and after the last);
+    :meth:`resume` continues from the newest checkpoint made with the same configuration and prompts.
+    """
+
+    def __init__(
+        self,
+        model: ActorCritic,
+        tokenizer,
+        prompts: Sequence[Conversation],
+        reward_fn: RewardFn,
+        config: PPOConfig,
+        checkpoint_dir: str | Path | None = None,
+        checkpoint_every: int = 0,
+        samples_per_update: int = 3,
+        log: Callable[[str], None] | None = print,
+    ) -> None:
+        self.model, self.tokenizer, self.reward_fn, self.config = model, tokenizer, reward_fn, config
+        self.prompts, self.prompt_ids, self.prompts_too_long = encode_prompts(prompts, tokenizer, config.max_prompt_tokens)
+        if not self.prompts:
+            raise ValueError(f"none of the {len(prompts)} prompts fits in max_prompt_tokens={config.max_prompt_tokens}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self.checkpoint_every = checkpoint_every
+        self.samples_per_update = samples_per_update
+        self.log = log or (lambda _: None)
+        self.params = model.trainable_parameters()
+        # Detail: Adam's epsilon 1e-5 rather than 1e-8 (the value of OpenAI's baselines; Huang et al. 2022, detail 3).
+        self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
+        self.kl_ctl = KLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+        self.update = 0
+        self.history: list[dict[str, float]] = []
+        self.samples: list[dict[str, Any]] = []
+        self.last_checkpoint: Path | None = None
+        self.fingerprint = hashlib.sha256(json.dumps([asdict(config), self.prompt_ids]).encode()).hexdigest()[:16]
+        torch.manual_seed(config.seed)  # sampling draws from the global generator
+        self.shuffle = torch.Generator().manual_seed(config.seed)  # minibatch order
+        self._epoch_orders: dict[int, torch.Tensor] = {}
+
+    # ---- one update ------------------------------------------------------------------------------------------
+
+    def step(self) -> dict[str, float]:
+        """One PPO update; appends to ``history`` and ``samples`` and returns the update's logs."""
+        cfg, model = self.config, self.model
+        update = self.update + 1
+        started = time.perf_counter()
+        prompts, prompt_ids = self._prompt_batch(update)
+
+        # 1. Rollout. Detail: eval mode while sampling, so the KV cache is used even with gradient checkpointing on.
+        model.eval()
+        rollout = sample_rollout(model, self.tokenizer, prompts, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+        mask = rollout.response_mask.float()
+
+        # 2. Score each decoded reply with the reward model (or any reward function).
+        scores = torch.as_tensor([float(s) for s in self.reward_fn(rollout.prompts, rollout.replies)], dtype=torch.float32)
+        if scores.shape != (len(prompts),):
+            raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(prompts)} replies")
+        self._check_finite(update, "the reward", scores)
+        scores = scores.to(model.device)
+        # Detail: a reply that hit max_new_tokens without a stop token is scored as it stands, minus a fixed penalty
+        # (Ziegler et al. 2019 gave such continuations a reward of −1): the policy learns to finish its replies.
+        # The cut is still the episode's end (no bootstrapping from V): the reward model judged that reply, not a longer one.
+        train_scores = scores - cfg.missing_eos_penalty * (~rollout.ended).float()
+
+        # 3. Old log-probs and values from the policy, reference log-probs from π_ref: no gradient.
+        with torch.no_grad():
+            old_logprobs, old_values, entropy = self._forward_batched(rollout)
+            with model.as_reference():
+                ref_logprobs, _, _ = self._forward_batched(rollout)
+        self._check_finite(update, "the policy's log-probs", old_logprobs, mask)
+        self._check_finite(update, "the reference's log-probs", ref_logprobs, mask)
+        self._check_finite(update, "the values", old_values, mask)
+
+        # 4. Per-token reward: KL penalty on every token, the score on the last.
+        kl_coef = self.kl_ctl.value
+        rewards, kl = kl_penalty_rewards(old_logprobs, ref_logprobs, train_scores, mask, kl_coef)
+        # 5. GAE over the reply tokens.
+        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+        # 6. Detail: advantages whitened over the batch's tokens (returns are not: the value head regresses on them).
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, mask)
+
+        # 7. PPO epochs: each epoch a fresh shuffle of the batch into minibatches.
+        model.train()  # dropout is off (ppo_model.disable_dropout); train mode only enables gradient checkpointing
+        stats: dict[str, list[float]] = defaultdict(list)
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(len(prompts), generator=self.shuffle).to(model.device)
+            for first in range(0, len(prompts), cfg.mini_batch_size):
+                mb = order[first : first + cfg.mini_batch_size]
+                logits, values = model(rollout.input_ids[mb, :-1], rollout.attention_mask[mb, :-1], mask.shape[1])
+                logprobs = token_logprobs(logits, rollout.response_ids[mb], cfg.temperature)
+                pg_loss, clip_fraction, approx_kl = clipped_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
+                vf_loss, vf_clip_fraction = clipped_value_loss(values, old_values[mb], returns[mb], mask[mb], cfg.clip_range_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self._check_finite(update, "the loss", loss)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # Detail: global gradient-norm clipping; a non-finite norm stops the run before the step spoils the weights.
+                grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self._check_finite(update, "the gradient norm", grad_norm)
+                self.optimizer.step()
+                for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_fraction", clip_fraction),
+                                    ("approx_kl", approx_kl), ("value_clip_fraction", vf_clip_fraction), ("grad_norm", grad_norm)]:
+                    stats[name].append(value.item())
+
+        # 8. Adaptive KL controller, fed this batch's mean KL(π‖π_ref) per reply.
+        mean_kl = kl.sum(1).mean().item()
+        self.kl_ctl.update(mean_kl, n_steps=len(prompts))
+
+        self.update = update
+        row = {
+            "update": update,
+            "reward_mean": scores.mean().item(),
+            "reward_std": scores.std(unbiased=False).item(),
+            "kl": mean_kl,
+            "kl_coef": kl_coef,
+            "objective": (train_scores - kl_coef * kl.sum(1)).mean().item(),
+            "entropy": masked_mean(entropy, mask).item(),
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "response_length": rollout.response_lengths.float().mean().item(),
+            "ended_fraction": rollout.ended.float().mean().item(),
+            **{name: sum(v) / len(v) for name, v in stats.items()},
+            "seconds": time.perf_counter() - started,
+        }
+        self.history.append(row)
+        self.samples += [
+            {"update": update, "prompt": p[-1]["content"], "reply": r, "reward": s}
+            for p, r, s in list(zip(rollout.prompts, rollout.replies, scores.tolist()))[: self.samples_per_update]
+        ]
+        return row
+
+    def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory)."""
+        out: list[tuple[torch.Tensor, ...]] = []
+        width = rollout.response_mask.shape[1]
+        for first in range(0, len(rollout.input_ids), self.config.mini_batch_size):
+            rows = slice(first, first + self.config.mini_batch_size)
+            # The last token predicts nothing we score, so the model sees the sequence without it.
+            logits, values = self.model(rollout.input_ids[rows, :-1], rollout.attention_mask[rows, :-1], width)
+            logprobs = token_logprobs(logits, rollout.response_ids[rows], self.config.temperature)
+            out.append((logprobs, values, entropy_from_logits(logits, self.config.temperature)))
+        return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
+
+    def _prompt_batch(self, update: int) -> tuple[list[Conversation], list[list[int]]]:
+        """The prompts of an update: passes over the prompt set, each in its own seeded order.
+
+        A function of the update number alone, so a resumed run sees the prompts the uninterrupted one would have."""
+        n, size = len(self.prompts), self.config.batch_size
+        picked = []
+        for k in range((update - 1) * size, update * size):
+            epoch, position = divmod(k, n)
+            if epoch not in self._epoch_orders:
+                self._epoch_orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+            picked.append(int(self._epoch_orders[epoch][position]))
+        return [self.prompts[i] for i in picked], [self.prompt_ids[i] for i in picked]
+
+    def _check_finite(self, update: int, what: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Detail: NaN or inf stops the run at once, naming the update; the last good checkpoint stays as it was."""
+        values = x if mask is None else x[mask.bool()]
+        if torch.isfinite(values).all():
+            return
+        bad = int((~torch.isfinite(values)).sum())
+        where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
+        raise TrainingDiverged(f"PPO stopped at update {update}: {what} has {bad} NaN/inf value(s) of {values.numel()}; {where}")
+
+    # ---- the loop and its checkpoints --------------------------------------------------------------------------
+
+    def train(self, updates: int) -> list[dict[str, float]]:
+        """Run PPO until ``updates`` updates are done (those restored by :meth:`resume` count)."""
+        while self.update < updates:
+            row = self.step()
+            self.log(format_row(row))
+            if self.checkpoint_dir and self.checkpoint_every and (self.update % self.checkpoint_every == 0 or self.update == updates):
+                self.save_checkpoint()
+        return self.history
+
+    def save_checkpoint(self) -> Path:
+        """Write the full training state atomically, then delete older checkpoints: one good one always exists."""
+        assert self.checkpoint_dir is not None, "PPOTrainer has no checkpoint_dir"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / f"update-{self.update:06d}.pt"
+        state = {
+            "fingerprint": self.fingerprint,
+            "update": self.update,
+            "model": self.model.adapter_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "kl_coef": self.kl_ctl.value,
+            "history": self.history,
+            "samples": self.samples,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle_rng": self.shuffle.get_state(),
+        }
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        for old in self.checkpoint_dir.glob("update-*.pt"):
+            if old != path:
+                old.unlink()
+        self.last_checkpoint = path
+        return path
+
+    def resume(self) -> bool:
+        """Load the newest checkpoint in ``checkpoint_dir`` if it was made with this configuration and these prompts."""
+        found = sorted(self.checkpoint_dir.glob("update-*.pt")) if self.checkpoint_dir else []
+        if not found:
+            return False
+        state = torch.load(found[-1], map_location=self.model.device, weights_only=True)
+        if state["fingerprint"] != self.fingerprint:
+            self.log(f"{found[-1]} was made with another configuration or other prompts: starting from scratch")
+            return False
+        self.model.load_adapter_state(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.update, self.history, self.samples = state["update"], state["history"], state["samples"]
+        torch.set_rng_state(state["rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        self.shuffle.set_state(state["shuffle_rng"].cpu())
+        self.last_checkpoint = found[-1]
+        self.log(f"resumed from {found[-1]} (update {self.update})")
+        return True
+
+
+def format_row(row: dict[str, float]) -> str:
+    return (
+        f"update {row['update']:>4}  reward {row['reward_mean']:+.3f} ± {row['reward_std']:.3f}  kl {row['kl']:.3f} "
+        f"(β {row['kl_coef']:.3f})  entropy {row['entropy']:.2f}  clip {row['clip_fraction']:.2f}  "
+        f"value loss {row['value_loss']:.3f}  expl var {row['explained_variance']:+.2f}  "
+        f"length {row['response_length']:.1f}  {row['seconds']:.1f}s"
+    )
+
+
+def summary_metrics(history: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The stage's headline figures from the per-update logs."""
+    if not history:
+        raise ValueError("no PPO update was run")
+    return {
+        "reward_mean_first": history[0]["reward_mean"],
+        "reward_mean_last": history[-1]["reward_mean"],
+        "kl_last": history[-1]["kl"],
+        "updates": len(history),
+        "seconds_per_update": sum(r["seconds"] for r in history) / len(history),
+    }
+

@@ -1,0 +1,124 @@
+"""Rollouts for PPO: prompts in the kit's chat format, replies sampled from the policy, per-token log-probs.
+
+A batch of rollouts is one tensor per sequence laid out as ``[left-padded prompt | reply | right padding]``.
+Left padding lines the prompts up so that every reply starts at the same column; the reply ends at its first
+stop token (kept: the policy has to learn when to stop) or at ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from utils.chat_format import decode_reply, encode_prompt, stop_token_ids
+
+Conversation = list[dict[str, Any]]
+
+
+@dataclass
+class Rollout:
+    """Sampled replies to a batch of prompts, with everything PPO needs to score and train on them."""
+
+    prompts: list[Conversation]
+    input_ids: torch.Tensor  # (B, P + R) prompt and reply tokens
+    attention_mask: torch.Tensor  # (B, P + R) 1 on real tokens
+    response_mask: torch.Tensor  # (B, R) 1 on reply tokens, the stop token included
+    ended: torch.Tensor  # (B,) True where the reply ended with a stop token, False where max_new_tokens cut it
+    replies: list[str]  # decoded replies, the text the reward model scores
+
+    @property
+    def response_ids(self) -> torch.Tensor:
+        return self.input_ids[:, -self.response_mask.shape[1] :]
+
+    @property
+    def response_lengths(self) -> torch.Tensor:
+        return self.response_mask.sum(1)
+
+
+def encode_prompts(prompts: Sequence[Conversation], tokenizer, max_prompt_tokens: int) -> tuple[list[Conversation], list[list[int]], int]:
+    """Token ids of each prompt; prompts longer than ``max_prompt_tokens`` are left out and counted.
+
+    Cutting a conversation would drop its role tags or its question, so a long prompt is skipped, not truncated.
+    Returns ``(kept prompts, their ids, how many were too long)``.
+    """
+    kept, ids, too_long = [], [], 0
+    for prompt in prompts:
+        enc = encode_prompt(prompt, tokenizer)
+        if len(enc) > max_prompt_tokens:
+            too_long += 1
+            continue
+        kept.append(prompt)
+        ids.append(enc)
+    return kept, ids, too_long
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def sample_rollout(
+    model,
+    tokenizer,
+    prompts: Sequence[Conversation],
+    prompt_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """Sample one reply per prompt from ``model`` (an :class:`~utils.ppo_model.ActorCritic`, policy adapter active)."""
+    pad_id = tokenizer.pad_token_id
+    stops = stop_token_ids(tokenizer)
+    query, query_mask = left_pad(prompt_ids, pad_id, model.device)
+    out = model.lm.generate(
+        input_ids=query,
+        attention_mask=query_mask,
+        do_sample=True,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=pad_id,
+        # Sample from the policy's own distribution: a repetition penalty saved in the model's generation config
+        # would make the rollout off-policy (its log-probs are not π's).
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        remove_invalid_values=True,  # a NaN policy then fails loudly at the log-prob check, not inside sampling
+    )
+    response = out[:, query.shape[1] :]
+    # Each reply ends at its first stop token; what generate wrote after it is padding.
+    is_stop = torch.isin(response, torch.tensor(stops, device=response.device))
+    ended = is_stop.any(1)
+    length = torch.where(ended, is_stop.int().argmax(1) + 1, response.shape[1])
+    response_mask = (torch.arange(response.shape[1], device=response.device)[None] < length[:, None]).long()
+    response = response.masked_fill(response_mask == 0, pad_id)
+    replies = [decode_reply(r[:n].tolist(), tokenizer) for r, n in zip(response, length)]
+    return Rollout(
+        prompts=list(prompts),
+        input_ids=torch.cat([query, response], 1),
+        attention_mask=torch.cat([query_mask, response_mask], 1),
+        response_mask=response_mask,
+        ended=ended,
+        replies=replies,
+    )
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log π(token) under the temperature the tokens were sampled with."""
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return logp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
