@@ -156,3 +156,123 @@ def test_sample_table_side_by_side():
     rows = sample_table({"p": "What?"}, {"sft": {"p": ["An | answer"]}, "ext": {}}, {"sft": {"p": [0.5]}}, ["p"])
     assert rows == [{"prompt": "What?", "sft": "[+0.50] An | answer"}]
     assert markdown_table(rows).splitlines()[2] == "| What? | [+0.50] An \\| answer |"
+
+
+# ------------------------------------------------------------------------------------------ the notebook
+
+NOTEBOOK = "notebooks/05_evaluate.ipynb"
+
+
+def test_notebook_defaults_are_the_tiny_profile():
+    import ast
+
+    import papermill
+
+    from utils.profile import load_profile
+
+    declared = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(NOTEBOOK).items()}
+    profile = load_profile("tiny").stage_params("05_evaluate")
+    assert {k: declared[k] for k in profile} == profile
+    assert set(declared) - set(profile) == {"run_dir", "out_dir"}
+    assert (declared["run_dir"], declared["out_dir"]) == ("runs/tiny", "runs/tiny/05_evaluate")
+
+
+def test_notebook_is_committed_without_outputs():
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    assert "parameters" in code[1].metadata.get("tags", [])
+    assert nb.cells[0].cell_type == "markdown"
+
+
+@pytest.fixture(scope="module")
+def fake_run(tmp_path_factory, tokenizer):
+    """A run dir as stages 02-04 leave it: a random tiny base, SFT and PPO LoRA adapters that really change it,
+    and a reward model (the packaged MiniLM with an untrained head): enough for stage 05 to run end to end."""
+    import json
+
+    from peft import LoraConfig, get_peft_model
+
+    from utils.artifacts import write_metrics
+    from utils.reward import load_backbone
+
+    run = tmp_path_factory.mktemp("run")
+    base = tiny_lm(tokenizer, 5)
+    base.config.max_position_embeddings = 512
+    base = GPTNeoXForCausalLM(base.config)
+    base.save_pretrained(run / "02_sft" / "base")
+    tokenizer.save_pretrained(run / "02_sft" / "base")
+    for stage, seed in (("02_sft", 6), ("04_ppo", 7)):
+        torch.manual_seed(seed)
+        lora = get_peft_model(GPTNeoXForCausalLM(base.config), LoraConfig(r=4, target_modules=["query_key_value"]))
+        with torch.no_grad():
+            for name, p in lora.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(0, 0.5)  # LoRA's B starts at zero; a trained adapter's is not
+        lora.save_pretrained(run / stage / "adapter")
+    write_metrics(run / "02_sft", {"base_model_dir": "base", "adapter_dir": "adapter", "quantization": "none"})
+    write_metrics(run / "04_ppo", {"adapter_dir": "adapter"})
+    rm, rm_tokenizer, _ = load_backbone("sentence-transformers/all-MiniLM-L6-v2")
+    rm.save_pretrained(run / "03_reward" / "rm")
+    rm_tokenizer.save_pretrained(run / "03_reward" / "rm")
+    (run / "03_reward" / "rm" / "reward.json").write_text(json.dumps({"max_length": 128}))
+    write_metrics(run / "03_reward", {"model_dir": "rm"})
+    return run
+
+
+def test_models_share_one_base_and_switch_adapters(fake_run, tokenizer, tmp_path):
+    import shutil
+
+    from utils.evaluate import load_models, use
+
+    models = load_models(fake_run)
+    assert models.names == ["base", "sft", "ppo"]
+    ids = torch.tensor([chat_format.encode_prompt(conv("How do I bake bread?"), tokenizer)])
+    logits = {}
+    for name in ("base", "sft", "ppo", "base"):
+        with use(models, name) as m, torch.no_grad():
+            logits.setdefault(name, []).append(m(input_ids=ids).logits)
+    assert torch.equal(logits["base"][0], logits["base"][1])  # switching back restores the base exactly
+    assert not torch.allclose(logits["base"][0], logits["sft"][0])
+    assert not torch.allclose(logits["sft"][0], logits["ppo"][0])
+
+    no_ppo = tmp_path / "run"
+    shutil.copytree(fake_run, no_ppo)
+    shutil.rmtree(no_ppo / "04_ppo")
+    assert load_models(no_ppo).names == ["base", "sft"]  # evaluating after SFT alone works
+
+
+def test_notebook_runs_end_to_end(fake_run):
+    import json
+
+    import papermill
+
+    from utils.report import write_report
+
+    out = fake_run / "05_evaluate"
+    papermill.execute_notebook(
+        NOTEBOOK, str(fake_run / "05_evaluate.ipynb"), cwd=".", kernel_name="python3", progress_bar=False,
+        parameters=dict(run_dir=str(fake_run), out_dir=str(out), n_heldout_prompts=4, n_lottery_prompts=2, n_hh_prompts=2,
+                        max_new_tokens=8, n_kl_prompts=2, kl_max_new_tokens=8, n_ppl_threads=4, bootstrap_rounds=50, n_sample_rows=2),
+    )
+    m = json.loads((out / "metrics.json").read_text())
+    ours = ["base (k50)", "sft (k50)", "ppo (k50)"]
+    theirs = ["pythia-1b-deduped-sft (k50)", "pythia-12b-deduped-sft (k50)"]
+    assert sorted(m["models"]) == sorted(ours + theirs) == sorted(m["elo"]) == sorted(m["win_rates"])
+    for player, figures in m["models"].items():
+        lo, hi = figures["reward_ci"]
+        assert lo <= figures["reward_mean"] <= hi and figures["length_mean"] > 0
+        assert m["elo"][player]["ci"][0] <= m["elo"][player]["rating"] <= m["elo"][player]["ci"][1]
+        for other, rate in m["win_rates"][player].items():
+            assert rate + m["win_rates"][other][player] == pytest.approx(1.0)
+    assert all(m["models"][p]["ppl"] > 1 for p in ours)
+    assert "kl" not in m["models"]["base (k50)"] and "kl_sft" in m["models"]["ppo (k50)"] and "kl" in m["models"]["sft (k50)"]
+    assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1
+    assert m["external_players"] == {p: 4 for p in theirs}  # they join on the 4 held-out prompts used
+    assert m["sampling"]["k50"]["top_k"] == 50 and m["sampling"]["k50"]["max_new_tokens"] == 8
+    assert {p.name for p in out.glob("*.png")} == {"tournament.png", "lengths_and_rewards.png"}
+    assert (out / m["samples_file"]).exists()
+    report = write_report(fake_run).read_text()
+    assert "![tournament](05_evaluate/tournament.png)" in report

@@ -19,7 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Collection, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from utils import chat_format
 from utils.artifacts import read_metrics, stage_path
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
+from utils.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
 BASE = "base"  # the model with no adapter
@@ -141,6 +142,28 @@ def score_answers(scorer, prompts: Mapping[str, str | Conversation], answers: Ma
 def per_prompt_means(scores: Mapping[str, Sequence[float]]) -> list[float]:
     """One number per prompt (the mean over its samples): the unit a bootstrap should resample."""
     return [float(np.mean(v)) for v in scores.values() if len(v)]
+
+
+def summarize(
+    answers: Mapping[str, Sequence[str]],
+    scores: Mapping[str, Sequence[float]],
+    heldout: Collection[str] = (),
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """A player's figures: mean reward with a bootstrap interval over prompts, the mean on the ``heldout``
+    prompts alone (the set every player answered), mean answer length in words, and the counts."""
+    mean, lo, hi = bootstrap_mean_ci(per_prompt_means(scores), rounds=rounds, seed=seed)
+    on_heldout = per_prompt_means({k: v for k, v in scores.items() if k in heldout})
+    words = [word_count(a) for v in answers.values() for a in v]
+    return {
+        "reward_mean": mean,
+        "reward_ci": [lo, hi],
+        "reward_mean_heldout": float(np.mean(on_heldout)) if on_heldout else float("nan"),
+        "length_mean": float(np.mean(words)) if words else float("nan"),
+        "prompts": len(scores),
+        "answers": len(words),
+    }
 
 
 # ------------------------------------------------------------------------------------------ KL

@@ -226,7 +226,8 @@ def plot_win_rates(rates: Mapping[str, Mapping[str, float]], players: Sequence[s
     for i in range(len(players)):
         for j in range(len(players)):
             if np.isfinite(grid[i, j]):
-                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+                dark = abs(grid[i, j] - 0.5) > 0.3  # white digits on the deep colours
+                ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(players)), players, rotation=30, ha="right")
     ax.set_yticks(range(len(players)), players)
     ax.set_title("win rate of row over column (reward model as judge)")
