@@ -189,9 +189,10 @@ class _Builder:
         forms = [f"{n_flat} flat messages" if n_flat else "", f"{n_nested} nested trees" if n_nested else ""]
         report.forms[name] = ", ".join(f for f in forms if f) or "nothing readable"
 
-    def _bad(self, error: DataError, message_id: Any, n_messages: int = 1) -> None:
-        # reported through the read count of the caller; the policy raises or counts it as skipped
-        self.policy(error, n_messages)
+    def _bad(self, error: DataError, message_id: Any) -> None:
+        """One bad flat record: raise, or count it and remember its id (its replies are then
+        counted as ``parent_skipped`` rather than ``orphaned``)."""
+        self.policy(error)
         if isinstance(message_id, str):
             self.skipped_ids.add(message_id)
 
