@@ -51,5 +51,15 @@ def test_notebook_writes_its_counts_and_plots(executed):
     counts = count_views(split.train)
     assert (metrics["sft_threads"], metrics["rm_pairs"]) == (counts.sft_threads, counts.rm_pairs)
     assert 0.5 < metrics["longer_chosen_rate"] < 1  # the sample's ranked-better replies are longer
+    nested = [json.loads(line) for line in (REPO / "data/oasst_en_100_trees.jsonl").read_text().splitlines()]
+
+    def nodes(node):
+        yield node
+        for reply in node["replies"]:
+            yield from nodes(reply)
+
+    heldout = [m for t in nested for m in nodes(t["prompt"])]
+    share = sum(m["synthetic"] for m in heldout) / len(heldout)
+    assert metrics["synthetic_share"] == {"train files": 0.0, "held-out files": round(share, 4)}
     for name in ("overview", "tree_shapes", "ranks", "label_means", "emojis", "length_by_rank"):
         assert (executed / f"{name}.png").stat().st_size > 5000
