@@ -199,9 +199,10 @@ def fake_run(tmp_path_factory, tokenizer):
     from utils.reward import load_backbone
 
     run = tmp_path_factory.mktemp("run")
-    base = tiny_lm(tokenizer, 5)
-    base.config.max_position_embeddings = 512
-    base = GPTNeoXForCausalLM(base.config)
+    config = tiny_lm(tokenizer, 5).config
+    config.max_position_embeddings = 512  # room for the HH prompts
+    torch.manual_seed(5)
+    base = GPTNeoXForCausalLM(config)
     base.save_pretrained(run / "02_sft" / "base")
     tokenizer.save_pretrained(run / "02_sft" / "base")
     for stage, seed in (("02_sft", 6), ("04_ppo", 7)):
