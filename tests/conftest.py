@@ -1,0 +1,29 @@
+"""Shared fixtures. The suite never touches the network; the micro pipeline runs once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+MICRO_PROFILE = Path(__file__).parent / "profiles" / "micro.yaml"
+
+
+@pytest.fixture(scope="session")
+def micro_run(tmp_path_factory) -> Path:
+    """All five notebooks executed by the runner on the micro profile; returns the run dir.
+
+    A failing stage fails every test that uses this fixture with the runner's one-line message.
+    """
+    from recipes.run import run_profile, write_run_report
+    from utils.profile import load_profile
+
+    run_dir = tmp_path_factory.mktemp("runs") / "micro"
+    run_profile(load_profile(MICRO_PROFILE), run_dir, progress=False, log=lambda *_: None)
+    write_run_report(run_dir, log=lambda *_: None)
+    return run_dir

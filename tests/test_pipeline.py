@@ -1,0 +1,55 @@
+"""The whole pipeline, executed through the runner on the micro profile: every stage leaves the
+metrics its issue promises, the artifacts they point to exist, and the run report gathers them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from utils.artifacts import read_metrics, stage_path
+
+REQUIRED = {
+    "01_explore_trees": ["trees", "messages", "sft_threads", "rm_groups", "rm_pairs", "rl_prompts", "skipped"],
+    "02_sft": ["eval_loss_before", "eval_loss_after", "train_loss_first", "train_loss_last", "quantization",
+               "trainable_params", "total_params", "tokens_per_second", "peak_memory_mb", "adapter_dir", "base_model_dir"],
+    "03_reward": ["eval_accuracy", "length_baseline_accuracy", "hh_accuracy", "reward_length_corr", "pairs_train",
+                  "pairs_eval", "model_dir"],
+    "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
+               "adapter_dir"],
+    "05_evaluate": ["models", "elo", "win_rates"],
+}
+
+
+@pytest.mark.parametrize("stage", sorted(REQUIRED))
+def test_stage_metrics(micro_run, stage):
+    metrics = read_metrics(micro_run, stage)
+    missing = [k for k in REQUIRED[stage] if k not in metrics]
+    assert not missing, f"{stage} metrics.json lacks {missing}"
+    assert (micro_run / stage / f"{stage}.ipynb").exists()
+
+
+def test_recorded_paths_resolve_after_the_stage_folder_was_renamed(micro_run):
+    for stage, key in [("02_sft", "adapter_dir"), ("02_sft", "base_model_dir"), ("03_reward", "model_dir"), ("04_ppo", "adapter_dir")]:
+        path = stage_path(micro_run, stage, key)
+        assert path.is_dir() and any(path.iterdir()), f"{stage}.{key} -> {path}"
+
+
+def test_stage_figures_are_sane(micro_run):
+    sft = read_metrics(micro_run, "02_sft")
+    assert sft["quantization"] == "nf4"
+    assert 0 < sft["trainable_params"] < sft["total_params"]
+    assert all(math.isfinite(sft[k]) for k in ("eval_loss_before", "eval_loss_after", "train_loss_first", "train_loss_last"))
+    reward = read_metrics(micro_run, "03_reward")
+    assert 0.0 <= reward["eval_accuracy"] <= 1.0 and reward["pairs_train"] > 0 and reward["pairs_eval"] > 0
+    ppo = read_metrics(micro_run, "04_ppo")
+    assert ppo["updates"] >= 1 and ppo["seconds_per_update"] > 0
+    evaluation = read_metrics(micro_run, "05_evaluate")
+    assert {"base", "sft", "ppo"} <= {name.split("/")[0].split(":")[0] for name in evaluation["models"]} or len(evaluation["models"]) >= 3
+
+
+def test_run_report_gathers_every_stage(micro_run):
+    report = (micro_run / "report.md").read_text()
+    for stage in REQUIRED:
+        assert stage in report
+    assert (micro_run / "report.html").exists()
