@@ -21,6 +21,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
+from utils.artifacts import read_metrics, stage_dir, stage_path
+from utils.modeling import load_causal_lm, load_tokenizer
+
 POLICY = "default"  # peft writes the adapter named "default" at the top of a folder: what stage 05 loads
 REFERENCE = "reference"
 
@@ -73,7 +76,8 @@ class ActorCritic(nn.Module):
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         hidden = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).last_hidden_state
         hidden = hidden[:, -num_positions:]  # only these positions need the (vocabulary-sized) logits
-        logits = self.lm.get_output_embeddings()(hidden).float()
+        head = self.lm.get_output_embeddings()
+        logits = head(hidden.to(head.weight.dtype)).float()
         values = self.value_head(hidden.float()).squeeze(-1)
         return logits, values
 
@@ -134,3 +138,25 @@ def build_actor_critic(
         return ActorCritic(peft_model, has_reference_adapter=True)
     lora = lora or LoraConfig(task_type="CAUSAL_LM", **GPT_NEOX_LORA)
     return ActorCritic(get_peft_model(base_model, lora), has_reference_adapter=False)
+
+
+def load_sft_policy(
+    run_dir: str | Path,
+    quantization: str | None = None,
+    device: torch.device | str | None = None,
+    gradient_checkpointing: bool = False,
+    trust_remote_code: bool = False,
+) -> tuple[ActorCritic, object]:
+    """``(actor-critic, tokenizer)`` from a finished 02_sft stage: its base (once), its adapter twice.
+
+    ``quantization=None`` loads the base as SFT trained on it (its metrics say): the adapter was fitted to those weights.
+    """
+    sft = read_metrics(run_dir, "02_sft")
+    adapter_dir = stage_path(run_dir, "02_sft", "adapter_dir")
+    base = sft["base_model_dir"]
+    quantization = quantization or sft.get("quantization", "nf4")
+    if (stage_dir(run_dir, "02_sft") / base).exists():  # a base saved inside the stage folder, else a path or hub name
+        base = stage_dir(run_dir, "02_sft") / base
+    tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)  # as stages 02 and 05 load it
+    model = load_causal_lm(base, quantization, device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    return build_actor_critic(model, adapter_dir, gradient_checkpointing=gradient_checkpointing), tokenizer
