@@ -277,3 +277,10 @@ def test_notebook_runs_end_to_end(fake_run):
     assert (out / m["samples_file"]).exists()
     report = write_report(fake_run).read_text()
     assert "![tournament](05_evaluate/tournament.png)" in report
+
+
+def test_sampling_refuses_prompts_that_overflow_the_context(tokenizer):
+    model = tiny_lm(tokenizer, 2)  # 128 positions
+    long_prompt = conv("Tell me a joke about cats. " * 30)
+    with pytest.raises(ValueError, match="prompt 1 has .* tokens: with max_new_tokens=16 it overflows the model's 128-token context"):
+        sample_replies(model, tokenizer, [conv("Hi"), long_prompt], max_new_tokens=16)

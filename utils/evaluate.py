@@ -55,6 +55,11 @@ class Models:
     names: list[str]
     sources: dict[str, str]  # name -> where it came from, for the record
 
+    @property
+    def context(self) -> int | None:
+        """How many tokens (prompt and reply) the model reads at most."""
+        return getattr(self.model.config, "max_position_embeddings", None)
+
 
 def load_models(run_dir: str | Path, quantization: str | None = None, device: str | None = None) -> Models:
     """Base (from stage 02's ``base_model_dir``), the SFT adapter and, when stage 04 ran, the PPO adapter.
@@ -112,13 +117,14 @@ def generate_answers(
     """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + 1000 s``.
 
     A deterministic config (greedy, beams without sampling) is asked once whatever ``samples`` says.
+    Prompts are batched shortest first: one long prompt in a batch of short ones would pad them all.
     """
     n = samples if sampling.do_sample else 1
-    convs = [as_prompt(p) for p in prompts]
+    by_length = sorted(prompts, key=len)
     out: dict[str, list[str]] = {prompt_key(p): [] for p in prompts}
     for s in range(n):
-        replies = generate_replies(model, tokenizer, convs, sampling, batch_size=batch_size, seed=seed + 1000 * s)
-        for p, r in zip(prompts, replies):
+        replies = generate_replies(model, tokenizer, [as_prompt(p) for p in by_length], sampling, batch_size=batch_size, seed=seed + 1000 * s)
+        for p, r in zip(by_length, replies):
             out[prompt_key(p)].append(r)
     return out
 
@@ -177,17 +183,28 @@ class Sample:
 
 @torch.no_grad()
 def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_tokens: int, batch_size: int = 8, seed: int = 0) -> list[Sample]:
-    """Replies drawn from the model's own distribution (temperature 1, nothing truncated), as token ids."""
+    """Replies drawn from the model's own distribution (temperature 1, nothing truncated), as token ids.
+
+    Every prompt must leave room for ``max_new_tokens`` in the model's context (see :func:`fitting_prompts`):
+    a cut prompt would no longer be the prompt the estimate is about.
+    """
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id
     stops = chat_format.stop_token_ids(tokenizer)
     encoded = [chat_format.encode_prompt(p, tokenizer) for p in prompts]
-    out = []
-    for b, start in enumerate(range(0, len(encoded), batch_size)):
-        batch = encoded[start : start + batch_size]
-        width = max(map(len, batch))
-        ids = torch.tensor([[pad_id] * (width - len(x)) + x for x in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in batch], device=device)
+    context = getattr(model.config, "max_position_embeddings", None)
+    too_long = [i for i, x in enumerate(encoded) if context and len(x) + max_new_tokens > context]
+    if too_long:
+        i = too_long[0]
+        raise ValueError(f"prompt {i} has {len(encoded[i])} tokens: with max_new_tokens={max_new_tokens} it overflows the "
+                         f"model's {context}-token context ({len(too_long)} such prompts); select prompts with fitting_prompts")
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
+    out: list[Sample | None] = [None] * len(encoded)
+    for b, start in enumerate(range(0, len(order), batch_size)):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in rows)
+        ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows], device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + b)
             gen = model.generate(
@@ -195,31 +212,39 @@ def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_to
                 repetition_penalty=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
                 eos_token_id=stops, pad_token_id=pad_id,
             )
-        for x, row in zip(batch, gen[:, width:].tolist()):
-            cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-            out.append(Sample(x, row[:cut]))
+        for i, row in zip(rows, gen[:, width:].tolist()):
+            cut = next((j + 1 for j, t in enumerate(row) if t in stops), len(row))
+            out[i] = Sample(encoded[i], row[:cut])
     return out
 
 
 @torch.no_grad()
+def masked_logprob_sums(model, sequences: Sequence[list[int]], masks: Sequence[list[int]], pad_id: int, batch_size: int = 8) -> np.ndarray:
+    """For each sequence, ``Σ log p(token_t | tokens_<t)`` over the positions t where its mask is 1.
+
+    Sequences are batched by length (less padding; the sums come back in the input order), padded on the
+    right with the attention mask off, and scored with a fused cross-entropy rather than a full log-softmax.
+    """
+    device = next(model.parameters()).device
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    sums = np.zeros(len(sequences))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(sequences[i]) for i in rows)
+        ids = torch.tensor([sequences[i] + [pad_id] * (width - len(sequences[i])) for i in rows], device=device)
+        attn = torch.tensor([[1] * len(sequences[i]) + [0] * (width - len(sequences[i])) for i in rows], device=device)
+        mask = torch.tensor([list(masks[i]) + [0] * (width - len(masks[i])) for i in rows], device=device, dtype=torch.bool)
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1].float()  # position t predicts token t + 1
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        sums[rows] = (-nll * mask[:, 1:]).sum(1).cpu().numpy()
+    return sums
+
+
 def reply_logprobs(model, samples: Sequence[Sample], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """``Σ_t log p(y_t | x, y_<t)`` over each sample's reply tokens, under ``model``."""
-    device = next(model.parameters()).device
-    totals = []
-    for start in range(0, len(samples), batch_size):
-        batch = samples[start : start + batch_size]
-        seqs = [s.prompt_ids + s.reply_ids for s in batch]
-        width = max(map(len, seqs))
-        ids = torch.tensor([q + [pad_id] * (width - len(q)) for q in seqs], device=device)
-        attn = torch.tensor([[1] * len(q) + [0] * (width - len(q)) for q in seqs], device=device)
-        target = torch.zeros_like(ids, dtype=torch.bool)
-        for i, s in enumerate(batch):
-            target[i, len(s.prompt_ids) : len(s.prompt_ids) + len(s.reply_ids)] = True
-        logits = model(input_ids=ids, attention_mask=attn).logits.float()
-        # The logits at position t predict token t + 1.
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        totals += (logp * target[:, 1:]).sum(1).tolist()
-    return np.array(totals)
+    sequences = [s.prompt_ids + s.reply_ids for s in samples]
+    masks = [[0] * len(s.prompt_ids) + [1] * len(s.reply_ids) for s in samples]
+    return masked_logprob_sums(model, sequences, masks, pad_id, batch_size)
 
 
 def monte_carlo_kl(
@@ -246,29 +271,18 @@ def monte_carlo_kl(
 # ------------------------------------------------------------------------------------------ perplexity
 
 
-@torch.no_grad()
 def perplexity(model, tokenizer, conversations: Sequence[Conversation], batch_size: int = 8) -> tuple[float, int]:
     """``(perplexity, tokens)`` over the assistant tokens of ``conversations``.
 
     A conversation longer than the model's context keeps its first tokens; the tokens cut are not counted.
     """
-    device = next(model.parameters()).device
     limit = getattr(model.config, "max_position_embeddings", None) or 10**9
     encoded = [chat_format.encode(c, tokenizer) for c in conversations]
-    encoded = [(e.input_ids[:limit], e.assistant_mask[:limit]) for e in encoded]
-    pad_id = tokenizer.pad_token_id
-    nll, count = 0.0, 0
-    for start in range(0, len(encoded), batch_size):
-        batch = encoded[start : start + batch_size]
-        width = max(len(ids) for ids, _ in batch)
-        ids = torch.tensor([x + [pad_id] * (width - len(x)) for x, _ in batch], device=device)
-        attn = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in batch], device=device)
-        mask = torch.tensor([m + [0] * (width - len(m)) for _, m in batch], device=device, dtype=torch.bool)
-        logits = model(input_ids=ids, attention_mask=attn).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
-        nll -= float((logp * mask[:, 1:]).sum())
-        count += int(mask[:, 1:].sum())
-    return (float(np.exp(nll / count)) if count else float("nan")), count
+    sequences = [e.input_ids[:limit] for e in encoded]
+    masks = [e.assistant_mask[:limit] for e in encoded]
+    total = masked_logprob_sums(model, sequences, masks, tokenizer.pad_token_id, batch_size).sum()
+    count = sum(sum(m[1:]) for m in masks)  # the first token has nothing to be predicted from
+    return (float(np.exp(-total / count)) if count else float("nan")), count
 
 
 # ------------------------------------------------------------------------------------------ refusals
