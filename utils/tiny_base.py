@@ -119,14 +119,17 @@ def stream_nll(model, stream: torch.Tensor, block_size: int, batch_size: int = 1
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    *full, last = stream.split(block_size)
+    batches = [torch.stack(full[i : i + batch_size]) for i in range(0, len(full), batch_size)]
+    batches.append(last[None])  # the last window, maybe shorter, on its own
     total, count = 0.0, 0
-    windows = list(stream.split(block_size))
-    for w in windows:  # one window at a time keeps the short last window exact, and memory flat
-        if len(w) < 2:
+    for batch in batches:
+        if batch.shape[1] < 2:
             continue
-        logits = model(input_ids=w[None].to(device)).logits[0, :-1].float()
-        total += float(torch.nn.functional.cross_entropy(logits, w[1:].to(device), reduction="sum"))
-        count += len(w) - 1
+        batch = batch.to(device)
+        logits = model(input_ids=batch).logits[:, :-1].float()
+        total += float(torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="sum"))
+        count += batch[:, 1:].numel()
     model.train(was_training)
     return total / count
 
@@ -139,7 +142,7 @@ def _model_config(config: TinyBaseConfig, tokenizer) -> GPTNeoXConfig:
         num_attention_heads=config.num_heads,
         intermediate_size=4 * config.hidden_size,
         max_position_embeddings=config.context_length,
-        rotary_pct=0.25,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.25},  # Pythia's
         use_parallel_residual=True,
         tie_word_embeddings=False,
         hidden_dropout=0.0,
@@ -171,8 +174,9 @@ def pretrain(
         lr=config.learning_rate,
         betas=(0.9, 0.95),
     )
-    train_curve: list[tuple[int, float]] = []
-    eval_curve: list[tuple[int, float]] = [(0, stream_nll(model, heldout, config.block_size))]
+    # [step, loss] pairs as lists, the form they take in the saved JSON report
+    train_curve: list[list] = []
+    eval_curve: list[list] = [[0, stream_nll(model, heldout, config.block_size)]]
     start, step = time.perf_counter(), 0
     model.train()
     while step < config.steps and time.perf_counter() - start < 60 * config.max_minutes:
@@ -186,11 +190,11 @@ def pretrain(
         opt.step()
         opt.zero_grad(set_to_none=True)
         step += 1
-        train_curve.append((step, loss.item()))
+        train_curve.append([step, loss.item()])
         if step % config.eval_every == 0 and step < config.steps:
-            eval_curve.append((step, stream_nll(model, heldout, config.block_size)))
+            eval_curve.append([step, stream_nll(model, heldout, config.block_size)])
     seconds = time.perf_counter() - start
-    eval_curve.append((step, stream_nll(model, heldout, config.block_size)))
+    eval_curve.append([step, stream_nll(model, heldout, config.block_size)])
     return {
         "steps_done": step,
         "stopped_by_time_cap": step < config.steps,
@@ -226,7 +230,10 @@ def build_tiny_base(
         raise ValueError(f"tiny_base: block_size {config.block_size} exceeds context_length {config.context_length}")
     path = Path(cache_dir) / f"tiny-gpt-neox-{cache_key(train_texts, eval_texts, config)}"
     if (path / REPORT_FILE).exists():
-        return TinyBase(path, cached=True, report=json.loads((path / REPORT_FILE).read_text()))
+        report = json.loads((path / REPORT_FILE).read_text())
+        # A build the time cap cut short is not what the config asks for: use it once, then build again.
+        if not report["stopped_by_time_cap"]:
+            return TinyBase(path, cached=True, report=report)
 
     device = torch.device(device) if device is not None else default_device()
     tokenizer = train_tokenizer(train_texts, config.vocab_size)
@@ -256,9 +263,11 @@ def build_tiny_base(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if path.exists() and json.loads((path / REPORT_FILE).read_text())["stopped_by_time_cap"]:
+        shutil.rmtree(path)  # the short build this one replaces
     try:
         os.replace(tmp, path)
-    except OSError:  # another process finished the same build first: theirs is identical, keep it
+    except OSError:  # another process finished the same build first: theirs is as good, keep it
         shutil.rmtree(tmp, ignore_errors=True)
     return TinyBase(path, cached=False, report=report)
 

@@ -1,0 +1,374 @@
+"""Supervised fine-tuning with QLoRA: a frozen 4-bit base, small trainable LoRA matrices, loss on replies.
+
+The recipe, and where each piece comes from:
+
+* **Data**: OASST conversation threads ending in an assistant reply, encoded by
+  :func:`utils.chat_format.encode`, which also returns which tokens are the assistant's. trl's
+  ``SFTTrainer`` turns that ``assistant_masks`` column into labels (-100 elsewhere), so the loss covers the
+  replies and the end-of-turn tokens that close them, never the user's words (InstructGPT's SFT, Ouyang et
+  al. 2022; OpenAssistant's SFT, Köpf et al. 2023, https://arxiv.org/abs/2304.07327).
+* **QLoRA** (Dettmers et al. 2023): the base's linear layers in 4-bit NF4 with double quantization, LoRA
+  adapters (Hu et al. 2021) on every linear layer of the transformer blocks, gradient checkpointing on the
+  GPU; memory goes to the adapters and activations, not to a full copy of the weights and Adam state.
+* **New tokens**: a base without a chat template has never seen the role tokens, so their input-embedding
+  rows are trained too (peft's ``trainable_token_indices``), a few hundred numbers, not the whole matrix.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from itertools import groupby
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
+from transformers import PrinterCallback, TrainerCallback, set_seed
+from trl import SFTConfig, SFTTrainer
+
+from utils import chat_format
+from utils.artifacts import read_metrics, stage_dir
+from utils.modeling import compute_dtype, load_causal_lm, load_tokenizer
+
+ADAPTER_DIR = "adapter"
+MERGED_DIR = "merged"
+
+
+@dataclass
+class SFTSettings:
+    """The knobs of a QLoRA SFT run; the notebook's parameters of the same names fill them."""
+
+    quantization: str = "nf4"
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_target_modules: str | list[str] = "all-linear"
+    train_chat_token_embeddings: bool = True
+    learning_rate: float = 2e-4
+    num_train_epochs: float = 1.0
+    max_steps: int = -1  # > 0 overrides num_train_epochs
+    per_device_train_batch_size: int = 8
+    gradient_accumulation_steps: int = 1
+    per_device_eval_batch_size: int = 8
+    max_length: int = 512
+    packing: bool = False
+    warmup_steps: float = 0.05  # an int counts steps, a float in [0, 1) is a fraction of them
+    lr_scheduler_type: str = "cosine"
+    weight_decay: float = 0.0
+    logging_steps: int = 5
+    eval_steps: int = 0  # > 0: also measure held-out loss every eval_steps (for the curve)
+    gradient_checkpointing: bool | None = None  # None: on where there is a GPU
+    seed: int = 0
+
+
+@dataclass
+class EncodedSet:
+    """Tokenized conversations and what happened to them on the way (nothing is dropped unsaid)."""
+
+    dataset: Dataset
+    conversations: int
+    truncated: int
+    dropped_no_reply_left: int
+    tokens: int
+    assistant_tokens: int
+
+    def summary(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "dataset"}
+
+
+def encode_conversations(conversations: Sequence[Sequence[dict]], tokenizer, max_length: int) -> EncodedSet:
+    """``input_ids`` + ``assistant_masks`` for each conversation, cut to its first ``max_length`` tokens.
+
+    A conversation whose cut leaves no assistant token (a very long prompt) teaches nothing and is dropped;
+    both counts are returned.
+    """
+    rows: dict[str, list] = {"input_ids": [], "assistant_masks": []}
+    truncated = dropped = 0
+    # Conversations longer than the model's context are expected here: they are cut below, and counted.
+    # Mark the tokenizer's warn-once "sequence longer than the maximum" warning as already given.
+    tokenizer.deprecation_warnings["sequence-length-is-longer-than-the-specified-maximum"] = True
+    for conv in conversations:
+        enc = chat_format.encode(conv, tokenizer)
+        if len(enc) > max_length:
+            truncated += 1
+            enc = chat_format.Encoded(enc.input_ids[:max_length], enc.assistant_mask[:max_length])
+        if not any(enc.assistant_mask):
+            dropped += 1
+            continue
+        rows["input_ids"].append(enc.input_ids)
+        rows["assistant_masks"].append(enc.assistant_mask)
+    return EncodedSet(
+        dataset=Dataset.from_dict(rows),
+        conversations=len(conversations),
+        truncated=truncated,
+        dropped_no_reply_left=dropped,
+        tokens=sum(map(len, rows["input_ids"])),
+        assistant_tokens=sum(map(sum, rows["assistant_masks"])),
+    )
+
+
+def chat_token_ids(tokenizer) -> list[int]:
+    """Ids of the OpenAssistant role tokens, the ones a template-less base has never been trained on."""
+    if chat_format.uses_chat_template(tokenizer):
+        return []
+    return sorted(tokenizer.convert_tokens_to_ids(t) for t in chat_format.OA_SPECIAL_TOKENS)
+
+
+def use_gradient_checkpointing(settings: SFTSettings, device: torch.device) -> bool:
+    # Checkpointing trades compute for activation memory: worth it on a memory-bound GPU, a pure loss on a CPU.
+    if settings.gradient_checkpointing is None:
+        return device.type == "cuda"
+    return settings.gradient_checkpointing
+
+
+def add_lora(model, tokenizer, settings: SFTSettings) -> PeftModel:
+    """Freeze the base and wrap it with LoRA adapters (and trainable chat-token embedding rows)."""
+    device = next(model.parameters()).device
+    if getattr(model, "is_loaded_in_4bit", False):
+        # Freezes the base and keeps norms and embeddings in float32, QLoRA's numerically safe setup.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=use_gradient_checkpointing(settings, device))
+    new_tokens = chat_token_ids(tokenizer) if settings.train_chat_token_embeddings else []
+    config = LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target_modules,
+        trainable_token_indices=new_tokens or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    set_seed(settings.seed)  # LoRA's A matrices start random: the same seed, the same adapter
+    return get_peft_model(model, config)
+
+
+def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.device) -> SFTConfig:
+    dtype = compute_dtype(device)
+    return SFTConfig(
+        output_dir=str(out_dir),  # nothing is written there: no checkpoints (save_strategy="no")
+        learning_rate=settings.learning_rate,
+        num_train_epochs=settings.num_train_epochs,
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.per_device_train_batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        per_device_eval_batch_size=settings.per_device_eval_batch_size,
+        max_length=settings.max_length,
+        packing=settings.packing,
+        # "wrapped" packing concatenates conversations into max_length rows (no flash-attention needed, so it
+        # runs on CPUs and T4s); the loss mask still covers only assistant tokens.
+        packing_strategy="wrapped",
+        warmup_steps=settings.warmup_steps,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        weight_decay=settings.weight_decay,
+        logging_steps=settings.logging_steps,
+        eval_strategy="steps" if settings.eval_steps > 0 else "no",
+        eval_steps=settings.eval_steps if settings.eval_steps > 0 else None,
+        activation_checkpointing=use_gradient_checkpointing(settings, device),  # transformers 5 name of gradient checkpointing
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        use_cpu=device.type == "cpu",
+        include_num_input_tokens_seen="non_padding",
+        seed=settings.seed,
+        data_seed=settings.seed,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+    )
+
+
+def make_trainer(model: PeftModel, tokenizer, train: Dataset, eval: Dataset, settings: SFTSettings, out_dir: str | Path) -> SFTTrainer:
+    """trl's SFTTrainer on pre-tokenized data: it builds labels from ``assistant_masks`` itself."""
+    device = next(model.parameters()).device
+    trainer = SFTTrainer(
+        model=model,
+        args=trainer_config(settings, out_dir, device),
+        train_dataset=train,
+        eval_dataset=eval,
+        processing_class=tokenizer,
+    )
+    trainer.remove_callback(PrinterCallback)  # the notebook plots the losses instead of printing each log line
+    if compute_dtype(device) != torch.bfloat16:
+        # trl stores a 4-bit model's adapters in bf16 (QLoRA's choice on bf16 GPUs). Without bf16 compute
+        # (CPU, T4) that is slow, and fp16 mixed precision needs float32 trainable weights; peft's default.
+        for p in trainer.model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
+    return trainer
+
+
+def loss_curves(log_history: list[dict[str, Any]]) -> dict[str, list[tuple[int, float]]]:
+    """``{"train": [(step, loss)], "eval": [(step, eval_loss)]}`` from a trainer's log history.
+
+    An evaluation repeated at the same step (the one after training, when the last step was an eval step
+    already) appears once.
+    """
+    train = [(row["step"], row["loss"]) for row in log_history if "loss" in row]
+    evals = {row["step"]: row["eval_loss"] for row in log_history if "eval_loss" in row}
+    return {"train": train, "eval": sorted(evals.items())}
+
+
+def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str | Path | None = None, title: str = "SFT loss (assistant tokens)"):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, style in (("train", "-"), ("eval", "o--")):
+        if curves.get(name):
+            steps, losses = zip(*curves[name])
+            ax.plot(steps, losses, style, label=f"{name} (held-out)" if name == "eval" else name)
+    ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats/token)", title=title)
+    ax.legend()
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+class _Clock(TrainerCallback):
+    """Wall-clock time of the training loop alone (evaluations excluded), for an honest tokens/s."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._t: float | None = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        if self._t is not None:
+            self.seconds += time.perf_counter() - self._t
+            self._t = None
+
+
+@dataclass
+class TrainStats:
+    eval_loss_before: float
+    eval_loss_after: float
+    train_loss_first: float
+    train_loss_last: float
+    tokens_seen: int
+    train_seconds: float
+    tokens_per_second: float
+    curves: dict = field(default_factory=dict)
+
+
+def train(trainer: SFTTrainer) -> TrainStats:
+    """Held-out loss, training, held-out loss again.
+
+    tokens/s counts the non-pad input tokens trained on over the time spent in optimizer steps
+    (evaluations excluded).
+    """
+    before = trainer.evaluate()["eval_loss"]
+    clock = _Clock()
+    trainer.add_callback(clock)
+    trainer.train()
+    trainer.remove_callback(clock)
+    after = trainer.evaluate()["eval_loss"]
+    curves = loss_curves(trainer.state.log_history)
+    curves["eval"].insert(0, (0, before))  # train() starts a fresh log: the first evaluation is not in it
+    if not curves["train"]:
+        raise RuntimeError("training logged no loss: set logging_steps no larger than the number of steps")
+    tokens = int(trainer.state.num_input_tokens_seen)
+    return TrainStats(
+        eval_loss_before=before,
+        eval_loss_after=after,
+        train_loss_first=curves["train"][0][1],
+        train_loss_last=curves["train"][-1][1],
+        tokens_seen=tokens,
+        train_seconds=clock.seconds,
+        tokens_per_second=tokens / clock.seconds if clock.seconds else float("nan"),
+        curves=curves,
+    )
+
+
+def save_adapter(model: PeftModel, tokenizer, path: str | Path) -> Path:
+    """The LoRA adapter (safetensors) with the tokenizer it was trained with."""
+    path = Path(path)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def merge_adapter(base_model: str | Path, adapter_dir: str | Path, path: str | Path, trust_remote_code: bool = False) -> Path:
+    """A standalone model: the base in full precision with the adapter folded into its weights.
+
+    The 4-bit weights are not what is merged into (that would bake quantization error in twice); the base
+    is reloaded unquantized on the CPU, so this needs the base's full-precision size in RAM.
+    """
+    tokenizer = load_tokenizer(adapter_dir)
+    base = load_causal_lm(base_model, quantization="none", device="cpu", trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return Path(path)
+
+
+def load_sft_model(
+    run_dir: str | Path,
+    quantization: str = "nf4",
+    device: torch.device | str | None = None,
+    trainable: bool = False,
+    trust_remote_code: bool = False,
+):
+    """``(model, tokenizer)`` of a finished 02_sft stage: its base with its adapter, for later stages.
+
+    ``trainable=True`` leaves the adapter's weights trainable (PPO's policy starts from them).
+    """
+    metrics = read_metrics(run_dir, "02_sft")
+    adapter = stage_dir(run_dir, "02_sft") / metrics["adapter_dir"]
+    base = metrics["base_model_dir"]
+    if not Path(base).is_absolute() and (stage_dir(run_dir, "02_sft") / base).exists():
+        base = stage_dir(run_dir, "02_sft") / base  # a base saved inside the stage folder
+    tokenizer = load_tokenizer(adapter, trust_remote_code=trust_remote_code)
+    model = load_causal_lm(base, quantization, device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable), tokenizer
+
+
+def generations_table(prompts: Sequence[Sequence[dict]], columns: dict[str, Sequence[str]], width: int = 300):
+    """A DataFrame: the last user turn of each prompt, then one column per model, texts cut to ``width``."""
+    import pandas as pd
+
+    def cut(s: str) -> str:
+        return s if len(s) <= width else s[: width - 1] + "…"
+
+    rows = {"prompt": [cut(chat_format.normalize(p)[-1]["content"]) for p in prompts]}
+    rows.update({name: [cut(t) for t in texts] for name, texts in columns.items()})
+    return pd.DataFrame(rows)
+
+
+def save_generations(path: str | Path, prompts: Sequence[Sequence[dict]], columns: dict[str, Sequence[str]]) -> Path:
+    """The full (uncut) generations as JSON lines: one prompt and every column's text a line."""
+    with open(path, "w") as f:
+        for i, prompt in enumerate(prompts):
+            f.write(json.dumps({"prompt": list(prompt), **{k: v[i] for k, v in columns.items()}}) + "\n")
+    return Path(path)
+
+
+def heldout_prompts(conversations: Sequence[Sequence[dict]], n: int) -> tuple[list[list[dict]], list[str]]:
+    """The first ``n`` distinct prompts of ``conversations`` and the human reply each had (the reference)."""
+    prompts, references, seen = [], [], set()
+    for conv in conversations if n > 0 else ():
+        prompt, reply = chat_format.split_prompt_reply(conv)
+        key = json.dumps(prompt)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(prompt)
+            references.append(reply)
+        if len(prompts) == n:
+            break
+    return prompts, references
+
+
+def show_mask(conversation: Sequence[dict], tokenizer, max_chars: int = 600) -> str:
+    """The encoded conversation as text, the tokens the loss covers between ⟦ and ⟧."""
+    enc = chat_format.encode(conversation, tokenizer)
+    pieces = []
+    for trained, run in groupby(zip(enc.input_ids, enc.assistant_mask), key=lambda pair: pair[1]):
+        text = tokenizer.decode([token_id for token_id, _ in run])  # whole runs: multi-byte characters stay whole
+        pieces.append(f"⟦{text}⟧" if trained else text)
+    text = "".join(pieces)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
