@@ -245,19 +245,14 @@ def test_models_share_one_base_and_switch_adapters(fake_run, tokenizer, tmp_path
     assert load_models(no_ppo).names == ["base", "sft"]  # evaluating after SFT alone works
 
 
-def test_notebook_runs_end_to_end(fake_run):
+def test_notebook_on_the_micro_run(micro_run):
+    """Stage 05 as the runner executed it in the session's micro pipeline (tests/conftest.py)."""
     import json
 
-    import papermill
+    from utils.profile import load_profile
 
-    from utils.report import write_report
-
-    out = fake_run / "05_evaluate"
-    papermill.execute_notebook(
-        NOTEBOOK, str(fake_run / "05_evaluate.ipynb"), cwd=".", kernel_name="python3", progress_bar=False,
-        parameters=dict(run_dir=str(fake_run), out_dir=str(out), n_heldout_prompts=4, n_lottery_prompts=2, n_hh_prompts=2,
-                        max_new_tokens=8, n_kl_prompts=2, kl_max_new_tokens=8, n_ppl_threads=4, bootstrap_rounds=50, n_sample_rows=2),
-    )
+    params = load_profile("tests/profiles/micro.yaml").stage_params("05_evaluate")
+    out = micro_run / "05_evaluate"
     m = json.loads((out / "metrics.json").read_text())
     ours = ["base (k50)", "sft (k50)", "ppo (k50)"]
     theirs = ["pythia-1b-deduped-sft (k50)", "pythia-12b-deduped-sft (k50)"]
@@ -269,14 +264,18 @@ def test_notebook_runs_end_to_end(fake_run):
         for other, rate in m["win_rates"][player].items():
             assert rate + m["win_rates"][other][player] == pytest.approx(1.0)
     assert all(m["models"][p]["ppl"] > 1 for p in ours)
-    assert "kl" not in m["models"]["base (k50)"] and "kl_sft" in m["models"]["ppo (k50)"] and "kl" in m["models"]["sft (k50)"]
+    assert "kl" not in m["models"]["base (k50)"] and "kl" in m["models"]["sft (k50)"] and "kl_sft" in m["models"]["ppo (k50)"]
     assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1
-    assert m["external_players"] == {p: 4 for p in theirs}  # they join on the 4 held-out prompts used
-    assert m["sampling"]["k50"]["top_k"] == 50 and m["sampling"]["k50"]["max_new_tokens"] == 8
+    n = params["n_heldout_prompts"]
+    assert m["external_players"] == {p: n for p in theirs}  # they join on the held-out prompts used
+    assert m["prompts"]["heldout"] == n and m["prompts"]["lottery"] == params["n_lottery_prompts"]
+    # Every pair of our players meets on every prompt, OpenAssistant's players on the held-out ones only.
+    prompts, s = n + params["n_lottery_prompts"], params["samples_per_prompt"]  # every sample meets every sample
+    assert m["games"] == (3 * prompts + 2 * 3 * n + 1 * n) * s * s
+    assert m["sampling"]["k50"]["top_k"] == 50 and m["sampling"]["k50"]["max_new_tokens"] == params["max_new_tokens"]
     assert {p.name for p in out.glob("*.png")} == {"tournament.png", "lengths_and_rewards.png"}
     assert (out / m["samples_file"]).exists()
-    report = write_report(fake_run).read_text()
-    assert "![tournament](05_evaluate/tournament.png)" in report
+    assert "![tournament](05_evaluate/tournament.png)" in (micro_run / "report.md").read_text()
 
 
 def test_sampling_refuses_prompts_that_overflow_the_context(tokenizer):

@@ -112,7 +112,7 @@ def metric_blocks(metrics: dict[str, Any]) -> list[Block]:
     for key, value in metrics.items():
         if _is_scalar(value):
             continue
-        blocks.append(Paragraph([f"{key}:"]))
+        blocks.append(Heading(3, key))
         if value and all(isinstance(v, dict) for v in value.values()):
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
             # A square table (win rates: player × player) reads best with columns in the rows' order.
