@@ -156,6 +156,7 @@ def test_sample_table_side_by_side():
     rows = sample_table({"p": "What?"}, {"sft": {"p": ["An | answer"]}, "ext": {}}, {"sft": {"p": [0.5]}}, ["p"])
     assert rows == [{"prompt": "What?", "sft": "[+0.50] An | answer"}]
     assert markdown_table(rows).splitlines()[2] == "| What? | [+0.50] An \\| answer |"
+    assert markdown_table([{"a": "two\nlines"}]).splitlines()[2] == "| two lines |"
 
 
 # ------------------------------------------------------------------------------------------ the notebook

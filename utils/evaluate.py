@@ -348,9 +348,10 @@ def _clip(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def markdown_table(rows: Sequence[Mapping[str, str]]) -> str:
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows of ``{column: value}`` as a Markdown table; a cell's line breaks become spaces (a row is one line)."""
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    cell = lambda s: " ".join(str(s).splitlines()).replace("|", "\\|")  # noqa: E731
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines) + "\n"
