@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -42,7 +44,7 @@ from torch import nn
 
 from utils import chat_format
 from utils.modeling import compute_dtype, default_device
-from utils.reward_eval import PairResult, evaluate_pairs, read_pairs_file
+from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
 
 REWARD_FILE = "reward.json"  # beside the merged checkpoint: how to encode conversations for this model
 
@@ -114,12 +116,6 @@ def encode_conversation(conversation: Conversation, tokenizer, max_length: int) 
     if len(reply_ids) >= room:
         return first + reply_ids[:room]
     return first + context_ids[len(context_ids) - (room - len(reply_ids)) :] + reply_ids
-
-
-def pair_conversations(pair) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
-    """The chosen and the rejected conversation of a preference pair (``.prompt``, ``.chosen``, ``.rejected``)."""
-    prompt = list(pair.prompt)
-    return prompt + [{"role": "assistant", "content": pair.chosen}], prompt + [{"role": "assistant", "content": pair.rejected}]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -204,7 +200,7 @@ class RewardTrainingConfig:
     center_rewards_coefficient: float | None = 0.01
     gradient_checkpointing: bool = False
     seed: int = 0
-    logging_steps: int = 10
+    logging_steps: int | None = None  # None: about 20 points on the training curve
     trust_remote_code: bool = False
 
 
@@ -266,22 +262,15 @@ def pairs_dataset(pairs: Sequence, tokenizer, max_length: int):
     return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths})
 
 
-def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: str | Path) -> TrainResult:
-    """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``."""
-    from transformers import set_seed
-    from trl import RewardConfig, RewardTrainer
+def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str):
+    """trl's ``RewardConfig`` for our settings, in the compute dtype of the device (fp32 on the CPU)."""
+    from trl import RewardConfig
 
-    if not pairs:
-        raise ValueError("no preference pairs to train on")
-    set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
-    model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions is not None and config.max_length > positions:
-        raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
     device = default_device()
     dtype = compute_dtype(device)
-    args = RewardConfig(
-        output_dir=str(Path(out_dir) / "trainer"),
+    steps = math.ceil(math.ceil(n_pairs / config.batch_size) / config.grad_accum * config.epochs)
+    return RewardConfig(
+        output_dir=output_dir,
         num_train_epochs=config.epochs,
         learning_rate=config.learning_rate,
         per_device_train_batch_size=config.batch_size,
@@ -296,22 +285,39 @@ def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: s
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,  # keep "length" for the sampler; the collator ignores it
         dataloader_pin_memory=device.type == "cuda",
-        logging_steps=config.logging_steps,
+        logging_steps=config.logging_steps or max(1, steps // 20),
         save_strategy="no",
         report_to="none",
         seed=config.seed,
         disable_tqdm=True,
     )
-    trainer = RewardTrainer(
-        model=model,
-        args=args,
-        train_dataset=pairs_dataset(pairs, tokenizer, config.max_length),
-        processing_class=tokenizer,
-        peft_config=lora_config(model, config, new_ids),
-    )
-    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in trainer.model.parameters())
-    trainer.train()
+
+
+def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: str | Path) -> TrainResult:
+    """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``."""
+    from transformers import set_seed
+    from trl import RewardTrainer
+
+    if not pairs:
+        raise ValueError("no preference pairs to train on")
+    set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
+    model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
+    positions = getattr(model.config, "max_position_embeddings", None)
+    if positions is not None and config.max_length > positions:
+        raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
+    dataset = pairs_dataset(pairs, tokenizer, config.max_length)
+    # The trainer wants an output_dir; with save_strategy="no" nothing lands there, the merged model goes to out_dir.
+    with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
+        trainer = RewardTrainer(
+            model=model,
+            args=trainer_args(config, len(pairs), scratch),
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora_config(model, config, new_ids),
+        )
+        trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in trainer.model.parameters())
+        trainer.train()
     model_dir = save_reward_model(trainer.model, tokenizer, config, Path(out_dir) / "reward_model")
     return TrainResult(model_dir, list(trainer.state.log_history), trainable, total)
 

@@ -25,6 +25,12 @@ class Scorer(Protocol):
     def score(self, conversations: Sequence[Sequence[dict[str, str]]], batch_size: int = 16) -> list[float]: ...
 
 
+def pair_conversations(pair) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """The chosen and the rejected conversation of a preference pair (``.prompt``, ``.chosen``, ``.rejected``)."""
+    prompt = list(pair.prompt)
+    return prompt + [{"role": "assistant", "content": pair.chosen}], prompt + [{"role": "assistant", "content": pair.rejected}]
+
+
 def pairwise_loss(chosen: Sequence[float], rejected: Sequence[float]) -> float:
     """Mean ``-log σ(r_chosen − r_rejected)``, the loss the reward model is trained on."""
     diff = torch.tensor(chosen, dtype=torch.float64) - torch.tensor(rejected, dtype=torch.float64)
@@ -66,27 +72,25 @@ class PairResult:
     reward_length_corr: float  # Pearson's r of reward and reply length (characters), each reply once
     chosen_scores: list[float] = field(repr=False, default_factory=list)
     rejected_scores: list[float] = field(repr=False, default_factory=list)
+    replies: list[tuple[str, float]] = field(repr=False, default_factory=list)  # (reply, reward), each reply once
 
 
 def evaluate_pairs(scorer: Scorer, pairs: Sequence, batch_size: int = 16) -> PairResult:
     """Score both replies of every pair (``.prompt``, ``.chosen``, ``.rejected``) and compare."""
-    convs = []
-    for p in pairs:
-        convs.append(list(p.prompt) + [{"role": "assistant", "content": p.chosen}])
-        convs.append(list(p.prompt) + [{"role": "assistant", "content": p.rejected}])
+    convs = [conv for p in pairs for conv in pair_conversations(p)]
     scores = scorer.score(convs, batch_size=batch_size)
     chosen, rejected = scores[0::2], scores[1::2]
-    # A reply ranked against k others appears in k pairs: count it once in the correlation.
-    unique = {json.dumps(c, sort_keys=True): (len(c[-1]["content"]), s) for c, s in zip(convs, scores)}
-    lengths, values = zip(*unique.values()) if unique else ((), ())
+    # A reply ranked against k others appears in k pairs: count it once.
+    replies = list({json.dumps(c, sort_keys=True): (c[-1]["content"], s) for c, s in zip(convs, scores)}.values())
     return PairResult(
         n=len(pairs),
         accuracy=pairwise_accuracy(chosen, rejected),
         length_baseline=length_baseline_accuracy(pairs),
         loss=pairwise_loss(chosen, rejected) if pairs else math.nan,
-        reward_length_corr=correlation(lengths, values),
+        reward_length_corr=correlation([len(text) for text, _ in replies], [s for _, s in replies]),
         chosen_scores=chosen,
         rejected_scores=rejected,
+        replies=replies,
     )
 
 
@@ -114,10 +118,14 @@ def read_pairs_file(path: str | Path, lang: str | Sequence[str] | None = ("en",)
         raise FileNotFoundError(f"{path}: no such file")
     if path.suffix != ".parquet" and is_hh_file(path):
         return oasst.read_hh_pairs(path)
-    trees, _ = oasst.load_trees([path], lang=lang)
+    trees, report = oasst.load_trees([path], lang=lang)
     pairs = oasst.preference_pairs(oasst.rm_groups(trees))
     if not pairs:
-        raise ValueError(f"{path}: no ranked replies, so no preference pairs (is it an OASST export?)")
+        skipped = ", ".join(f"{n} {reason}" for reason, n in report.skipped.items()) or "none"
+        raise ValueError(
+            f"{path}: no preference pairs: {len(trees)} usable trees hold no prompt with two ranked replies "
+            f"({report.read} messages read; skipped: {skipped})"
+        )
     return pairs
 
 

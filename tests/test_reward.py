@@ -1,0 +1,330 @@
+"""The reward model: loss and accuracy by hand, encoding, a scorer that batching cannot change, training, CLI."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from utils.oasst import Pair, load_trees, preference_pairs, read_hh_pairs, rm_groups
+from utils.profile import REPO_ROOT
+from utils.reward import (
+    RewardScorer,
+    RewardTrainingConfig,
+    backbone_linear_layers,
+    encode_conversation,
+    head_modules,
+    load_backbone,
+    train_reward_model,
+)
+from utils.reward import main as cli_main
+from utils.reward_eval import (
+    correlation,
+    evaluate_pairs,
+    length_baseline_accuracy,
+    pairwise_accuracy,
+    pairwise_loss,
+    read_pairs_file,
+)
+
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+DATA = REPO_ROOT / "data"
+
+
+def user(text):
+    return {"role": "user", "content": text}
+
+
+def assistant(text):
+    return {"role": "assistant", "content": text}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Metrics, by hand
+
+
+def test_pairwise_loss_matches_hand_computed_values():
+    # Differences 1, 0, -0.5, 3: -log σ(d) = log(1 + e^-d) = 0.313262, 0.693147, 0.974077, 0.048587.
+    loss = pairwise_loss([2.0, 1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 0.0])
+    assert loss == pytest.approx((0.313262 + 0.693147 + 0.974077 + 0.048587) / 4, abs=1e-6)
+
+
+def test_pairwise_loss_is_log2_for_equal_scores_and_falls_as_chosen_pulls_ahead():
+    assert pairwise_loss([0.3], [0.3]) == pytest.approx(math.log(2))
+    assert pairwise_loss([5.0], [0.0]) < pairwise_loss([1.0], [0.0]) < pairwise_loss([0.0], [1.0])
+
+
+def test_pairwise_accuracy_counts_ties_half():
+    # wins, tie, loss, win -> (1 + 0.5 + 0 + 1) / 4
+    assert pairwise_accuracy([2.0, 1.0, 0.5, 3.0], [1.0, 1.0, 1.0, 0.0]) == 0.625
+    assert math.isnan(pairwise_accuracy([], []))
+    with pytest.raises(ValueError):
+        pairwise_accuracy([1.0], [])
+
+
+def test_length_baseline_says_the_longer_reply_wins():
+    pairs = [Pair([user("q")], "long reply", "short"), Pair([user("q")], "no", "a longer one"), Pair([user("q")], "abc", "xyz")]
+    assert length_baseline_accuracy(pairs) == pytest.approx((1 + 0 + 0.5) / 3)
+
+
+def test_correlation_matches_hand_computed_pearson():
+    # x = 1, 2, 3 (mean 2), y = 2, 4, 7 (mean 13/3): sum dx*dy = 5, |dx| = sqrt 2, |dy| = sqrt(38/3)
+    assert correlation([1, 2, 3], [2, 4, 7]) == pytest.approx(5 / math.sqrt(2 * 38 / 3))
+    assert math.isnan(correlation([1, 1, 1], [1, 2, 3]))
+
+
+def test_length_baselines_match_the_published_figures():
+    """0.70 on the 100-tree file's pairs, 0.66 on the flat file's, 0.44 on HH-RLHF harmless (issue 4)."""
+    heldout, _ = load_trees([DATA / "oasst_en_100_trees.jsonl"])
+    flat, _ = load_trees([DATA / "oasst1_en_validation_messages.jsonl"])
+    hh = read_hh_pairs(DATA / "hh_rlhf_harmless_base_test_part1.jsonl.gz")
+    assert round(length_baseline_accuracy(preference_pairs(rm_groups(heldout))), 2) == 0.70
+    assert round(length_baseline_accuracy(preference_pairs(rm_groups(flat))), 2) == 0.66
+    assert round(length_baseline_accuracy(hh), 2) == 0.44
+
+
+# ---------------------------------------------------------------------------------------------------
+# Backbone and encoding
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    torch.manual_seed(0)
+    model, tokenizer, new_ids = load_backbone(MINILM)
+    return model, tokenizer, new_ids
+
+
+def test_backbone_gets_chat_tokens_a_one_output_head_and_lora_targets_outside_it(backbone):
+    model, tokenizer, new_ids = backbone
+    assert tokenizer.convert_ids_to_tokens(new_ids) == ["<|prompter|>", "<|assistant|>", "<|system|>"]
+    assert model.get_input_embeddings().num_embeddings == len(tokenizer)
+    assert model.config.num_labels == 1
+    assert head_modules(model) == ["classifier"]
+    targets = backbone_linear_layers(model)
+    assert "bert.encoder.layer.5.attention.self.query" in targets
+    assert not any("classifier" in t for t in targets)
+
+
+def test_short_conversation_is_encoded_whole(backbone):
+    _, tok, _ = backbone
+    ids = encode_conversation([user("hello there"), assistant("hi !")], tok, max_length=64)
+    assert tok.convert_ids_to_tokens(ids) == [
+        "[CLS]", "<|prompter|>", "hello", "there", "[SEP]", "<|assistant|>", "hi", "!", "[SEP]"
+    ]
+
+
+def test_long_context_is_cut_from_the_left_and_the_reply_kept(backbone):
+    _, tok, _ = backbone
+    conv = [user("one two three"), assistant("four"), user("five six"), assistant("seven eight")]
+    ids = encode_conversation(conv, tok, max_length=9)
+    # whole: [CLS] P one two three S A four S P five six S A seven eight S (17 tokens), the reply the last 4;
+    # 9 tokens: CLS, then the last 4 context tokens, then the reply
+    assert tok.convert_ids_to_tokens(ids) == [
+        "[CLS]", "<|prompter|>", "five", "six", "[SEP]", "<|assistant|>", "seven", "eight", "[SEP]"
+    ]
+
+
+def test_a_reply_longer_than_the_window_keeps_its_beginning(backbone):
+    _, tok, _ = backbone
+    ids = encode_conversation([user("why"), assistant("a b c d e f g h")], tok, max_length=5)
+    assert tok.convert_ids_to_tokens(ids) == ["[CLS]", "<|assistant|>", "a", "b", "c"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The scorer
+
+
+CONVS = [
+    [user("What is the capital of France?"), assistant("Paris.")],
+    [user("Tell me a story."), assistant("Once upon a time there was a small robot who wanted to see the sea, " * 3)],
+    [user("hi"), assistant("hello"), user("how are you?"), assistant("Fine, thanks for asking!")],
+    [user("2+2?"), assistant("4")],
+]
+
+
+@pytest.fixture(scope="module")
+def scorer(backbone):
+    model, tokenizer, _ = backbone
+    torch.manual_seed(1)
+    with torch.no_grad():  # a head that is not near zero, so differences would show
+        model.classifier.weight.normal_(0, 1.0)
+    return RewardScorer(model, tokenizer, max_length=48, device="cpu")
+
+
+def test_score_does_not_depend_on_batch_position_padding_or_batch_size(scorer):
+    alone = [scorer.score([c], batch_size=1)[0] for c in CONVS]
+    together = scorer.score(CONVS, batch_size=4)
+    reversed_ = scorer.score(CONVS[::-1], batch_size=3)[::-1]
+    # The short conversation padded next to the longest one, at each position of the batch.
+    for i, conv in enumerate(CONVS):
+        padded = scorer.score([CONVS[1]] * i + [conv] + [CONVS[1]], batch_size=8)[i]
+        assert padded == pytest.approx(alone[i], abs=1e-5)
+    assert together == pytest.approx(alone, abs=1e-5)
+    assert reversed_ == pytest.approx(alone, abs=1e-5)
+    assert len(set(round(s, 4) for s in alone)) == len(alone)  # distinct texts, distinct scores
+
+
+def test_score_is_deterministic_and_gradient_free(scorer):
+    grad_enabled = []
+    hook = scorer.model.register_forward_hook(lambda *_: grad_enabled.append(torch.is_grad_enabled()))
+    try:
+        first = scorer.score(CONVS)
+        again = scorer.score(CONVS)
+        twice = scorer.score([CONVS[0], CONVS[0]])
+    finally:
+        hook.remove()
+    assert again == first  # same batches, bit for bit
+    assert twice[0] == twice[1]
+    assert grad_enabled and not any(grad_enabled)
+    assert not scorer.model.training  # dropout off
+
+
+def test_score_names_the_conversation_that_does_not_end_with_a_reply(scorer):
+    with pytest.raises(ValueError, match="conversation 1: .*does not end with an assistant reply"):
+        scorer.score([CONVS[0], [user("no reply yet")]])
+
+
+def test_load_explains_a_directory_that_is_no_reward_model(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a reward model directory"):
+        RewardScorer.load(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+TOPICS_TRAIN = ["the weather", "cooking rice", "learning French", "fixing a bike", "a cat", "saving money",
+                "sleeping well", "running", "painting a room", "planting tomatoes", "chess", "the moon"]
+TOPICS_HELDOUT = ["writing a poem", "baking bread", "the ocean", "a job interview", "guitar", "hiking"]
+GOOD = ["Sure, happy to help! Here is a clear answer about {t}, step by step.",
+        "Great question. Here are a few practical tips about {t} that should help you."]
+BAD = ["No. I won't talk about {t}. Figure it out yourself.",
+       "Stupid question about {t}, go away and stop bothering me."]
+
+
+def synthetic_pairs(topics):
+    """Helpful vs dismissive replies: a preference an encoder can learn from a few dozen pairs."""
+    return [
+        Pair([user(f"Can you tell me about {t}?")], g.format(t=t), b.format(t=t))
+        for t in topics for g in GOOD for b in BAD
+    ]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reward")
+    config = RewardTrainingConfig(
+        base_model=MINILM, max_length=48, lora_r=4, lora_alpha=8, learning_rate=2e-3, epochs=3, batch_size=8,
+        warmup=0.0, logging_steps=2, seed=0,
+    )
+    return train_reward_model(synthetic_pairs(TOPICS_TRAIN), config, out)
+
+
+def test_training_raises_held_out_accuracy_above_chance(trained):
+    result = evaluate_pairs(RewardScorer.load(trained.model_dir, device="cpu"), synthetic_pairs(TOPICS_HELDOUT))
+    assert result.n == 24
+    assert result.accuracy >= 0.9
+    losses = [h["loss"] for h in trained.log_history if "loss" in h]
+    assert losses[-1] < losses[0]
+    assert 0 < trained.trainable_params < trained.total_params / 10  # LoRA, head and 3 token rows only
+
+
+def test_saved_model_holds_everything_the_scorer_needs(trained):
+    files = {p.name for p in trained.model_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "reward.json"} <= files
+    assert json.loads((trained.model_dir / "reward.json").read_text())["max_length"] == 48
+    scorer = RewardScorer.load(trained.model_dir, device="cpu")
+    assert "<|assistant|>" in scorer.tokenizer.get_vocab()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Command line
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``python -m utils.reward ARGS``, in this process (test_cli_runs_as_a_module checks the real entry point)."""
+
+    def run(*args):
+        capsys.readouterr()
+        code = cli_main([str(a) for a in args])
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return run
+
+
+def test_cli_runs_as_a_module(trained, tmp_path):
+    path = tmp_path / "hh.jsonl"
+    with gzip.open(DATA / "hh_rlhf_harmless_base_test_part1.jsonl.gz", "rt") as src:
+        path.write_text("".join(line for _, line in zip(range(3), src)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "utils.reward", "eval", "--model", str(trained.model_dir), "--pairs", str(path), "--json"],
+        cwd=REPO_ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 3
+
+
+def test_cli_reports_accuracy_on_hh_rlhf_pairs(trained, tmp_path, run_cli):
+    path = tmp_path / "hh.jsonl.gz"
+    with gzip.open(DATA / "hh_rlhf_harmless_base_test_part1.jsonl.gz", "rt") as src, gzip.open(path, "wt") as dst:
+        dst.writelines(line for _, line in zip(range(12), src))
+    proc = run_cli("eval", "--model", trained.model_dir, "--pairs", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert set(out) == {"accuracy", "n"} and out["n"] == 12
+    scorer = RewardScorer.load(trained.model_dir, device="cpu")
+    pairs = read_hh_pairs(path)
+    chosen = scorer.score([p.prompt + [assistant(p.chosen)] for p in pairs])
+    rejected = scorer.score([p.prompt + [assistant(p.rejected)] for p in pairs])
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
+    assert out["accuracy"] == pytest.approx(wins / 12)
+
+
+def test_cli_derives_pairs_from_an_oasst_export(trained, tmp_path, run_cli):
+    def msg(text, role, rank=None, replies=()):
+        return {"message_id": text, "text": text, "role": role, "lang": "en", "rank": rank, "review_result": True,
+                "replies": list(replies)}
+
+    # One prompt with three ranked replies (3 pairs) and a follow-up with two (1 pair).
+    follow_up = msg("and then?", "prompter", replies=[msg("then b", "assistant", 0), msg("then a", "assistant", 1)])
+    replies = [msg("second", "assistant", 1), msg("first", "assistant", 0, [follow_up]), msg("third", "assistant", 2)]
+    tree = {"message_tree_id": "t1", "tree_state": "ready_for_export", "prompt": msg("question", "prompter", replies=replies)}
+    path = tmp_path / "export.jsonl"
+    path.write_text(json.dumps(tree) + "\n")
+    assert [(p.chosen, p.rejected) for p in read_pairs_file(path)] == [
+        ("first", "second"), ("first", "third"), ("second", "third"), ("then b", "then a")
+    ]
+    proc = run_cli("eval", "--model", trained.model_dir, "--pairs", path, "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["n"] == 4
+    human = run_cli("eval", "--model", trained.model_dir, "--pairs", path)
+    assert "on 4 pairs" in human.stdout and "length baseline" in human.stdout
+
+
+def test_cli_bad_input_is_one_line_naming_the_problem(trained, tmp_path, run_cli):
+    proc = run_cli("eval", "--model", tmp_path, "--pairs", DATA / "hh_rlhf_harmless_base_test_part1.jsonl.gz")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "not a reward model directory" in proc.stderr
+    proc = run_cli("eval", "--model", trained.model_dir, "--pairs", tmp_path / "missing.jsonl")
+    assert proc.returncode == 2 and "missing.jsonl" in proc.stderr and "Traceback" not in proc.stderr
+    unranked = tmp_path / "unranked.jsonl"
+    unranked.write_text(json.dumps({"message_tree_id": "t", "tree_state": "ready_for_export", "prompt": {
+        "message_id": "p", "text": "hi", "role": "prompter", "lang": "en", "review_result": True, "replies": []}}) + "\n")
+    proc = run_cli("eval", "--model", trained.model_dir, "--pairs", unranked)
+    assert proc.returncode == 2 and "unranked.jsonl: no preference pairs" in proc.stderr
