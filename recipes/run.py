@@ -68,6 +68,15 @@ def finished_fingerprint(stage_dir: Path) -> str | None:
         return None
 
 
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The parameters cell of a notebook as values (its defaults are the tiny profile)."""
+    import ast
+
+    import papermill
+
+    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(notebook)).items()}
+
+
 def check_parameters(stage: str, notebook: Path, params: dict[str, Any], profile: Profile) -> None:
     """Every profile key must be a parameter of the notebook: a typo would otherwise be silently ignored."""
     import papermill

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import papermill
 import pytest
 
+from recipes.run import notebook_defaults
 from utils.profile import PROFILES_DIR, REPO_ROOT, load_profile
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
@@ -15,8 +15,8 @@ PROFILES = sorted(PROFILES_DIR.glob("*.yaml")) + [REPO_ROOT / "tests" / "profile
 STAGES = ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]
 
 
-def declared(stage: str) -> dict[str, str]:
-    return {name: p["default"] for name, p in papermill.inspect_notebook(str(NOTEBOOKS / f"{stage}.ipynb")).items()}
+def declared(stage: str) -> dict:
+    return notebook_defaults(NOTEBOOKS / f"{stage}.ipynb")
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
@@ -30,15 +30,13 @@ def test_profile_has_every_stage_and_only_declared_keys(path: Path):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_notebook_defaults_are_the_tiny_profile(stage: str):
-    import ast
-
     tiny = load_profile("tiny").stage_params(stage)
     defaults = declared(stage)
-    assert defaults["run_dir"] == repr("runs/tiny")
-    assert defaults["out_dir"] == repr(f"runs/tiny/{stage}")
+    assert defaults["run_dir"] == "runs/tiny"
+    assert defaults["out_dir"] == f"runs/tiny/{stage}"
     for key, value in tiny.items():
         assert key in defaults, f"{stage}: tiny sets {key!r}, the notebook does not declare it"
-        assert ast.literal_eval(defaults[key]) == value, f"{stage}: {key} defaults to {defaults[key]}, tiny says {value!r}"
+        assert defaults[key] == value, f"{stage}: {key} defaults to {defaults[key]!r}, tiny says {value!r}"
 
 
 @pytest.mark.parametrize("stage", STAGES)

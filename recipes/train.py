@@ -1,0 +1,116 @@
+"""The training stages as scripts, for one process or many (``accelerate launch``).
+
+    python -m recipes.train sft --profile tiny
+    accelerate launch --config_file recipes/accelerate/ddp.yaml -m recipes.train sft --profile colab-t4
+    accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m recipes.train sft --profile tiny
+
+The notebooks tell the story; these scripts run the same ``utils`` functions in the same order without
+it, so a stage can use every GPU of a machine (DDP, FSDP or DeepSpeed ZeRO, per the accelerate config in
+``recipes/accelerate/``). Parameters are the notebook's own defaults, then the profile's stage section,
+then ``--set key=value`` overrides. Results go where the runner puts them (``runs/<profile>/<NN_stage>/``,
+metrics.json included), written by the main process, so later stages and notebooks can use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from recipes.run import NOTEBOOKS_DIR, RUNS_DIR, notebook_defaults
+from utils.profile import load_profile
+
+STAGES = {"sft": "02_sft", "reward": "03_reward", "ppo": "04_ppo"}
+
+
+def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dict[str, Any]:
+    params = notebook_defaults(NOTEBOOKS_DIR / f"{stage}.ipynb")
+    params.update(load_profile(profile_name).stage_params(stage))
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or key not in params:
+            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(params))}")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 02 without the narrative: the calls of notebooks/02_sft.ipynb, in its order."""
+    from accelerate import PartialState
+
+    from utils import sft
+    from utils.artifacts import record_path
+    from utils.modeling import count_parameters, load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
+    from utils.oasst import load_split, message_texts, sft_conversations
+    from utils.tiny_base import TinyBaseConfig, build_tiny_base
+
+    state = PartialState()
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
+    train_convs, eval_convs = sft_conversations(split.train), sft_conversations(split.eval)
+    if p["max_eval_conversations"] is not None:
+        eval_convs = eval_convs[: p["max_eval_conversations"]]
+    base_path = p["base_model"]
+    if base_path == "tiny":
+        with state.main_process_first():  # one process builds the base, the others then find it cached
+            base_path = build_tiny_base(message_texts(split.train), message_texts(split.eval),
+                                        TinyBaseConfig(**p["tiny_base"]), cache_dir=p["base_cache_dir"], device=state.device).path
+    tokenizer = load_tokenizer(base_path, trust_remote_code=p["trust_remote_code"])
+    train_set = sft.encode_conversations(train_convs, tokenizer, p["max_length"])
+    eval_set = sft.encode_conversations(eval_convs, tokenizer, p["max_length"])
+    settings = sft.SFTSettings(**{k: p[k] for k in sft.SFTSettings.__dataclass_fields__ if k in p})
+    reset_peak_memory()
+    model = load_causal_lm(base_path, p["quantization"], state.device, trust_remote_code=p["trust_remote_code"], tokenizer=tokenizer)
+    model = sft.add_lora(model, tokenizer, settings)
+    trainable, total = count_parameters(model)
+    trainer = sft.make_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, settings, out)
+    stats = sft.train(trainer)
+    adapter_dir = out / sft.ADAPTER_DIR
+    if state.is_main_process:
+        sft.save_adapter(trainer.model, tokenizer, adapter_dir)
+    return {
+        "eval_loss_before": stats.eval_loss_before, "eval_loss_after": stats.eval_loss_after,
+        "train_loss_first": stats.train_loss_first, "train_loss_last": stats.train_loss_last,
+        "train_losses": [loss for _, loss in stats.curves["train"]],
+        "quantization": p["quantization"], "trainable_params": trainable, "total_params": total,
+        "tokens_per_second": stats.tokens_per_second, "peak_memory_mb": peak_memory_mb(),
+        "adapter_dir": record_path(out, adapter_dir),
+        "base_model_dir": record_path(out, base_path) if Path(base_path).exists() else str(base_path),
+        "processes": state.num_processes,
+    }
+
+
+TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__.split("\n")[0])
+    ap.add_argument("stage", choices=sorted(TRAINERS))
+    ap.add_argument("--profile", default="tiny")
+    ap.add_argument("--run-dir", type=Path, help="default runs/<profile>")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override one parameter (YAML value), e.g. --set max_steps=10")
+    args = ap.parse_args(argv)
+
+    from accelerate import PartialState
+
+    from utils.artifacts import write_metrics
+
+    stage = STAGES[args.stage]
+    params = stage_parameters(stage, args.profile, args.overrides)
+    run_dir = args.run_dir or RUNS_DIR / load_profile(args.profile).name
+    out = Path(run_dir) / stage
+    metrics = TRAINERS[args.stage](params, out)
+    state = PartialState()
+    if state.is_main_process:
+        write_metrics(out, {**metrics, "script": f"recipes.train {args.stage}", "parameters": params})
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, default=str))
+    state.wait_for_everyone()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
