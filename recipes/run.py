@@ -228,8 +228,10 @@ def main(argv: list[str] | None = None) -> int:
                 state = "finished" if finished_fingerprint(run_dir / stage) else "not run"
                 print(f"{stage:20s} {state}")
             return 0
-        results = run_profile(profile, run_dir, first=args.first, only=args.only, force=args.force)
-        write_run_report(run_dir)
+        try:
+            results = run_profile(profile, run_dir, first=args.first, only=args.only, force=args.force)
+        finally:
+            write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
     except (StageError, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
