@@ -3,7 +3,7 @@
 One update (:meth:`PPOTrainer.step`) does, in order:
 
 1. **rollout**: sample a reply to each prompt of a batch from the current policy;
-2. **score**: the reward model scores each decoded reply as a conversation;
+2. **score**: the reward model scores each decoded reply as a conversation (scores normalised);
 3. **old log-probs, values and reference log-probs**, without gradient;
 4. **per-token reward**: −β·(log π − log π_ref) on every reply token, plus the score on the last one;
 5. **GAE** advantages and returns;
@@ -50,7 +50,8 @@ class PPOConfig:
     temperature: float = 1.0
     top_k: int = 0  # 0 and top_p 1.0: sample from π itself, so the rollout is exactly on-policy
     top_p: float = 1.0
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply cut off by max_new_tokens
+    missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a reply cut off by max_new_tokens
+    normalize_reward: bool = True  # scores in units of the first batch's spread (see PPOTrainer.step)
     # Optimisation
     mini_batch_size: int = 4
     ppo_epochs: int = 4
@@ -245,6 +246,7 @@ class PPOTrainer:
         # Detail: Adam's epsilon 1e-5 rather than 1e-8 (the value of OpenAI's baselines; Huang et al. 2022, detail 3).
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.kl_ctl = KLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+        self.reward_norm: tuple[float, float] | None = None  # (mean, std) of the first batch's scores
         self.update = 0
         self.history: list[dict[str, float]] = []
         self.samples: list[dict[str, Any]] = []
@@ -274,10 +276,18 @@ class PPOTrainer:
             raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(prompts)} replies")
         self._check_finite(update, "the reward", scores)
         scores = scores.to(model.device)
+        # Detail (Ziegler et al. 2019, §2.2): reward normalisation. The scores are shifted and scaled by the mean and
+        # standard deviation of the first batch's, the replies of the initial (SFT) policy, and those two numbers stay
+        # fixed: β, the missing-EOS penalty and the value head then work in "SFT-reply standard deviations",
+        # whatever scale the reward model happens to have.
+        if cfg.normalize_reward and self.reward_norm is None:
+            std = scores.std(unbiased=False).item()
+            self.reward_norm = (scores.mean().item(), std if std > 1e-8 else 1.0)
+        shift, scale = self.reward_norm if cfg.normalize_reward else (0.0, 1.0)
         # Detail: a reply that hit max_new_tokens without a stop token is scored as it stands, minus a fixed penalty
         # (Ziegler et al. 2019 gave such continuations a reward of −1): the policy learns to finish its replies.
         # The cut is still the episode's end (no bootstrapping from V): the reward model judged that reply, not a longer one.
-        train_scores = scores - cfg.missing_eos_penalty * (~rollout.ended).float()
+        train_scores = (scores - shift) / scale - cfg.missing_eos_penalty * (~rollout.ended).float()
 
         # 3. Old log-probs and values from the policy, reference log-probs from π_ref: no gradient.
         with torch.no_grad():
@@ -331,7 +341,7 @@ class PPOTrainer:
             "reward_std": scores.std(unbiased=False).item(),
             "kl": mean_kl,
             "kl_coef": kl_coef,
-            "objective": (train_scores - kl_coef * kl.sum(1)).mean().item(),
+            "objective": (train_scores - kl_coef * kl.sum(1)).mean().item(),  # in normalised units
             "entropy": masked_mean(entropy, mask).item(),
             "explained_variance": explained_variance(old_values, returns, mask),
             "response_length": rollout.response_lengths.float().mean().item(),
@@ -402,6 +412,7 @@ class PPOTrainer:
             "model": self.model.adapter_state(),
             "optimizer": self.optimizer.state_dict(),
             "kl_coef": self.kl_ctl.value,
+            "reward_norm": list(self.reward_norm) if self.reward_norm else [],
             "history": self.history,
             "samples": self.samples,
             "rng": torch.get_rng_state(),
@@ -429,6 +440,7 @@ class PPOTrainer:
         self.model.load_adapter_state(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.kl_ctl.value = state["kl_coef"]
+        self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
         self.update, self.history, self.samples = state["update"], state["history"], state["samples"]
         torch.set_rng_state(state["rng"].cpu())
         if state["cuda_rng"]:

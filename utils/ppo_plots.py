@@ -15,6 +15,7 @@ PANELS = [
     ("value loss", ["value_loss"]),
     ("explained variance", ["explained_variance"]),
     ("reply length, tokens", ["response_length"]),
+    ("replies that ended (not cut off)", ["ended_fraction"]),
 ]
 
 
@@ -24,7 +25,7 @@ def plot_history(history: Sequence[dict[str, float]], path: str | Path | None = 
     from matplotlib.ticker import MaxNLocator
 
     updates = [row["update"] for row in history]
-    fig, axes = plt.subplots(2, 4, figsize=(16, 6.5), constrained_layout=True)
+    fig, axes = plt.subplots(3, 3, figsize=(13, 9), constrained_layout=True)
     for ax, (title, keys) in zip(axes.flat, PANELS):
         for key in keys:
             ax.plot(updates, [row[key] for row in history], marker="o", markersize=3, label=key)
