@@ -180,7 +180,7 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 class KLController:
-    """The KL coefficient β. Detail (Ziegler et al. 2019, §2.2): adaptive, a proportional controller in log-space,
+    """The KL coefficient β. Detail (Ziegler et al. 2019): adaptive, a proportional controller in log-space,
 
     ``e = clip(KL/KL_target − 1, −0.2, 0.2)``, ``β ← β·(1 + e·n/horizon)`` after an update on ``n`` replies,
     so β rises while the policy drifts further from the reference than the target, and falls otherwise.
@@ -276,7 +276,7 @@ class PPOTrainer:
             raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(prompts)} replies")
         self._check_finite(update, "the reward", scores)
         scores = scores.to(model.device)
-        # Detail (Ziegler et al. 2019, §2.2): reward normalisation. The scores are shifted and scaled by the mean and
+        # Detail (Ziegler et al. 2019): reward normalisation. The scores are shifted and scaled by the mean and
         # standard deviation of the first batch's, the replies of the initial (SFT) policy, and those two numbers stay
         # fixed: β, the missing-EOS penalty and the value head then work in "SFT-reply standard deviations",
         # whatever scale the reward model happens to have.
