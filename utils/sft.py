@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import json
 import time
-from itertools import groupby
 from dataclasses import asdict, dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -41,7 +41,6 @@ MERGED_DIR = "merged"
 class SFTSettings:
     """The knobs of a QLoRA SFT run; the notebook's parameters of the same names fill them."""
 
-    quantization: str = "nf4"
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
@@ -156,8 +155,9 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         per_device_eval_batch_size=settings.per_device_eval_batch_size,
         max_length=settings.max_length,
         packing=settings.packing,
-        # "wrapped" packing concatenates conversations into max_length rows (no flash-attention needed, so it
-        # runs on CPUs and T4s); the loss mask still covers only assistant tokens.
+        # "wrapped" packing concatenates conversations into max_length rows and needs no flash-attention, so
+        # it runs on CPUs and T4s; a conversation can then attend to the end of the one before it. The loss
+        # still covers only assistant tokens.
         packing_strategy="wrapped",
         warmup_steps=settings.warmup_steps,
         lr_scheduler_type=settings.lr_scheduler_type,
@@ -170,6 +170,7 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         fp16=dtype == torch.float16,
         use_cpu=device.type == "cpu",
         include_num_input_tokens_seen="non_padding",
+        prediction_loss_only=True,  # evaluation needs the loss, not every eval batch's logits kept in memory
         seed=settings.seed,
         data_seed=settings.seed,
         save_strategy="no",
@@ -232,9 +233,6 @@ class _Clock(TrainerCallback):
         self.seconds = 0.0
         self._t: float | None = None
 
-    def on_train_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
-
     def on_step_begin(self, args, state, control, **kw):
         self._t = time.perf_counter()
 
@@ -296,8 +294,8 @@ def save_adapter(model: PeftModel, tokenizer, path: str | Path) -> Path:
 def merge_adapter(base_model: str | Path, adapter_dir: str | Path, path: str | Path, trust_remote_code: bool = False) -> Path:
     """A standalone model: the base in full precision with the adapter folded into its weights.
 
-    The 4-bit weights are not what is merged into (that would bake quantization error in twice); the base
-    is reloaded unquantized on the CPU, so this needs the base's full-precision size in RAM.
+    Merged into 4-bit weights, the update would be rounded away to the 4-bit grid; so the base is reloaded
+    unquantized on the CPU, which needs the base's full-precision size in RAM (5.6 GB for Pythia-1.4B).
     """
     tokenizer = load_tokenizer(adapter_dir)
     base = load_causal_lm(base_model, quantization="none", device="cpu", trust_remote_code=trust_remote_code, tokenizer=tokenizer)
