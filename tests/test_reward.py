@@ -22,6 +22,7 @@ from utils.reward import (
     encode_conversation,
     head_modules,
     load_backbone,
+    lora_config,
     train_reward_model,
 )
 from utils.reward import main as cli_main
@@ -110,6 +111,23 @@ def test_backbone_gets_chat_tokens_a_one_output_head_and_lora_targets_outside_it
     targets = backbone_linear_layers(model)
     assert "bert.encoder.layer.5.attention.self.query" in targets
     assert not any("classifier" in t for t in targets)
+
+
+def test_lora_sits_on_the_chosen_layers_and_the_head_and_new_tokens_train_in_full():
+    from peft import get_peft_model
+
+    model, tokenizer, new_ids = load_backbone(MINILM)
+    config = RewardTrainingConfig(base_model=MINILM, lora_layers=[5], train_new_tokens=True)
+    peft_model = get_peft_model(model, lora_config(model, config, new_ids))
+    trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
+    lora_layers = {name.split(".layer.")[1].split(".")[0] for name in trainable if "lora_" in name}
+    assert lora_layers == {"5"}
+    assert any("classifier" in name for name in trainable)
+    assert any("trainable_tokens" in name for name in trainable)
+    frozen = RewardTrainingConfig(base_model=MINILM, train_new_tokens=False)
+    model, tokenizer, new_ids = load_backbone(MINILM)
+    names = [n for n, p in get_peft_model(model, lora_config(model, frozen, new_ids)).named_parameters() if p.requires_grad]
+    assert not any("trainable_tokens" in n for n in names) and sum("lora_A" in n for n in names) == 37  # 6 layers x 6 + pooler
 
 
 def test_short_conversation_is_encoded_whole(backbone):
