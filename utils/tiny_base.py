@@ -277,8 +277,9 @@ def plot_pretraining(report: dict, path: str | Path | None = None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    steps, losses = zip(*report["train_curve"])
-    ax.plot(steps, losses, lw=1, alpha=0.7, label="train (batch)")
+    if report["train_curve"]:  # empty when the time cap came before the first step
+        steps, losses = zip(*report["train_curve"])
+        ax.plot(steps, losses, lw=1, alpha=0.7, label="train (batch)")
     steps, losses = zip(*report["eval_curve"])
     ax.plot(steps, losses, "o-", label="held-out")
     ax.axhline(math.log(report["unigram_perplexity"]), color="gray", ls="--", label="unigram baseline (held-out)")
