@@ -11,7 +11,7 @@ The recipe, and where each piece comes from:
   adapters (Hu et al. 2021) on every linear layer of the transformer blocks, gradient checkpointing on the
   GPU; memory goes to the adapters and activations, not to a full copy of the weights and Adam state.
 * **New tokens**: a base without a chat template has never seen the role tokens, so their input-embedding
-  rows are trained too (peft's ``trainable_token_indices``), a few hundred numbers, not the whole matrix.
+  rows are trained too (peft's ``trainable_token_indices``): three rows, not the whole matrix.
 """
 
 from __future__ import annotations
