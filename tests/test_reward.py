@@ -128,6 +128,8 @@ def test_lora_sits_on_the_chosen_layers_and_the_head_and_new_tokens_train_in_ful
     model, tokenizer, new_ids = load_backbone(MINILM)
     names = [n for n, p in get_peft_model(model, lora_config(model, frozen, new_ids)).named_parameters() if p.requires_grad]
     assert not any("trainable_tokens" in n for n in names) and sum("lora_A" in n for n in names) == 37  # 6 layers x 6 + pooler
+    with pytest.raises(ValueError, match=r"lora_layers \[6\]: the backbone's layers are 0..5"):
+        lora_config(model, RewardTrainingConfig(base_model=MINILM, lora_layers=[6]), new_ids)
 
 
 def test_short_conversation_is_encoded_whole(backbone):

@@ -7,8 +7,9 @@ A group of k ranked replies gives k(k-1)/2 such pairs.
 
 The backbone is any ``AutoModelForSequenceClassification`` with one output and its own tokenizer: the
 reward model need not share the policy's tokenizer (OpenAssistant's reward models were DeBERTa-v3
-encoders). Only LoRA adapters on the backbone's linear layers, the (new) score head and the embeddings
-of the chat tokens added to the tokenizer are trained; trl's ``RewardTrainer`` runs the loop.
+encoders). Only LoRA adapters on the backbone's linear layers (all of them, or those of some layers),
+the new score head and, optionally, the embeddings of the chat tokens added to the tokenizer are
+trained; trl's ``RewardTrainer`` runs the loop on pairs we tokenize ourselves.
 
 Implementation details worth naming:
 
@@ -17,7 +18,7 @@ Implementation details worth naming:
 2. Too long? Cut the *context* from the left (the oldest turns go first) and keep the reply: the reward
    judges the reply. A reply longer than the window on its own keeps its beginning.
 3. The two replies of a pair share one batch (chosen in the first half, rejected in the second), and
-   pairs of similar length are batched together (``group_by_length``): less padding, same gradients.
+   pairs of similar length are batched together (``group_by_length``): less padding to compute.
 4. Rewards are nudged towards zero mean (``center_rewards_coefficient``, Eisenstein et al., 2023,
    https://arxiv.org/abs/2312.09244), so PPO's reward scale does not drift with the backbone.
 5. The adapters are merged into the backbone when saving: a reward model directory is a plain
@@ -31,6 +32,7 @@ Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST ex
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -64,7 +66,7 @@ def resolve_backbone(name_or_path: str) -> str:
     if package is None or Path(name_or_path).exists():
         return name_or_path
     try:
-        module = __import__(package)
+        module = importlib.import_module(package)
     except ImportError:
         return name_or_path  # online, transformers fetches it from the Hub
     return str(module.get_model_path())
@@ -74,7 +76,7 @@ def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> tuple[n
     """``(model, tokenizer, new_token_ids)``: a one-output sequence classifier and its tokenizer, chat-ready.
 
     The chat tokens are added to the tokenizer (``chat_format.add_special_tokens``) and the embeddings
-    grown to cover them; ``new_token_ids`` are their ids, to be trained.
+    grown to cover them; ``new_token_ids`` are their ids (see ``train_new_tokens``).
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -228,7 +230,14 @@ def backbone_linear_layers(model: nn.Module) -> list[str]:
 
 
 def lora_config(model: nn.Module, config: RewardTrainingConfig, new_token_ids: Sequence[int]):
+    """LoRA on the backbone's linear layers (of ``config.lora_layers``), the head and new token rows in full."""
     from peft import LoraConfig
+
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    if config.lora_layers is not None and n_layers is not None:
+        wrong = [i for i in config.lora_layers if not 0 <= i < n_layers]
+        if wrong or not config.lora_layers:
+            raise ValueError(f"lora_layers {list(config.lora_layers)}: the backbone's layers are 0..{n_layers - 1}")
 
     return LoraConfig(
         r=config.lora_r,
