@@ -83,7 +83,48 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
-TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft}
+def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 04 without the narrative: the calls of notebooks/04_ppo.ipynb, in its order.
+
+    Each process samples and trains on its share of every batch (utils.ppo averages what must agree).
+    """
+    import torch
+    from accelerate import PartialState
+
+    from utils import distributed
+    from utils.artifacts import record_path, stage_path
+    from utils.modeling import peak_memory_mb, reset_peak_memory
+    from utils.oasst import load_split, rl_prompts
+    from utils.ppo import PPOConfig, PPOTrainer, scorer_reward, summary_metrics
+    from utils.ppo_model import load_sft_policy
+    from utils.reward import RewardScorer
+
+    state = PartialState()  # initialises the process group under accelerate launch / torchrun
+    run_dir = out.parent
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
+    reset_peak_memory()
+    model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
+    scorer = RewardScorer.load(stage_path(run_dir, "03_reward", "model_dir"), device=state.device)
+    config = PPOConfig(**{k: p[k] for k in PPOConfig.__dataclass_fields__ if k in p})
+    trainer = PPOTrainer(model, tokenizer, rl_prompts(split.train), scorer_reward(scorer, batch_size=p["reward_batch_size"]),
+                         config, checkpoint_dir=p["checkpoint_dir"] or run_dir / "checkpoints" / "04_ppo",
+                         checkpoint_every=p["checkpoint_every"], log=print if state.is_main_process else None)
+    if p["resume"]:
+        trainer.resume()
+    history = trainer.train(p["updates"])
+    # One number per process that moves with every policy weight: equal everywhere iff the processes stayed in sync.
+    checksum = torch.stack([q.detach().double().sum() for q in trainer.params]).sum().reshape(1)
+    checksums = [float(c) for c in distributed.all_gather(checksum)]
+    adapter_dir = out / "adapter"
+    if state.is_main_process:
+        model.save_policy_adapter(adapter_dir)
+        tokenizer.save_pretrained(adapter_dir)
+    return {**summary_metrics(history), "peak_memory_mb": peak_memory_mb(), "adapter_dir": record_path(out, adapter_dir),
+            "processes": state.num_processes, "policy_checksums": checksums,
+            "reward_means": [row["reward_mean"] for row in history]}
+
+
+TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "ppo": train_ppo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +136,14 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one parameter (YAML value), e.g. --set max_steps=10")
     args = ap.parse_args(argv)
 
+    import torch
     from accelerate import PartialState
 
     from utils.artifacts import write_metrics
 
+    # First, before any library makes its own: accelerate's process state is a singleton, and without a GPU
+    # only cpu=True makes it see the launcher's processes (MULTI_CPU over gloo) instead of a single one.
+    PartialState(cpu=not torch.cuda.is_available())
     stage = STAGES[args.stage]
     params = stage_parameters(stage, args.profile, args.overrides)
     run_dir = args.run_dir or RUNS_DIR / load_profile(args.profile).name

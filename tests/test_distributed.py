@@ -1,5 +1,5 @@
-"""Data parallelism: two processes (gloo, on the CPU) under `accelerate launch` follow the same SFT loss
-trajectory as one process with the same global batch, through the same recipes.train script."""
+"""Data parallelism through recipes.train under `accelerate launch`, two processes on the CPU (gloo): SFT
+follows the same loss trajectory as one process with the same global batch, and PPO's processes stay in sync."""
 
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ COMMON = ["sft", "--profile", str(MICRO), "--set", "lora_dropout=0", "--set", "m
           "--set", "logging_steps=1", "--set", "eval_steps=0", "--set", "max_eval_conversations=8"]
 
 
-def run(cmd: list[str], run_dir: Path) -> dict:
+def run(cmd: list[str], run_dir: Path, stage: str = "02_sft") -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd + ["--run-dir", str(run_dir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads((run_dir / "02_sft" / "metrics.json").read_text())
+    return json.loads((run_dir / stage / "metrics.json").read_text())
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -36,3 +36,20 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # The runs really trained (the adapter moved the held-out loss), so equal trajectories are not trivially equal.
     assert one["eval_loss_after"] != one["eval_loss_before"]
     assert abs(one["eval_loss_after"] - two["eval_loss_after"]) < 0.02
+
+
+def test_ppo_processes_stay_in_sync(micro_run, tmp_path):
+    """Two PPO processes sample different prompts; averaged gradients keep their policies identical.
+
+    Without the gradient all-reduce each process would follow its own prompts and the weights would part.
+    """
+    for stage in ("02_sft", "03_reward"):
+        (tmp_path / stage).symlink_to(micro_run / stage)
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    metrics = run([accelerate, "launch", "--config_file", "recipes/accelerate/multi_cpu.yaml", "-m", "recipes.train", "ppo",
+                   "--profile", str(MICRO), "--set", "updates=2", "--set", "resume=false", "--set", "checkpoint_every=0"],
+                  tmp_path, stage="04_ppo")
+    assert metrics["processes"] == 2 and metrics["updates"] == 2
+    first, second = metrics["policy_checksums"]
+    assert first == second
+    assert (tmp_path / "04_ppo" / "adapter" / "adapter_config.json").exists()

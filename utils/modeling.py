@@ -25,8 +25,18 @@ QUANTIZATIONS = ("nf4", "none")
 
 
 def default_device() -> torch.device:
-    """The GPU when there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The GPU when there is one, else the CPU.
+
+    Under ``accelerate launch`` or ``torchrun`` each process drives the GPU of its local rank.
+    """
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def sharded_training() -> bool:
+    """True under an accelerate launch with FSDP or DeepSpeed (which set these variables in each process)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true") for v in ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"))
 
 
 def compute_dtype(device: torch.device | str | None = None) -> torch.dtype:
@@ -51,11 +61,15 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
 
 def nf4_config(device: torch.device | str | None = None) -> BitsAndBytesConfig:
     """QLoRA's quantization: 4-bit NormalFloat weights, quantized quantization constants (double quant)."""
+    dtype = compute_dtype(device)
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=compute_dtype(device),
+        bnb_4bit_compute_dtype=dtype,
+        # FSDP and ZeRO-3 shard every weight as a tensor of one dtype: the packed 4-bit weights must then be stored
+        # in the compute dtype rather than uint8 (the QLoRA + FSDP recipe). One GPU keeps the compact uint8.
+        bnb_4bit_quant_storage=dtype if sharded_training() else torch.uint8,
     )
 
 

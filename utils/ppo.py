@@ -16,6 +16,10 @@ Schulman et al. 2016 (GAE), Ziegler et al. 2019 "Fine-Tuning Language Models fro
 KL-penalised reward and its adaptive controller), Ouyang et al. 2022 (InstructGPT), Huang et al. 2022
 "The 37 Implementation Details of PPO" and Huang et al. 2024 "The N+ Implementation Details of RLHF with PPO".
 
+Data parallel: under ``accelerate launch`` each process samples and trains on its share of every batch;
+gradients, whitening statistics, reward normalisation and the KL fed to the controller are averaged over the
+processes (:mod:`utils.distributed`), so N processes make the updates one process would with the whole batch.
+
 The model is an :class:`~utils.ppo_model.ActorCritic` (policy adapter, frozen reference adapter and value head
 on one base model); rollouts come from :mod:`utils.ppo_rollout`.
 """
@@ -34,6 +38,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from utils import distributed
 from utils.ppo_model import ActorCritic
 from utils.ppo_rollout import Conversation, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
 
@@ -99,8 +104,15 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """Zero mean, unit variance over the tokens of the whole batch (padding stays 0)."""
-    return (x - masked_mean(x, mask)) * torch.rsqrt(masked_var(x, mask) + eps) * mask
+    """Zero mean, unit variance over the tokens of the whole batch (padding stays 0).
+
+    Detail (data parallel): the mean and variance count every process's tokens, so each process whitens with
+    the statistics of the whole batch, exactly as one process holding it all would.
+    """
+    count = distributed.all_sum(mask.sum()).clamp(min=1)
+    mean = distributed.all_sum((x * mask).sum()) / count
+    var = distributed.all_sum((((x - mean) * mask) ** 2).sum()) / count
+    return (x - mean) * torch.rsqrt(var + eps) * mask
 
 
 def kl_penalty_rewards(
@@ -252,7 +264,11 @@ class PPOTrainer:
         self.samples: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
         self.fingerprint = hashlib.sha256(json.dumps([asdict(config), self.prompt_ids]).encode()).hexdigest()[:16]
-        torch.manual_seed(config.seed)  # sampling draws from the global generator
+        if config.batch_size % distributed.world_size() or config.mini_batch_size % distributed.world_size():
+            raise ValueError(f"batch_size {config.batch_size} and mini_batch_size {config.mini_batch_size} must be "
+                             f"multiples of the {distributed.world_size()} processes")
+        self.local_mini_batch = config.mini_batch_size // distributed.world_size()
+        torch.manual_seed(config.seed + distributed.rank())  # sampling draws from the global generator
         self.shuffle = torch.Generator().manual_seed(config.seed)  # minibatch order
         self._epoch_orders: dict[int, torch.Tensor] = {}
 
@@ -281,8 +297,9 @@ class PPOTrainer:
         # fixed: β, the missing-EOS penalty and the value head then work in "SFT-reply standard deviations",
         # whatever scale the reward model happens to have.
         if cfg.normalize_reward and self.reward_norm is None:
-            std = scores.std(unbiased=False).item()
-            self.reward_norm = (scores.mean().item(), std if std > 1e-8 else 1.0)
+            mean = distributed.all_mean(scores.mean())  # over every process's replies (equal shares)
+            std = distributed.all_mean(((scores - mean) ** 2).mean()).sqrt().item()
+            self.reward_norm = (mean.item(), std if std > 1e-8 else 1.0)
         shift, scale = self.reward_norm if cfg.normalize_reward else (0.0, 1.0)
         # Detail: a reply that hit max_new_tokens without a stop token is scored as it stands, minus a fixed penalty
         # (Ziegler et al. 2019 gave such continuations a reward of −1): the policy learns to finish its replies.
@@ -312,8 +329,8 @@ class PPOTrainer:
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(len(prompts), generator=self.shuffle).to(model.device)
-            for first in range(0, len(prompts), cfg.mini_batch_size):
-                mb = order[first : first + cfg.mini_batch_size]
+            for first in range(0, len(prompts), self.local_mini_batch):
+                mb = order[first : first + self.local_mini_batch]
                 logits, values = model(rollout.input_ids[mb, :-1], rollout.attention_mask[mb, :-1], mask.shape[1])
                 logprobs = token_logprobs(logits, rollout.response_ids[mb], cfg.temperature)
                 pg_loss, clip_fraction, approx_kl = clipped_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
@@ -322,6 +339,8 @@ class PPOTrainer:
                 self._check_finite(update, "the loss", loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                # Detail (data parallel): gradients averaged over the processes before clipping, as DDP would.
+                distributed.average_gradients(self.params)
                 # Detail: global gradient-norm clipping; a non-finite norm stops the run before the step spoils the weights.
                 grad_norm = nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self._check_finite(update, "the gradient norm", grad_norm)
@@ -331,13 +350,13 @@ class PPOTrainer:
                     stats[name].append(value.item())
 
         # 8. Adaptive KL controller, fed this batch's mean KL(π‖π_ref) per reply.
-        mean_kl = kl.sum(1).mean().item()
-        self.kl_ctl.update(mean_kl, n_steps=len(prompts))
+        mean_kl = distributed.all_mean(kl.sum(1).mean()).item()
+        self.kl_ctl.update(mean_kl, n_steps=len(prompts) * distributed.world_size())
 
         self.update = update
         row = {
             "update": update,
-            "reward_mean": scores.mean().item(),
+            "reward_mean": distributed.all_mean(scores.mean()).item(),
             "reward_std": scores.std(unbiased=False).item(),
             "kl": mean_kl,
             "kl_coef": kl_coef,
@@ -360,8 +379,8 @@ class PPOTrainer:
         """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory)."""
         out: list[tuple[torch.Tensor, ...]] = []
         width = rollout.response_mask.shape[1]
-        for first in range(0, len(rollout.input_ids), self.config.mini_batch_size):
-            rows = slice(first, first + self.config.mini_batch_size)
+        for first in range(0, len(rollout.input_ids), self.local_mini_batch):
+            rows = slice(first, first + self.local_mini_batch)
             # The last token predicts nothing we score, so the model sees the sequence without it.
             logits, values = self.model(rollout.input_ids[rows, :-1], rollout.attention_mask[rows, :-1], width)
             logprobs = token_logprobs(logits, rollout.response_ids[rows], self.config.temperature)
@@ -379,6 +398,7 @@ class PPOTrainer:
             if epoch not in self._epoch_orders:
                 self._epoch_orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
             picked.append(int(self._epoch_orders[epoch][position]))
+        picked = picked[distributed.rank() :: distributed.world_size()]  # this process's share of the batch
         return [self.prompts[i] for i in picked], [self.prompt_ids[i] for i in picked]
 
     def _check_finite(self, update: int, what: str, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
@@ -402,10 +422,15 @@ class PPOTrainer:
         return self.history
 
     def save_checkpoint(self) -> Path:
-        """Write the full training state atomically, then delete older checkpoints: one good one always exists."""
+        """Write the full training state atomically, then delete older checkpoints: one good one always exists.
+
+        With several processes, the first writes it (the adapters are the same on all of them)."""
         assert self.checkpoint_dir is not None, "PPOTrainer has no checkpoint_dir"
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / f"update-{self.update:06d}.pt"
+        if distributed.rank() != 0:
+            self.last_checkpoint = path
+            return path
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         state = {
             "fingerprint": self.fingerprint,
             "update": self.update,
@@ -445,6 +470,8 @@ class PPOTrainer:
         torch.set_rng_state(state["rng"].cpu())
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if distributed.world_size() > 1:  # the checkpoint holds the first process's generator: the others draw anew
+            torch.manual_seed(self.config.seed + distributed.rank() + 7919 * self.update)
         self.shuffle.set_state(state["shuffle_rng"].cpu())
         self.last_checkpoint = found[-1]
         self.log(f"resumed from {found[-1]} (update {self.update})")
