@@ -214,6 +214,7 @@ def fake_run(tmp_path_factory, tokenizer):
                 if "lora_B" in name:
                     p.normal_(0, 0.5)  # LoRA's B starts at zero; a trained adapter's is not
         lora.save_pretrained(run / stage / "adapter")
+        tokenizer.save_pretrained(run / stage / "adapter")  # as stages 02 and 04 save it, beside the adapter
     write_metrics(run / "02_sft", {"base_model_dir": "base", "adapter_dir": "adapter", "quantization": "none"})
     write_metrics(run / "04_ppo", {"adapter_dir": "adapter"})
     rm, rm_tokenizer, _ = load_backbone("sentence-transformers/all-MiniLM-L6-v2")

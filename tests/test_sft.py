@@ -145,6 +145,17 @@ def test_short_qlora_run_lowers_heldout_loss_and_saves_a_reloadable_adapter(oass
     assert len(tok2) == len(tok)
 
 
+def test_a_hub_name_as_base_is_loaded_by_name(tmp_path):
+    """colab-t4 records a hub name as its base: later stages must ask the loader for that name, not a path."""
+    base = word_model_dir(tmp_path / "base")
+    tok = load_tokenizer(base)
+    tok.save_pretrained(tmp_path / "run/02_sft/adapter")
+    write_metrics(tmp_path / "run/02_sft", {"adapter_dir": "adapter", "base_model_dir": "EleutherAI/pythia-1.4b-deduped",
+                                            "quantization": "nf4"})
+    with pytest.raises(OSError, match=r"cannot load a causal LM from 'EleutherAI/pythia-1.4b-deduped'"):
+        sft.load_sft_base(tmp_path / "run")  # offline in the tests: the name reaches the loader, which cannot fetch it
+
+
 def test_merged_model_equals_base_plus_adapter(tmp_path):
     base = word_model_dir(tmp_path / "base")
     tok = load_tokenizer(base)

@@ -68,15 +68,11 @@ def load_models(run_dir: str | Path, quantization: str | None = None, device: st
     """
     from peft import PeftModel
 
-    from utils.modeling import load_causal_lm, load_tokenizer
+    from utils.sft import load_sft_base
 
-    sft = read_metrics(run_dir, "02_sft")
-    base_dir = stage_path(run_dir, "02_sft", "base_model_dir")
-    tokenizer = load_tokenizer(base_dir)
-    base = load_causal_lm(base_dir, quantization or sft.get("quantization", "nf4"), device=device, tokenizer=tokenizer)
-    sft_dir = stage_path(run_dir, "02_sft", "adapter_dir")
+    base, tokenizer, sft_dir = load_sft_base(run_dir, quantization, device)
     model = PeftModel.from_pretrained(base, str(sft_dir), adapter_name="sft")
-    names, sources = [BASE, "sft"], {BASE: str(base_dir), "sft": str(sft_dir)}
+    names, sources = [BASE, "sft"], {BASE: read_metrics(run_dir, "02_sft")["base_model_dir"], "sft": str(sft_dir)}
     try:
         ppo_dir = stage_path(run_dir, "04_ppo", "adapter_dir")
     except FileNotFoundError:

@@ -21,8 +21,6 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from torch import nn
 
-from utils.artifacts import read_metrics, stage_dir, stage_path
-from utils.modeling import load_causal_lm, load_tokenizer
 
 POLICY = "default"  # peft writes the adapter named "default" at the top of a folder: what stage 05 loads
 REFERENCE = "reference"
@@ -151,12 +149,7 @@ def load_sft_policy(
 
     ``quantization=None`` loads the base as SFT trained on it (its metrics say): the adapter was fitted to those weights.
     """
-    sft = read_metrics(run_dir, "02_sft")
-    adapter_dir = stage_path(run_dir, "02_sft", "adapter_dir")
-    base = sft["base_model_dir"]
-    quantization = quantization or sft.get("quantization", "nf4")
-    if (stage_dir(run_dir, "02_sft") / base).exists():  # a base saved inside the stage folder, else a path or hub name
-        base = stage_dir(run_dir, "02_sft") / base
-    tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)  # as stages 02 and 05 load it
-    model = load_causal_lm(base, quantization, device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    from utils.sft import load_sft_base
+
+    model, tokenizer, adapter_dir = load_sft_base(run_dir, quantization, device, trust_remote_code)
     return build_actor_critic(model, adapter_dir, gradient_checkpointing=gradient_checkpointing), tokenizer

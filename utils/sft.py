@@ -305,24 +305,41 @@ def merge_adapter(base_model: str | Path, adapter_dir: str | Path, path: str | P
     return Path(path)
 
 
-def load_sft_model(
+def load_sft_base(
     run_dir: str | Path,
-    quantization: str = "nf4",
+    quantization: str | None = None,
     device: torch.device | str | None = None,
-    trainable: bool = False,
     trust_remote_code: bool = False,
 ):
-    """``(model, tokenizer)`` of a finished 02_sft stage: its base with its adapter, for later stages.
+    """``(base model, tokenizer, adapter dir)`` of a finished 02_sft stage, for the stages after it.
 
-    ``trainable=True`` leaves the adapter's weights trainable (PPO's policy starts from them).
+    The one place that reads where stage 02's base came from: a path it recorded (the tiny base's cache, or a
+    base saved in the stage folder) or a hub name. ``quantization=None`` loads the base as SFT trained on it
+    (the adapter was fitted to those weights). The tokenizer is the one saved beside the adapter.
     """
     metrics = read_metrics(run_dir, "02_sft")
     adapter = stage_dir(run_dir, "02_sft") / metrics["adapter_dir"]
     base = metrics["base_model_dir"]
-    if not Path(base).is_absolute() and (stage_dir(run_dir, "02_sft") / base).exists():
-        base = stage_dir(run_dir, "02_sft") / base  # a base saved inside the stage folder
+    if (stage_dir(run_dir, "02_sft") / base).exists():  # a path (relative to the stage folder, or absolute)
+        base = stage_dir(run_dir, "02_sft") / base
     tokenizer = load_tokenizer(adapter, trust_remote_code=trust_remote_code)
+    quantization = quantization or metrics.get("quantization", "nf4")
     model = load_causal_lm(base, quantization, device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)
+    return model, tokenizer, adapter
+
+
+def load_sft_model(
+    run_dir: str | Path,
+    quantization: str | None = None,
+    device: torch.device | str | None = None,
+    trainable: bool = False,
+    trust_remote_code: bool = False,
+):
+    """``(model, tokenizer)`` of a finished 02_sft stage: its base with its adapter.
+
+    ``trainable=True`` leaves the adapter's weights trainable.
+    """
+    model, tokenizer, adapter = load_sft_base(run_dir, quantization, device, trust_remote_code)
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable), tokenizer
 
 
