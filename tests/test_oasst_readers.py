@@ -167,3 +167,37 @@ def test_views_on_a_hand_made_tree(tmp_path):
     assert ref._texts(sft_conversations(trees, top_k=1)) == [["hi", "A"]]
     assert [g.replies for g in rm_groups(trees)] == [["A", "B", "D"]]
     assert ref._texts(rl_prompts(trees)) == [["hi"], ["hi", "A", "more?"], ["hi", "B", "go on"]]
+
+
+def test_hub_source_offline_is_one_line_naming_it(monkeypatch):
+    """`hf:NAME` asks datasets.load_dataset; offline (as in every test) that fails as one DataError line."""
+    from utils.oasst import DataError, load_trees
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError) as e:
+        load_trees(["hf:OpenAssistant/no-such-dataset-offline"])
+    msg = str(e.value)
+    assert msg.startswith("hf:OpenAssistant/no-such-dataset-offline: cannot load from the Hugging Face Hub") and "\n" not in msg
+    assert e.value.reason == "hub_unavailable"
+
+
+def test_hub_source_reads_what_load_dataset_returns(monkeypatch):
+    """Every split of a DatasetDict is read (the kit splits by tree itself); a named split alone otherwise."""
+    import datasets
+
+    from utils.oasst import load_trees
+
+    rows = [json.loads(line) for line in Path(FLAT).read_text().splitlines()]
+    by_split = datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:1000]), "validation": datasets.Dataset.from_list(rows[1000:])})
+    calls = []
+
+    def fake_load_dataset(name, split=None):
+        calls.append((name, split))
+        return by_split[split] if split else by_split
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    _, whole = load_trees(["hf:OpenAssistant/oasst1"], lang=None)
+    _, part = load_trees(["hf:OpenAssistant/oasst1:train"], lang=None)
+    assert calls == [("OpenAssistant/oasst1", None), ("OpenAssistant/oasst1", "train")]
+    assert whole.read == len(rows) and part.read == 1000

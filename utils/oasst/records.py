@@ -1,4 +1,4 @@
-"""Reading records: files (.jsonl, .jsonl.gz, .parquet) or an in-memory ``datasets.Dataset``.
+"""Reading records: files (.jsonl, .jsonl.gz, .parquet), a Hub dataset (``hf:NAME[:SPLIT]``) or a ``datasets.Dataset``.
 
 The form is told from the content (gzip and parquet magic bytes, then the records' keys), never from
 the file name alone. Every problem becomes one :class:`DataError` line ``FILE:LINE: problem``; the
@@ -16,7 +16,7 @@ from typing import Any, Iterator, Literal, Union
 import orjson
 
 OnError = Literal["raise", "skip"]
-Source = Union[str, Path, Any]  # a path, or a datasets.Dataset of flat messages
+Source = Union[str, Path, Any]  # a path, "hf:<dataset>[:split]", or a datasets.Dataset of flat messages
 
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
@@ -92,6 +92,25 @@ class ErrorPolicy:
         self.report.skip(error.reason, n_messages)
 
 
+HUB_PREFIX = "hf:"
+
+
+def hub_dataset(spec: str):
+    """``OpenAssistant/oasst1`` (every split, concatenated: the kit makes its own split) or
+    ``OpenAssistant/oasst1:train``, through ``datasets.load_dataset`` (downloaded once, then cached)."""
+    import datasets
+
+    name, _, split = spec.partition(":")
+    try:
+        data = datasets.load_dataset(name, split=split or None)
+    except Exception as e:  # offline, unknown name, no such split: all end the same way for the user
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(HUB_PREFIX + spec, f"cannot load from the Hugging Face Hub: {first_line}", "hub_unavailable") from None
+    if isinstance(data, datasets.DatasetDict):
+        data = datasets.concatenate_datasets([data[k] for k in sorted(data)])
+    return data
+
+
 def source_name(source: Source) -> str:
     if isinstance(source, (str, Path)):
         return str(source)
@@ -105,6 +124,8 @@ def iter_records(source: Source, policy: ErrorPolicy) -> Iterator[tuple[int, Any
     skip), whatever the policy.
     """
     name = source_name(source)
+    if isinstance(source, str) and source.startswith(HUB_PREFIX):  # hf:OpenAssistant/oasst1[:split]
+        source = hub_dataset(source[len(HUB_PREFIX):])
     if isinstance(source, (str, Path)):
         path = Path(source)
         if not path.is_file():
