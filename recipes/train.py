@@ -83,6 +83,40 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     }
 
 
+def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 03 without the narrative: the calls of notebooks/03_reward.ipynb, in its order (plots left out)."""
+    import time
+
+    from accelerate import PartialState
+
+    from utils.artifacts import record_path
+    from utils.modeling import peak_memory_mb, reset_peak_memory
+    from utils.oasst import load_split, preference_pairs, read_hh_pairs, rm_groups
+    from utils.reward import RewardScorer, RewardTrainingConfig, train_reward_model
+    from utils.reward_eval import evaluate_pairs
+
+    state = PartialState()
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
+    train_pairs = preference_pairs(rm_groups(split.train))[: p["max_train_pairs"]]
+    eval_pairs = (preference_pairs(rm_groups(split.eval))[: p["max_eval_pairs"]]
+                  + preference_pairs(rm_groups(split.heldout))[: p["max_eval_pairs"]])
+    config = RewardTrainingConfig(**{k: p[k] for k in RewardTrainingConfig.__dataclass_fields__ if k in p})
+    reset_peak_memory()
+    started = time.time()
+    result = train_reward_model(train_pairs, config, out)
+    train_seconds = time.time() - started
+    metrics = {"pairs_train": len(train_pairs), "model_dir": record_path(out, result.model_dir),
+               "train_seconds": train_seconds, "peak_memory_mb": peak_memory_mb(), "processes": state.num_processes,
+               "train_losses": [h["loss"] for h in result.log_history if "loss" in h]}
+    if state.is_main_process:  # held-out evaluation is inference: the main process does it alone
+        scorer = RewardScorer.load(result.model_dir, device=state.device)
+        oasst = evaluate_pairs(scorer, eval_pairs, batch_size=p["score_batch_size"])
+        hh = evaluate_pairs(scorer, read_hh_pairs(p["hh_path"])[: p["max_hh_pairs"]], batch_size=p["score_batch_size"])
+        metrics.update(eval_accuracy=oasst.accuracy, length_baseline_accuracy=oasst.length_baseline, hh_accuracy=hh.accuracy,
+                       reward_length_corr=oasst.reward_length_corr, pairs_eval=oasst.n, hh_pairs=hh.n)
+    return metrics
+
+
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """Stage 04 without the narrative: the calls of notebooks/04_ppo.ipynb, in its order.
 
@@ -124,7 +158,7 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
             "reward_means": [row["reward_mean"] for row in history]}
 
 
-TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "ppo": train_ppo}
+TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,3 +53,19 @@ def test_ppo_processes_stay_in_sync(micro_run, tmp_path):
     first, second = metrics["policy_checksums"]
     assert first == second
     assert (tmp_path / "04_ppo" / "adapter" / "adapter_config.json").exists()
+
+
+def test_reward_model_two_processes_match_one_process(tmp_path):
+    """The reward stage under accelerate launch: trl's trainer shards the pairs, so 2 x 4 pairs per step
+    follow the 1 x 8 trajectory; only the main process saves and evaluates."""
+    common = ["reward", "--profile", str(MICRO), "--set", "max_train_pairs=32", "--set", "max_eval_pairs=8",
+              "--set", "max_hh_pairs=8"]
+    one = run([sys.executable, "-m", "recipes.train", *common, "--set", "batch_size=8"], tmp_path / "one", stage="03_reward")
+    accelerate = str(Path(sys.executable).parent / "accelerate")
+    two = run([accelerate, "launch", "--config_file", "recipes/accelerate/multi_cpu.yaml", "-m", "recipes.train", *common,
+               "--set", "batch_size=4"], tmp_path / "two", stage="03_reward")
+    assert (one["processes"], two["processes"]) == (1, 2)
+    assert len(one["train_losses"]) == len(two["train_losses"]) == 4
+    for step, (a, b) in enumerate(zip(one["train_losses"], two["train_losses"]), 1):
+        assert abs(a - b) < 1e-3, f"step {step}: 1 process {a:.5f}, 2 processes {b:.5f}"
+    assert (tmp_path / "two" / "03_reward" / "reward_model" / "reward.json").exists()

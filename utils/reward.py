@@ -294,6 +294,7 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str):
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,  # keep "length" for the sampler; the collator ignores it
         dataloader_pin_memory=device.type == "cuda",
+        use_cpu=device.type == "cpu",  # without it, processes launched on a CPU machine would each train alone
         logging_steps=config.logging_steps or max(1, steps // 20),
         save_strategy="no",
         report_to="none",
@@ -327,7 +328,10 @@ def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: s
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         trainer.train()
-    model_dir = save_reward_model(trainer.model, tokenizer, config, Path(out_dir) / "reward_model")
+    model_dir = Path(out_dir) / "reward_model"
+    if trainer.accelerator.is_main_process:  # under accelerate launch, every process holds the same trained model
+        save_reward_model(trainer.model, tokenizer, config, model_dir)
+    trainer.accelerator.wait_for_everyone()
     return TrainResult(model_dir, list(trainer.state.log_history), trainable, total)
 
 
