@@ -69,19 +69,25 @@ def finished_fingerprint(stage_dir: Path) -> str | None:
 
 
 def notebook_defaults(notebook: Path) -> dict[str, Any]:
-    """The parameters cell of a notebook as values (its defaults are the tiny profile)."""
+    """The parameters cell of a notebook (the cell tagged ``parameters``, as papermill finds it) as values.
+
+    Read with ``ast`` rather than papermill, so the training scripts run where papermill is not installed.
+    """
     import ast
 
-    import papermill
-
-    return {name: ast.literal_eval(p["default"]) for name, p in papermill.inspect_notebook(str(notebook)).items()}
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    if cell is None:
+        raise StageError(f"{notebook}: no cell tagged 'parameters'")
+    source = "".join(cell["source"])
+    return {target.id: ast.literal_eval(node.value)
+            for node in ast.parse(source).body if isinstance(node, ast.Assign)
+            for target in node.targets if isinstance(target, ast.Name)}
 
 
 def check_parameters(stage: str, notebook: Path, params: dict[str, Any], profile: Profile) -> None:
     """Every profile key must be a parameter of the notebook: a typo would otherwise be silently ignored."""
-    import papermill
-
-    declared = set(papermill.inspect_notebook(str(notebook)))
+    declared = set(notebook_defaults(notebook))
     unknown = sorted(set(params) - declared - set(RUNNER_PARAMS))
     if unknown:
         raise StageError(

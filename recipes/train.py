@@ -76,7 +76,7 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "train_loss_first": stats.train_loss_first, "train_loss_last": stats.train_loss_last,
         "train_losses": [loss for _, loss in stats.curves["train"]],
         "quantization": p["quantization"], "trainable_params": trainable, "total_params": total,
-        "tokens_per_second": stats.tokens_per_second, "peak_memory_mb": peak_memory_mb(),
+        "tokens_per_second": stats.tokens_per_second, "train_seconds": stats.train_seconds, "peak_memory_mb": peak_memory_mb(),
         "adapter_dir": record_path(out, adapter_dir),
         "base_model_dir": record_path(out, base_path) if Path(base_path).exists() else str(base_path),
         "processes": state.num_processes,
@@ -161,6 +161,17 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}
 
 
+def limit_gpu_memory(gib: float, device) -> None:
+    """Cap torch's allocator at ``gib`` on ``device``: an out-of-memory error past it, as on a card of that size."""
+    import torch
+
+    if device.type != "cuda":
+        raise SystemExit("error: --max-gpu-memory-gib needs a CUDA GPU")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    total = torch.cuda.get_device_properties(index).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total), index)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__.split("\n")[0])
     ap.add_argument("stage", choices=sorted(TRAINERS))
@@ -168,6 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, help="default runs/<profile>")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one parameter (YAML value), e.g. --set max_steps=10")
+    ap.add_argument("--max-gpu-memory-gib", type=float, metavar="GIB",
+                    help="let torch allocate at most this much GPU memory: emulates a smaller card (15 for a 16 GB T4)")
     args = ap.parse_args(argv)
 
     import torch
@@ -177,13 +190,16 @@ def main(argv: list[str] | None = None) -> int:
 
     # First, before any library makes its own: accelerate's process state is a singleton, and without a GPU
     # only cpu=True makes it see the launcher's processes (MULTI_CPU over gloo) instead of a single one.
-    PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
+    if args.max_gpu_memory_gib:
+        limit_gpu_memory(args.max_gpu_memory_gib, state.device)
     stage = STAGES[args.stage]
     params = stage_parameters(stage, args.profile, args.overrides)
     run_dir = args.run_dir or RUNS_DIR / load_profile(args.profile).name
     out = Path(run_dir) / stage
     metrics = TRAINERS[args.stage](params, out)
-    state = PartialState()
+    if torch.cuda.is_available():  # what a card must hold: the allocator's cache too, not only live tensors
+        metrics["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
     if state.is_main_process:
         write_metrics(out, {**metrics, "script": f"recipes.train {args.stage}", "parameters": params})
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, default=str))

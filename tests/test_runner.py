@@ -112,3 +112,16 @@ def test_cli_missing_profile_is_one_line(capsys):
     assert main(["--profile", "no-such-profile"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no profile 'no-such-profile'") and "\n" not in err
+
+
+def test_notebook_defaults_read_the_parameters_cell_as_papermill_does():
+    """recipes.train reads parameters without papermill; it must see what papermill injects into."""
+    import ast
+
+    import papermill
+
+    from recipes.run import NOTEBOOKS_DIR, notebook_defaults
+
+    for notebook in sorted(NOTEBOOKS_DIR.glob("*.ipynb")):
+        expected = {k: ast.literal_eval(p["default"]) for k, p in papermill.inspect_notebook(str(notebook)).items()}
+        assert notebook_defaults(notebook) == expected, notebook.name
