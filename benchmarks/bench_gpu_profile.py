@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.run import RESULTS_DIR, machine
+from benchmarks.run import machine, write_table
 from utils.profile import REPO_ROOT, load_profile
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
@@ -202,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     for stage in args.stages:
         metrics[stage] = run_stage(stage, str(profile.path), run_dir, overrides[stage], args.max_gpu_memory_gib)
         print(f"{stage}: {json.dumps({k: v for k, v in metrics[stage].items() if not isinstance(v, (list, dict))}, default=str)}", flush=True)
-    text = markdown(profile, table_rows(profile, metrics, args), args)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{profile.name}-gpu.md").write_text(text)
-    print(text)
+    write_table(f"{profile.name}-gpu", markdown(profile, table_rows(profile, metrics, args), args))
     return 0
 
 

@@ -86,6 +86,15 @@ def markdown(rows: list[dict[str, Any]], title: str) -> str:
     return "\n".join(lines + ["", f"Total: {total / 60:.1f} min."]) + "\n"
 
 
+def write_table(name: str, text: str) -> Path:
+    """Save a results table as ``benchmarks/results/<name>.md`` and print it."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.md"
+    path.write_text(text)
+    print(text)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="tiny")
@@ -101,10 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = stage_rows(Path(run_dir))
     title = (f"### `{profile.name}` profile, measured {time.strftime('%Y-%m-%d')}\n\n"
              f"Machine: {machine()}. Peak memory: GPU tensors on a GPU, the process's resident set on a CPU.")
-    text = markdown(rows, title)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{profile.name}.md").write_text(text)
-    print(text)
+    write_table(profile.name, markdown(rows, title))
     return 0
 
 
