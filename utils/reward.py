@@ -287,7 +287,7 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str):
         warmup_steps=config.warmup,
         lr_scheduler_type="linear",
         center_rewards_coefficient=config.center_rewards_coefficient,
-        gradient_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         max_length=None,  # already cut to config.max_length by encode_conversation
