@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.run import machine, write_table
+from recipes.train import STAGES
 from utils.profile import REPO_ROOT, load_profile
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
@@ -105,7 +106,7 @@ def stage_overrides(profile, args, models: dict[str, Path]) -> dict[str, list[st
 
 
 def run_stage(stage: str, profile_name: str, run_dir: Path, overrides: list[str], cap: float | None) -> dict[str, Any]:
-    name = {"02_sft": "sft", "03_reward": "reward", "04_ppo": "ppo"}[stage]
+    name = next(script for script, folder in STAGES.items() if folder == stage)
     cmd = [sys.executable, "-m", "recipes.train", name, "--profile", profile_name, "--run-dir", str(run_dir)]
     cmd += [a for o in overrides for a in ("--set", o)]
     if cap:
@@ -171,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ppo-updates", type=int, default=3)
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="try a setting before writing it into the profile, e.g. 02_sft:per_device_train_batch_size=8")
-    ap.add_argument("--stages", nargs="+", default=["02_sft", "03_reward", "04_ppo"], choices=["02_sft", "03_reward", "04_ppo"])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES.values()), choices=list(STAGES.values()))
     args = ap.parse_args(argv)
 
     import torch
