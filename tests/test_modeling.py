@@ -78,6 +78,28 @@ def test_nf4_is_qlora_quantization(base_dir):
     assert modeling.count_parameters(model)[1] == sum(p.numel() for p in reference.parameters())
 
 
+def test_4bit_training_after_an_eval_pass_still_backpropagates_through_the_base(base_dir):
+    """On AVX512-BF16 CPUs bitsandbytes repacks 4-bit weights for inference at the first no-grad eval pass and
+    then trains on the inference kernel (no gradient through the frozen base, an error on biased layers)."""
+    from peft import LoraConfig, get_peft_model
+
+    tok = modeling.load_tokenizer(base_dir)
+    model = modeling.load_causal_lm(base_dir, "nf4", "cpu", tokenizer=tok)
+    model = get_peft_model(model, LoraConfig(r=4, target_modules=["query_key_value", "dense_4h_to_h"], lora_dropout=0.0))
+    ids = torch.tensor([tok("Hello there! How are you today?")["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    model.train()
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    # The first layer's adapter gets its gradient only through the 4-bit layers above it (B: A's is 0 while B = 0).
+    first_b = next(p for n, p in model.named_parameters() if "layers.0." in n and "query_key_value.lora_B" in n)
+    assert first_b.grad is not None and first_b.grad.abs().sum() > 0
+    # And eval and training forward passes compute the same function (one kernel).
+    assert torch.allclose(before, out.logits.detach(), atol=1e-5)
+
+
 def test_unquantized_model_has_no_4bit_layers(base_dir):
     model = modeling.load_causal_lm(base_dir, "none", "cpu")
     assert not any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())

@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
 
 from utils import chat_format
+from utils.model_source import resolve_model_source
 
 Quantization = Literal["nf4", "none"]
 QUANTIZATIONS = ("nf4", "none")
@@ -53,8 +54,11 @@ def compute_dtype(device: torch.device | str | None = None) -> torch.dtype:
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
-    """A tokenizer with the chat special tokens (and a pad token) added where it has no chat template."""
-    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
+    """A tokenizer with the chat special tokens (and a pad token) added where it has no chat template.
+
+    ``name_or_path`` is any model source of :mod:`utils.model_source` (hub name, folder, GGUF file).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name_or_path), trust_remote_code=trust_remote_code)
     chat_format.add_special_tokens(tokenizer)
     return tokenizer
 
@@ -82,6 +86,9 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """A causal LM on ``device``, 4-bit NF4 (``"nf4"``) or in its compute dtype (``"none"``).
 
+    ``name_or_path`` is any model source of :mod:`utils.model_source`: a hub name, a folder, or a GGUF file
+    (converted once to a folder in the cache, then loaded like any other).
+
     Pass the kit's ``tokenizer`` (from :func:`load_tokenizer`) so that the embeddings are grown to cover
     the chat tokens it added, when the checkpoint's vocabulary does not already (Pythia's embedding matrix
     is padded to 50,304 rows, so its 3 new tokens fit without growing it), and so that the model knows
@@ -100,11 +107,13 @@ def load_causal_lm(
         else:
             kwargs["device_map"] = {"": device.type}
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_source(name_or_path), **kwargs)
     except OSError as e:
         raise OSError(f"cannot load a causal LM from {str(name_or_path)!r}: {e}") from None
     if quantization == "none":
         model.to(device)
+    else:
+        keep_one_cpu_4bit_path(model)
     if tokenizer is not None:
         if len(tokenizer) > model.get_input_embeddings().num_embeddings:
             # New rows start at the mean of the old ones (transformers' default), a neutral starting point.
@@ -113,6 +122,21 @@ def load_causal_lm(
         if model.generation_config is not None:
             model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model
+
+
+def keep_one_cpu_4bit_path(model: torch.nn.Module) -> int:
+    """Turn off bitsandbytes' CPU inference repacking of 4-bit weights; returns how many layers it concerned.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weights for a faster inference kernel
+    the first time the layer runs in eval mode without gradients, and never packs them back. Training after that
+    (SFT's held-out loss is measured before training; PPO samples before every update) then runs the inference
+    kernel, which carries no gradient to the layer's input and fails on layers with a bias; PPO's log-probs would
+    also come from two different kernels. One path for every forward pass keeps training and sampling exact.
+    """
+    layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    for m in layers:
+        m.support_avx512bf16_for_cpu = False
+    return len(layers)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
