@@ -179,6 +179,11 @@ def _encode_with_template(messages: list[Message], tokenizer, add_generation_pro
         end = len(ids_of(messages[: i + 1], False))
         if full[:end][:start] != ids_of(messages[:i], True)[:start]:
             raise ValueError("the chat template does not render conversations prefix by prefix; cannot build an assistant mask")
+        # The turn ends at its end-of-turn token: what a template writes after it (ChatML's "\n") is never
+        # generated, since generation stops at that token, so it is not trained on either.
+        turn = full[start:end]
+        if tokenizer.eos_token_id in turn:
+            end = start + turn.index(tokenizer.eos_token_id) + 1
         for j in range(start, min(end, len(full))):
             mask[j] = 1
     return Encoded(full, mask)
