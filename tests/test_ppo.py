@@ -28,6 +28,7 @@ from utils.ppo import (
     kl_penalty_rewards,
     masked_whiten,
     scorer_reward,
+    snapshot_schedule,
     summary_metrics,
 )
 from utils.ppo_model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
@@ -83,7 +84,8 @@ def yes_fraction(prompts, replies):
 
 
 def small_config(**overrides) -> PPOConfig:
-    base = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3, init_kl_coef=0.05)
+    base = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3, init_kl_coef=0.05,
+                reward_norm_samples=0)
     return PPOConfig(**{**base, **overrides})
 
 
@@ -299,20 +301,45 @@ def test_missing_eos_penalty_lowers_the_trained_objective_not_the_logged_reward(
     assert runs[5.0]["objective"] == pytest.approx(runs[0.0]["objective"] - 5.0 * cut, abs=1e-5)
 
 
-def test_scores_are_normalised_by_the_first_batch(tokenizer):
-    def shifted(prompts, replies):  # a reward model with an arbitrary offset and scale
-        return [1000.0 + 50.0 * s for s in yes_fraction(prompts, replies)]
+def shifted(prompts, replies):  # a reward model with an arbitrary offset and scale
+    return [1000.0 + 50.0 * s for s in yes_fraction(prompts, replies)]
 
+
+def test_scores_can_be_normalised_by_the_first_batch(tokenizer):
     rows = {}
     for normalize in (True, False):
         trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), shifted,
-                             small_config(missing_eos_penalty=0.0, normalize_reward=normalize), log=None)
+                             small_config(missing_eos_penalty=0.0, normalize_reward=normalize, reward_norm_samples=0), log=None)
         rows[normalize] = trainer.step()
     # First update: π = π_ref, so the objective is the mean training score: 0 once normalised, ~1000 raw.
     assert rows[True]["objective"] == pytest.approx(0.0, abs=1e-4)
     assert rows[False]["objective"] == pytest.approx(rows[False]["reward_mean"], abs=1e-3)
     assert rows[True]["reward_mean"] == rows[False]["reward_mean"] > 999  # the log keeps the judge's own units
     assert trainer.reward_norm is None
+
+
+def test_reward_normalisation_comes_from_a_dedicated_sample_of_the_initial_policy(tokenizer):
+    seen = []
+
+    def counting(prompts_, replies):
+        seen.append(len(replies))
+        return shifted(prompts_, replies)
+
+    first_batch = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), shifted,
+                             small_config(reward_norm_samples=0, missing_eos_penalty=0.0), log=None)
+    row_first_batch = first_batch.step()
+    dedicated = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), counting,
+                           small_config(reward_norm_samples=20, missing_eos_penalty=0.0), log=None)
+    row = dedicated.step()
+    # 20 replies scored (batches of batch_size=8) before the update's own batch of 8.
+    assert seen == [8, 8, 4, 8]
+    # The sample is drawn apart from the training stream: the update's rollout is the one it would have been.
+    assert row["reward_mean"] == row_first_batch["reward_mean"]
+    assert dedicated.reward_norm != first_batch.reward_norm
+    mean, std = dedicated.reward_norm
+    assert 1000.0 <= mean <= 1050.0 and std > 0
+    # With π = π_ref and no missing-EOS penalty, the first objective is the batch's score in the sample's units.
+    assert row["objective"] == pytest.approx((row["reward_mean"] - mean) / std, abs=1e-4)
 
 
 def test_resume_from_a_checkpoint_continues_exactly(tokenizer, tmp_path):
@@ -397,3 +424,81 @@ def test_config_rejects_nonsense():
         PPOConfig(mini_batch_size=0)
     with pytest.raises(ValueError, match="temperature"):
         PPOConfig(temperature=0.0)
+
+
+# ---- what a checkpoint belongs to, snapshots, time by phase ------------------------------------------------------
+
+
+def test_a_checkpoint_made_against_another_reward_model_or_starting_policy_is_not_resumed(tokenizer, tmp_path):
+    def reward_with(fingerprint):
+        def reward(prompts_, replies):
+            return yes_fraction(prompts_, replies)
+        reward.fingerprint = fingerprint
+        return reward
+
+    PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), reward_with("rm-a"), small_config(),
+               checkpoint_dir=tmp_path, checkpoint_every=1, log=None).train(1)
+    same = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), reward_with("rm-a"), small_config(),
+                      checkpoint_dir=tmp_path, checkpoint_every=1, log=None)
+    assert same.resume() and same.update == 1
+    messages = []
+    other_reward = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), reward_with("rm-b"), small_config(),
+                              checkpoint_dir=tmp_path, checkpoint_every=1, log=messages.append)
+    assert not other_reward.resume() and other_reward.update == 0
+    assert "reward model" in messages[0]
+    # Another starting policy (here: another base; in the kit, a retrained SFT adapter) is another run too.
+    moved = build_actor_critic(tiny_lm(tokenizer))
+    with torch.no_grad():
+        next(p for n, p in moved.named_parameters() if "lora_B" in n).add_(0.01)
+    other_start = PPOTrainer(moved, tokenizer, prompts(), reward_with("rm-a"), small_config(),
+                             checkpoint_dir=tmp_path, checkpoint_every=1, log=None)
+    assert not other_start.resume()
+
+
+def test_scorer_reward_fingerprint_follows_the_reward_model_weights():
+    lin = torch.nn.Linear(3, 1)
+    scorer = SimpleNamespace(model=lin, max_length=8, score=lambda convs, batch_size: [0.0] * len(convs))
+    before = scorer_reward(scorer).fingerprint
+    assert scorer_reward(scorer).fingerprint == before
+    with torch.no_grad():
+        lin.weight.add_(1.0)
+    assert scorer_reward(scorer).fingerprint != before
+
+
+def test_snapshots_keep_the_policy_at_the_chosen_updates(tokenizer, tmp_path):
+    snaps = tmp_path / "snapshots"
+    (snaps / "update-000099").mkdir(parents=True)  # left over from another run: a fresh run removes it
+    ac = build_actor_critic(tiny_lm(tokenizer))
+    start = {k: v.clone() for k, v in ac.adapter_state().items() if k.startswith("adapter.")}
+    trainer = PPOTrainer(ac, tokenizer, prompts(), yes_fraction, small_config(), log=None,
+                         snapshot_updates=snapshot_schedule(3, 3), snapshot_dir=snaps)
+    trainer.train(3)
+    assert sorted(p.name for p in snaps.iterdir()) == ["update-000000", "update-000002", "update-000003"]
+    assert sorted(trainer.snapshots()) == [0, 2, 3]
+    # Snapshot 0 is the starting policy, the last one the trained policy: load each back onto the model.
+    from peft.utils import load_peft_weights
+    first = load_peft_weights(str(snaps / "update-000000"))
+    last = load_peft_weights(str(snaps / "update-000003"))
+    end = {k: v for k, v in ac.adapter_state().items() if k.startswith("adapter.")}
+    assert all(torch.equal(first[k.removeprefix("adapter.")], v) for k, v in start.items())
+    assert all(torch.equal(last[k.removeprefix("adapter.")], v) for k, v in end.items())
+    assert not all(torch.equal(first[k.removeprefix("adapter.")], v) for k, v in end.items())
+
+
+def test_snapshot_schedule_spreads_points_and_keeps_both_ends():
+    assert snapshot_schedule(12, 4) == [0, 4, 8, 12]
+    assert snapshot_schedule(2, 5) == [0, 1, 2]  # fewer updates than points: each update once
+    with pytest.raises(ValueError, match="at least 2 points"):
+        snapshot_schedule(10, 1)
+
+
+def test_each_update_logs_its_seconds_by_phase(tokenizer):
+    trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction,
+                         small_config(reward_norm_samples=8), log=None)
+    history = trainer.train(2)
+    phases = ("generate", "score", "logprobs", "optimise")
+    for row in history:
+        assert all(row[f"seconds_{p}"] > 0 for p in phases)
+        assert sum(row[k] for k in row if k.startswith("seconds_")) <= row["seconds"] + 1e-6
+    assert "seconds_reward_norm" in history[0] and "seconds_reward_norm" not in history[1]
+    assert set(summary_metrics(history)["seconds_by_phase"]) == {*phases, "reward_norm"}

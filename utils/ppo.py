@@ -3,7 +3,8 @@
 One update (:meth:`PPOTrainer.step`) does, in order:
 
 1. **rollout**: sample a reply to each prompt of a batch from the current policy;
-2. **score**: the reward model scores each decoded reply as a conversation (scores normalised);
+2. **score**: the reward model scores each decoded reply as a conversation (scores normalised by the mean and
+   spread of the reward on a dedicated sample of the initial policy's replies, taken once before training);
 3. **old log-probs, values and reference log-probs**, without gradient;
 4. **per-token reward**: −β·(log π − log π_ref) on every reply token, plus the score on the last one;
 5. **GAE** advantages and returns;
@@ -21,24 +22,25 @@ gradients, whitening statistics, reward normalisation and the KL fed to the cont
 processes (:mod:`utils.distributed`), so N processes make the updates one process would with the whole batch.
 
 The model is an :class:`~utils.ppo_model.ActorCritic` (policy adapter, frozen reference adapter and value head
-on one base model); rollouts come from :mod:`utils.ppo_rollout`.
+on one base model); rollouts come from :mod:`utils.ppo_rollout`; checkpoints, and the fingerprint that decides
+whether one may be resumed, from :mod:`utils.ppo_checkpoint`. Each update's seconds are logged by phase
+(generation, scoring, log-probs, optimisation), and the policy adapter can be kept at chosen updates
+(``snapshot_updates``) for measuring reward against KL along the run.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
+import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
 
-from utils import distributed
+from utils import distributed, ppo_checkpoint
 from utils.ppo_model import ActorCritic
 from utils.ppo_rollout import Conversation, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
 
@@ -56,7 +58,8 @@ class PPOConfig:
     top_k: int = 0  # 0 and top_p 1.0: sample from π itself, so the rollout is exactly on-policy
     top_p: float = 1.0
     missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a reply cut off by max_new_tokens
-    normalize_reward: bool = True  # scores in units of the first batch's spread (see PPOTrainer.step)
+    normalize_reward: bool = True  # scores in units of the initial policy's spread (see PPOTrainer.step)
+    reward_norm_samples: int = 64  # replies of the initial policy that set that spread; 0: the first rollout batch
     # Optimisation
     mini_batch_size: int = 4
     ppo_epochs: int = 4
@@ -79,10 +82,18 @@ class PPOConfig:
         for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "mini_batch_size", "ppo_epochs", "kl_horizon"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.reward_norm_samples < 0:
+            raise ValueError(f"PPOConfig.reward_norm_samples must be >= 0, got {self.reward_norm_samples!r}")
         if self.temperature <= 0:
             raise ValueError(f"PPOConfig.temperature must be > 0, got {self.temperature!r}")
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl!r}")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> "PPOConfig":
+        """The config from a stage's parameters (a notebook's ``globals()``, a script's dict): the fields of the same
+        names, so the stage's values are the ones that apply, never a second set of defaults."""
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if name in params})
 
 
 class TrainingDiverged(RuntimeError):
@@ -216,12 +227,25 @@ class KLController:
 
 def scorer_reward(scorer, batch_size: int = 16) -> RewardFn:
     """The reward of stage 03: each reply appended to its prompt, scored by ``utils.reward.RewardScorer``
-    (which tokenizes with the reward model's own tokenizer)."""
+    (which tokenizes with the reward model's own tokenizer).
+
+    The function carries a ``fingerprint`` of the reward model's weights, so a PPO checkpoint made against
+    another reward model is never resumed (:mod:`utils.ppo_checkpoint`).
+    """
 
     def reward(prompts: list[Conversation], replies: list[str]) -> Sequence[float]:
         return scorer.score([[*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, replies)], batch_size=batch_size)
 
+    model = getattr(scorer, "model", None)
+    if isinstance(model, nn.Module):
+        reward.fingerprint = f"{ppo_checkpoint.tensors_digest(model.state_dict())}:{getattr(scorer, 'max_length', None)}"
     return reward
+
+
+# Seeds derived from ``config.seed``, named so they never collide: each pass over the prompts has its own order,
+# and the sample that sets the reward normalisation draws its prompts and replies apart from the training stream.
+PROMPT_ORDER_SEED_STRIDE = 100_003
+REWARD_NORM_SEED_OFFSET = 31_337
 
 
 class PPOTrainer:
@@ -229,7 +253,9 @@ class PPOTrainer:
 
     ``history`` holds one dict of logs per update; ``samples`` a few (prompt, reply, reward) per update.
     With ``checkpoint_dir`` and ``checkpoint_every``, the state is saved every N updates (and after the last);
-    :meth:`resume` continues from the newest checkpoint made with the same configuration and prompts.
+    :meth:`resume` continues from the newest checkpoint of this very run (same configuration, prompts, starting
+    policy and reward model). ``snapshot_updates`` lists the updates after which the policy adapter is kept as a
+    peft folder in ``snapshot_dir`` (0: the starting policy), for measuring reward against KL along the run.
     """
 
     def __init__(
@@ -243,6 +269,8 @@ class PPOTrainer:
         checkpoint_every: int = 0,
         samples_per_update: int = 3,
         log: Callable[[str], None] | None = print,
+        snapshot_updates: Sequence[int] = (),
+        snapshot_dir: str | Path | None = None,
     ) -> None:
         self.model, self.tokenizer, self.reward_fn, self.config = model, tokenizer, reward_fn, config
         self.prompts, self.prompt_ids, self.prompts_too_long = encode_prompts(prompts, tokenizer, config.max_prompt_tokens)
@@ -252,18 +280,24 @@ class PPOTrainer:
             raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
+        self.snapshot_updates = sorted(set(int(u) for u in snapshot_updates))
+        if self.snapshot_updates and snapshot_dir is None:
+            raise ValueError("snapshot_updates needs a snapshot_dir")
+        self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.samples_per_update = samples_per_update
         self.log = log or (lambda _: None)
         self.params = model.trainable_parameters()
         # Detail: Adam's epsilon 1e-5 rather than 1e-8 (the value of OpenAI's baselines; Huang et al. 2022, detail 3).
         self.optimizer = torch.optim.AdamW(self.params, lr=config.learning_rate, eps=1e-5, weight_decay=0.0)
         self.kl_ctl = KLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
-        self.reward_norm: tuple[float, float] | None = None  # (mean, std) of the first batch's scores
+        self.reward_norm: tuple[float, float] | None = None  # (mean, std) of the initial policy's scores
         self.update = 0
         self.history: list[dict[str, float]] = []
         self.samples: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
-        self.fingerprint = hashlib.sha256(json.dumps([asdict(config), self.prompt_ids]).encode()).hexdigest()[:16]
+        self.fingerprint = ppo_checkpoint.run_fingerprint(
+            config, self.prompt_ids, ppo_checkpoint.tensors_digest(model.adapter_state()), getattr(reward_fn, "fingerprint", None)
+        )
         if config.batch_size % distributed.world_size() or config.mini_batch_size % distributed.world_size():
             raise ValueError(f"batch_size {config.batch_size} and mini_batch_size {config.mini_batch_size} must be "
                              f"multiples of the {distributed.world_size()} processes")
@@ -279,27 +313,30 @@ class PPOTrainer:
         cfg, model = self.config, self.model
         update = self.update + 1
         started = time.perf_counter()
+        seconds: dict[str, float] = defaultdict(float)  # this update's time by phase
+        # Detail (Ziegler et al. 2019): reward normalisation. Before the first update, the reward model scores a
+        # dedicated sample of the initial (SFT) policy's replies; their mean and standard deviation shift and scale
+        # every later score, and stay fixed: β, the missing-EOS penalty and the value head then work in "SFT-reply
+        # standard deviations", whatever scale the reward model happens to have.
+        if cfg.normalize_reward and self.reward_norm is None and cfg.reward_norm_samples > 0:
+            t0 = time.perf_counter()
+            self.reward_norm = self._reward_norm_from_sample(cfg.reward_norm_samples)
+            seconds["reward_norm"] += time.perf_counter() - t0
         prompts, prompt_ids = self._prompt_batch(update)
 
         # 1. Rollout. Detail: eval mode while sampling, so the KV cache is used even with gradient checkpointing on.
+        t0 = time.perf_counter()
         model.eval()
         rollout = sample_rollout(model, self.tokenizer, prompts, prompt_ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
         mask = rollout.response_mask.float()
+        seconds["generate"] += time.perf_counter() - t0
 
         # 2. Score each decoded reply with the reward model (or any reward function).
-        scores = torch.as_tensor([float(s) for s in self.reward_fn(rollout.prompts, rollout.replies)], dtype=torch.float32)
-        if scores.shape != (len(prompts),):
-            raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(prompts)} replies")
-        self._check_finite(update, "the reward", scores)
-        scores = scores.to(model.device)
-        # Detail (Ziegler et al. 2019): reward normalisation. The scores are shifted and scaled by the mean and
-        # standard deviation of the first batch's, the replies of the initial (SFT) policy, and those two numbers stay
-        # fixed: β, the missing-EOS penalty and the value head then work in "SFT-reply standard deviations",
-        # whatever scale the reward model happens to have.
-        if cfg.normalize_reward and self.reward_norm is None:
-            mean = distributed.all_mean(scores.mean())  # over every process's replies (equal shares)
-            std = distributed.all_mean(((scores - mean) ** 2).mean()).sqrt().item()
-            self.reward_norm = (mean.item(), std if std > 1e-8 else 1.0)
+        t0 = time.perf_counter()
+        scores = self._score(rollout.prompts, rollout.replies, update)
+        seconds["score"] += time.perf_counter() - t0
+        if cfg.normalize_reward and self.reward_norm is None:  # reward_norm_samples=0: the first batch sets the scale
+            self.reward_norm = self._mean_std(scores)
         shift, scale = self.reward_norm if cfg.normalize_reward else (0.0, 1.0)
         # Detail: a reply that hit max_new_tokens without a stop token is scored as it stands, minus a fixed penalty
         # (Ziegler et al. 2019 gave such continuations a reward of −1): the policy learns to finish its replies.
@@ -307,6 +344,7 @@ class PPOTrainer:
         train_scores = (scores - shift) / scale - cfg.missing_eos_penalty * (~rollout.ended).float()
 
         # 3. Old log-probs and values from the policy, reference log-probs from π_ref: no gradient.
+        t0 = time.perf_counter()
         with torch.no_grad():
             old_logprobs, old_values, entropy = self._forward_batched(rollout)
             with model.as_reference():
@@ -314,6 +352,7 @@ class PPOTrainer:
         self._check_finite(update, "the policy's log-probs", old_logprobs, mask)
         self._check_finite(update, "the reference's log-probs", ref_logprobs, mask)
         self._check_finite(update, "the values", old_values, mask)
+        seconds["logprobs"] += time.perf_counter() - t0
 
         # 4. Per-token reward: KL penalty on every token, the score on the last.
         kl_coef = self.kl_ctl.value
@@ -325,6 +364,7 @@ class PPOTrainer:
             advantages = masked_whiten(advantages, mask)
 
         # 7. PPO epochs: each epoch a fresh shuffle of the batch into minibatches.
+        t0 = time.perf_counter()
         model.train()  # dropout is off (ppo_model.disable_dropout); train mode only enables gradient checkpointing
         stats: dict[str, list[float]] = defaultdict(list)
         for _ in range(cfg.ppo_epochs):
@@ -348,6 +388,7 @@ class PPOTrainer:
                 for name, value in [("policy_loss", pg_loss), ("value_loss", vf_loss), ("clip_fraction", clip_fraction),
                                     ("approx_kl", approx_kl), ("value_clip_fraction", vf_clip_fraction), ("grad_norm", grad_norm)]:
                     stats[name].append(value.item())
+        seconds["optimise"] += time.perf_counter() - t0
 
         # 8. Adaptive KL controller, fed this batch's mean KL(π‖π_ref) per reply.
         mean_kl = distributed.all_mean(kl.sum(1).mean()).item()
@@ -366,6 +407,7 @@ class PPOTrainer:
             "response_length": rollout.response_lengths.float().mean().item(),
             "ended_fraction": rollout.ended.float().mean().item(),
             **{name: sum(v) / len(v) for name, v in stats.items()},
+            **{f"seconds_{phase}": s for phase, s in seconds.items()},
             "seconds": time.perf_counter() - started,
         }
         self.history.append(row)
@@ -374,6 +416,43 @@ class PPOTrainer:
             for p, r, s in list(zip(rollout.prompts, rollout.replies, scores.tolist()))[: self.samples_per_update]
         ]
         return row
+
+    def _score(self, prompts: list[Conversation], replies: list[str], update: int) -> torch.Tensor:
+        scores = torch.as_tensor([float(s) for s in self.reward_fn(prompts, replies)], dtype=torch.float32)
+        if scores.shape != (len(prompts),):
+            raise ValueError(f"reward_fn returned {scores.numel()} scores for {len(prompts)} replies")
+        self._check_finite(update, "the reward", scores)
+        return scores.to(self.model.device)
+
+    @staticmethod
+    def _mean_std(scores: torch.Tensor) -> tuple[float, float]:
+        """Mean and standard deviation over every process's scores (equal shares); a constant reward keeps scale 1."""
+        mean = distributed.all_mean(scores.mean())
+        std = distributed.all_mean(((scores - mean) ** 2).mean()).sqrt().item()
+        return mean.item(), std if std > 1e-8 else 1.0
+
+    def _reward_norm_from_sample(self, n: int) -> tuple[float, float]:
+        """Mean and spread of the reward on ``n`` replies of the current (initial) policy to seeded random prompts.
+
+        Drawn inside a forked random state, so the training run that follows samples exactly what it would have
+        sampled without this step; each process draws its share.
+        """
+        cfg = self.config
+        order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(cfg.seed + REWARD_NORM_SEED_OFFSET))
+        picked = [int(order[k % len(order)]) for k in range(n)][distributed.rank() :: distributed.world_size()]
+        devices = [self.model.device] if self.model.device.type == "cuda" else []
+        scores = []
+        self.model.eval()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed + REWARD_NORM_SEED_OFFSET + distributed.rank())
+            for first in range(0, len(picked), max(1, cfg.batch_size // distributed.world_size())):
+                rows = picked[first : first + cfg.batch_size // distributed.world_size()]
+                prompts, ids = [self.prompts[i] for i in rows], [self.prompt_ids[i] for i in rows]
+                rollout = sample_rollout(self.model, self.tokenizer, prompts, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
+                scores.append(self._score(rollout.prompts, rollout.replies, 1))
+        mean, std = self._mean_std(torch.cat(scores))
+        self.log(f"reward normalisation from {n} replies of the initial policy: mean {mean:+.4f}, std {std:.4f}")
+        return mean, std
 
     def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory)."""
@@ -396,7 +475,8 @@ class PPOTrainer:
         for k in range((update - 1) * size, update * size):
             epoch, position = divmod(k, n)
             if epoch not in self._epoch_orders:
-                self._epoch_orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.config.seed * 100_003 + epoch))
+                seed = self.config.seed * PROMPT_ORDER_SEED_STRIDE + epoch
+                self._epoch_orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
             picked.append(int(self._epoch_orders[epoch][position]))
         picked = picked[distributed.rank() :: distributed.world_size()]  # this process's share of the batch
         return [self.prompts[i] for i in picked], [self.prompt_ids[i] for i in picked]
@@ -410,72 +490,59 @@ class PPOTrainer:
         where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else "no checkpoint was written yet"
         raise TrainingDiverged(f"PPO stopped at update {update}: {what} has {bad} NaN/inf value(s) of {values.numel()}; {where}")
 
-    # ---- the loop and its checkpoints --------------------------------------------------------------------------
+    # ---- the loop, snapshots and checkpoints -----------------------------------------------------------------
 
     def train(self, updates: int) -> list[dict[str, float]]:
         """Run PPO until ``updates`` updates are done (those restored by :meth:`resume` count)."""
+        if self.update == 0:  # a fresh run: snapshots of an earlier run in the same folder are not this run's
+            if self.snapshot_dir is not None and distributed.rank() == 0:
+                shutil.rmtree(self.snapshot_dir, ignore_errors=True)
+            self._maybe_snapshot()
         while self.update < updates:
             row = self.step()
             self.log(format_row(row))
+            self._maybe_snapshot()
             if self.checkpoint_dir and self.checkpoint_every and (self.update % self.checkpoint_every == 0 or self.update == updates):
                 self.save_checkpoint()
         return self.history
 
-    def save_checkpoint(self) -> Path:
-        """Write the full training state atomically, then delete older checkpoints: one good one always exists.
+    def snapshot_path(self, update: int) -> Path:
+        assert self.snapshot_dir is not None, "PPOTrainer has no snapshot_dir"
+        return self.snapshot_dir / f"update-{update:06d}"
 
-        With several processes, the first writes it (the adapters are the same on all of them)."""
-        assert self.checkpoint_dir is not None, "PPOTrainer has no checkpoint_dir"
-        path = self.checkpoint_dir / f"update-{self.update:06d}.pt"
-        if distributed.rank() != 0:
-            self.last_checkpoint = path
-            return path
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        state = {
-            "fingerprint": self.fingerprint,
-            "update": self.update,
-            "model": self.model.adapter_state(),
-            "optimizer": self.optimizer.state_dict(),
-            "kl_coef": self.kl_ctl.value,
-            "reward_norm": list(self.reward_norm) if self.reward_norm else [],
-            "history": self.history,
-            "samples": self.samples,
-            "rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "shuffle_rng": self.shuffle.get_state(),
-        }
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        for old in self.checkpoint_dir.glob("update-*.pt"):
-            if old != path:
-                old.unlink()
-        self.last_checkpoint = path
-        return path
+    def snapshots(self) -> dict[int, Path]:
+        """The policy adapters kept so far: ``{update: peft folder}``."""
+        return {u: self.snapshot_path(u) for u in self.snapshot_updates if self.snapshot_dir and self.snapshot_path(u).exists()}
+
+    def export_snapshots(self, dest: str | Path) -> dict[int, Path]:
+        """Copy the kept policy adapters into ``dest`` (the stage's folder): ``{update: folder}``."""
+        dest = Path(dest)
+        out = {}
+        for update, path in self.snapshots().items():
+            target = dest / path.name
+            if target.resolve() != path.resolve():
+                shutil.copytree(path, target, dirs_exist_ok=True)
+            out[update] = target
+        return out
+
+    def _maybe_snapshot(self) -> None:
+        if self.update in self.snapshot_updates and distributed.rank() == 0:
+            self.model.save_policy_adapter(self.snapshot_path(self.update))
+
+    def save_checkpoint(self) -> Path:
+        """Write the full training state (see :mod:`utils.ppo_checkpoint`); one good checkpoint always exists."""
+        return ppo_checkpoint.save_checkpoint(self)
 
     def resume(self) -> bool:
-        """Load the newest checkpoint in ``checkpoint_dir`` if it was made with this configuration and these prompts."""
-        found = sorted(self.checkpoint_dir.glob("update-*.pt")) if self.checkpoint_dir else []
-        if not found:
-            return False
-        state = torch.load(found[-1], map_location=self.model.device, weights_only=True)
-        if state["fingerprint"] != self.fingerprint:
-            self.log(f"{found[-1]} was made with another configuration or other prompts: starting from scratch")
-            return False
-        self.model.load_adapter_state(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.kl_ctl.value = state["kl_coef"]
-        self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
-        self.update, self.history, self.samples = state["update"], state["history"], state["samples"]
-        torch.set_rng_state(state["rng"].cpu())
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        if distributed.world_size() > 1:  # the checkpoint holds the first process's generator: the others draw anew
-            torch.manual_seed(self.config.seed + distributed.rank() + 7919 * self.update)
-        self.shuffle.set_state(state["shuffle_rng"].cpu())
-        self.last_checkpoint = found[-1]
-        self.log(f"resumed from {found[-1]} (update {self.update})")
-        return True
+        """Load the newest checkpoint in ``checkpoint_dir`` if this very run (its fingerprint) made it."""
+        return ppo_checkpoint.resume(self)
+
+
+def snapshot_schedule(updates: int, points: int) -> list[int]:
+    """``points`` updates spread evenly over a run of ``updates``, the start (0) and the end included."""
+    if points < 2:
+        raise ValueError(f"a reward-against-KL curve needs at least 2 points (the start and the end), got {points}")
+    return sorted({round(i * updates / (points - 1)) for i in range(points)})
 
 
 def format_row(row: dict[str, float]) -> str:
@@ -491,11 +558,16 @@ def summary_metrics(history: Sequence[dict[str, float]]) -> dict[str, float]:
     """The stage's headline figures from the per-update logs."""
     if not history:
         raise ValueError("no PPO update was run")
+    phases = sorted({k for row in history for k in row if k.startswith("seconds_")})
     return {
         "reward_mean_first": history[0]["reward_mean"],
         "reward_mean_last": history[-1]["reward_mean"],
         "kl_last": history[-1]["kl"],
+        "kl_coef_first": history[0]["kl_coef"],
+        "kl_coef_last": history[-1]["kl_coef"],
         "updates": len(history),
         "seconds_per_update": sum(r["seconds"] for r in history) / len(history),
+        # Where an update's time goes: generation, scoring, log-probs, optimisation (reward_norm: once, before update 1).
+        "seconds_by_phase": {k.removeprefix("seconds_"): sum(r.get(k, 0.0) for r in history) / len(history) for k in phases},
     }
 

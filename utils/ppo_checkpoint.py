@@ -1,0 +1,109 @@
+"""PPO's checkpoints: save the whole training state, and resume only the very run that saved it.
+
+A checkpoint is resumed only by a trainer with the same **fingerprint**: a hash of everything the training
+depends on, namely the configuration, the prompts, the policy it started from (the SFT adapter's weights) and
+the reward it is trained against (the reward model's weights, where the reward function says what they are).
+So after SFT or the reward model changed, a leftover checkpoint is ignored and PPO starts again; it never
+hands back the old run's adapter as if it were the new one.
+
+Checkpoints are written atomically and older ones deleted only after the new one is complete, so one good
+checkpoint always exists. With several processes the first writes (the adapters are equal on all of them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
+
+import torch
+
+from utils import distributed
+
+if TYPE_CHECKING:
+    from utils.ppo import PPOTrainer
+
+CHECKPOINT_GLOB = "update-*.pt"
+# After a resume with several processes, each process but the first reseeds its sampling generator from the
+# update number (the checkpoint holds only the first process's generator); this spreads those seeds apart.
+RESUME_RESEED_STRIDE = 7919
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A short hash of named tensors' values (order-independent in the names), e.g. an adapter or a reward model."""
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    h = hashlib.sha256()
+    for name, t in sorted(items, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def run_fingerprint(config: Any, prompt_ids: list[list[int]], initial_policy: str, reward: str | None) -> str:
+    """The hash a checkpoint must match to be resumed: configuration, prompts, starting policy, reward."""
+    payload = json.dumps([asdict(config), prompt_ids, initial_policy, reward])
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def checkpoint_path(checkpoint_dir: Path, update: int) -> Path:
+    return checkpoint_dir / f"update-{update:06d}.pt"
+
+
+def save_checkpoint(trainer: "PPOTrainer") -> Path:
+    """Write the trainer's full state atomically, then delete older checkpoints."""
+    assert trainer.checkpoint_dir is not None, "PPOTrainer has no checkpoint_dir"
+    path = checkpoint_path(trainer.checkpoint_dir, trainer.update)
+    if distributed.rank() != 0:
+        trainer.last_checkpoint = path
+        return path
+    trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "fingerprint": trainer.fingerprint,
+        "update": trainer.update,
+        "model": trainer.model.adapter_state(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "kl_coef": trainer.kl_ctl.value,
+        "reward_norm": list(trainer.reward_norm) if trainer.reward_norm else [],
+        "history": trainer.history,
+        "samples": trainer.samples,
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle_rng": trainer.shuffle.get_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in trainer.checkpoint_dir.glob(CHECKPOINT_GLOB):
+        if old != path:
+            old.unlink()
+    trainer.last_checkpoint = path
+    return path
+
+
+def resume(trainer: "PPOTrainer") -> bool:
+    """Load the newest checkpoint in the trainer's ``checkpoint_dir`` if its fingerprint is the trainer's."""
+    found = sorted(trainer.checkpoint_dir.glob(CHECKPOINT_GLOB)) if trainer.checkpoint_dir else []
+    if not found:
+        return False
+    state = torch.load(found[-1], map_location=trainer.model.device, weights_only=True)
+    if state["fingerprint"] != trainer.fingerprint:
+        trainer.log(f"{found[-1]} was made by another run (another configuration, prompts, SFT adapter or reward model): "
+                    "starting from scratch")
+        return False
+    trainer.model.load_adapter_state(state["model"])
+    trainer.optimizer.load_state_dict(state["optimizer"])
+    trainer.kl_ctl.value = state["kl_coef"]
+    trainer.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
+    trainer.update, trainer.history, trainer.samples = state["update"], state["history"], state["samples"]
+    torch.set_rng_state(state["rng"].cpu())
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if distributed.world_size() > 1:  # the checkpoint holds the first process's generator: the others draw anew
+        torch.manual_seed(trainer.config.seed + distributed.rank() + RESUME_RESEED_STRIDE * trainer.update)
+    trainer.shuffle.set_state(state["shuffle_rng"].cpu())
+    trainer.last_checkpoint = found[-1]
+    trainer.log(f"resumed from {found[-1]} (update {trainer.update})")
+    return True
