@@ -258,26 +258,45 @@ def test_notebook_on_the_micro_run(micro_run):
     m = json.loads((out / "metrics.json").read_text())
     ours = ["base (k50)", "sft (k50)", "ppo (k50)"]
     theirs = ["pythia-1b-deduped-sft (k50)", "pythia-12b-deduped-sft (k50)"]
-    assert sorted(m["models"]) == sorted(ours + theirs) == sorted(m["elo"]) == sorted(m["win_rates"])
-    for player, figures in m["models"].items():
-        lo, hi = figures["reward_ci"]
-        assert lo <= figures["reward_mean"] <= hi and figures["length_mean"] > 0
-        assert m["elo"][player]["ci"][0] <= m["elo"][player]["rating"] <= m["elo"][player]["ci"][1]
-        for other, rate in m["win_rates"][player].items():
-            assert rate + m["win_rates"][other][player] == pytest.approx(1.0)
-    assert all(m["models"][p]["ppl"] > 1 for p in ours)
-    assert "kl" not in m["models"]["base (k50)"] and "kl" in m["models"]["sft (k50)"] and "kl_sft" in m["models"]["ppo (k50)"]
-    assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1
+    assert sorted(m["models"]) == sorted(ours + theirs)
+    # Every judge rates every player; exactly one is the reward model PPO was trained against.
+    assert {name: j["trained_against"] for name, j in m["judges"].items()} == {"proxy": True, "judge": False}
+    ppo_rm = json.loads((micro_run / "04_ppo" / "metrics.json").read_text())["reward_model_dir"]
+    assert m["judges"]["proxy"]["source"].endswith("03_reward/reward_model") and ppo_rm.endswith("03_reward/reward_model")
+    assert m["judges"]["judge"]["source"].endswith("03_reward/judge/reward_model")
     n = params["n_heldout_prompts"]
+    prompts, s = n + params["n_lottery_prompts"], params["samples_per_prompt"]  # every sample meets every sample
+    for judge in m["judges"].values():
+        assert sorted(judge["elo"]) == sorted(judge["win_rates"]) == sorted(judge["rewards"]) == sorted(ours + theirs)
+        for player, rating in judge["elo"].items():
+            assert rating["ci"][0] <= rating["rating"] <= rating["ci"][1]
+            reward = judge["rewards"][player]
+            assert reward["ci"][0] <= reward["mean"] <= reward["ci"][1]
+            for other, rate in judge["win_rates"][player].items():
+                assert rate + judge["win_rates"][other][player] == pytest.approx(1.0)
+        # Every pair of our players meets on every prompt, OpenAssistant's players on the held-out ones only.
+        assert judge["games"] == (3 * prompts + 2 * 3 * n + 1 * n) * s * s
+    # The two judges disagree somewhere: they are different models, not one model twice.
+    assert m["judges"]["proxy"]["rewards"] != m["judges"]["judge"]["rewards"]
+    # Reward against KL: a point per PPO snapshot, the start first, where the policy is SFT (KL exactly 0).
+    curve = m["kl_curve"]
+    ppo = json.loads((micro_run / "04_ppo" / "metrics.json").read_text())
+    assert [p["update"] for p in curve] == sorted(int(u) for u in ppo["snapshots"]) and curve[0]["update"] == 0
+    assert len(curve) >= 4 and curve[-1]["update"] == ppo["updates"]
+    assert curve[0]["kl"] == 0.0
+    for point in curve:
+        assert {"update", "kl", "proxy_reward", "judge_reward"} <= set(point)
+        assert point["proxy_reward"] == point["rewards"]["proxy"] and point["judge_reward"] == point["rewards"]["judge"]
+    assert all(m["models"][p]["ppl"] > 1 for p in ours)
+    assert m["models"]["base (k50)"]["kl"] is None and m["models"]["sft (k50)"]["kl"] and m["models"]["ppo (k50)"]["kl_sft"]
+    assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1
     assert m["external_players"] == {p: n for p in theirs}  # they join on the held-out prompts used
     assert m["prompts"]["heldout"] == n and m["prompts"]["lottery"] == params["n_lottery_prompts"]
-    # Every pair of our players meets on every prompt, OpenAssistant's players on the held-out ones only.
-    prompts, s = n + params["n_lottery_prompts"], params["samples_per_prompt"]  # every sample meets every sample
-    assert m["games"] == (3 * prompts + 2 * 3 * n + 1 * n) * s * s
     assert m["sampling"]["k50"]["top_k"] == 50 and m["sampling"]["k50"]["max_new_tokens"] == params["max_new_tokens"]
-    assert {p.name for p in out.glob("*.png")} == {"tournament.png", "lengths_and_rewards.png"}
+    assert {p.name for p in out.glob("*.png")} == {"elo_by_judge.png", "win_rates.png", "lengths_and_rewards.png", "reward_vs_kl.png"}
+    assert [row["player"] for row in m["table"]][0] in ours + theirs and len(m["table"]) == len(ours + theirs)
     assert (out / m["samples_file"]).exists()
-    assert "![tournament](05_evaluate/tournament.png)" in (micro_run / "report.md").read_text()
+    assert "![reward vs kl](05_evaluate/reward_vs_kl.png)" in (micro_run / "report.md").read_text()
 
 
 def test_sampling_refuses_prompts_that_overflow_the_context(tokenizer):

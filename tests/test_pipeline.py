@@ -17,7 +17,7 @@ REQUIRED = {
                   "pairs_eval", "model_dir"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
                "adapter_dir"],
-    "05_evaluate": ["models", "elo", "win_rates"],
+    "05_evaluate": ["models", "judges", "kl_curve", "table"],
 }
 
 
@@ -48,7 +48,8 @@ def test_stage_figures_are_sane(micro_run):
     # Players are "<model> (<sampling preset>)"; OpenAssistant's own models join from the sampling reports.
     models = {name.split(" (")[0] for name in evaluation["models"]}
     assert {"base", "sft", "ppo", "pythia-1b-deduped-sft", "pythia-12b-deduped-sft"} <= models
-    assert set(evaluation["elo"]) == set(evaluation["models"])
+    for judge in evaluation["judges"].values():
+        assert set(judge["elo"]) == set(evaluation["models"])
 
 
 def test_run_report_gathers_every_stage(micro_run):
