@@ -42,8 +42,16 @@ def fake_run(root):
     (ev / "metrics.json").write_text(json.dumps({
         "models": {"sft (k50)": {"reward_mean": 0.25, "reward_ci": [0.1, 0.4], "length_mean": 31.0},
                    "ppo (k50)": {"reward_mean": 0.5, "reward_ci": [0.3, 0.7], "kl": 1.5}},
-        "elo": {"sft (k50)": {"rating": 990.0, "ci": [980.0, 1000.0]}, "ppo (k50)": {"rating": 1010.0, "ci": [1000.0, 1020.0]}},
-        "win_rates": {"ppo (k50)": {"sft (k50)": 0.6}, "sft (k50)": {"ppo (k50)": 0.4}},
+        "judges": {
+            "proxy": {"trained_against": True, "source": "03_reward/reward_model",
+                      "elo": {"sft (k50)": {"rating": 990.0, "ci": [980.0, 1000.0]}, "ppo (k50)": {"rating": 1010.0, "ci": [1000.0, 1020.0]}},
+                      "win_rates": {"ppo (k50)": {"sft (k50)": 0.6}, "sft (k50)": {"ppo (k50)": 0.4}}},
+            "judge": {"trained_against": False, "source": "03_reward/judge/reward_model",
+                      "elo": {"sft (k50)": {"rating": 1005.0, "ci": [995.0, 1015.0]}, "ppo (k50)": {"rating": 995.0, "ci": [985.0, 1005.0]}},
+                      "win_rates": {"ppo (k50)": {"sft (k50)": 0.45}, "sft (k50)": {"ppo (k50)": 0.55}}},
+        },
+        "kl_curve": [{"update": 0, "kl": 0.0, "proxy_reward": 0.1, "judge_reward": 0.2},
+                     {"update": 4, "kl": 1.5, "proxy_reward": 0.3, "judge_reward": 0.2}],
         "a_new_kind_of_figure": {"deep": {"deeper": {"deepest": 1}}},
     }))
     (ev / "samples.md").write_text("| prompt | sft |\n")
@@ -76,14 +84,18 @@ def test_report_gathers_every_stage(tmp_path):
     assert section("04_ppo").strip() == "Not run."
     ev = section("05_evaluate")
     assert "| sft (k50) | 0.25 | [0.1, 0.4] | 31 | – |" in ev  # models: one row each, union of columns
-    assert "| ppo (k50) | – | 0.6 |" in ev  # the win-rate matrix
+    assert "### judges: proxy\n" in ev and "### judges: judge\n" in ev  # one section per judge
+    assert "| trained_against | false |" in ev and "| source | 03_reward/judge/reward_model |" in ev
+    assert "| ppo (k50) | – | 0.6 |" in ev and "| ppo (k50) | – | 0.45 |" in ev  # each judge's win-rate matrix
+    assert "| update | kl | proxy_reward | judge_reward |\n|---|---|---|---|\n| 0 | 0 | 0.1 | 0.2 |" in ev  # rows as a table
     assert '| deep | {"deepest": 1} |' in ev  # unknown shapes still shown
     assert "[samples.md](05_evaluate/samples.md)" in ev
     assert "metrics.json could not be read" in section("06_extra")
 
     glance = section("At a glance")
     assert "| SFT held-out loss after | 2.5 | 02_sft |" in glance
-    assert "ppo (k50): 1010" in glance
+    assert "| highest Elo, judge proxy (PPO trained against it) | ppo (k50): 1010 | 05_evaluate |" in glance
+    assert "| highest Elo, judge judge (independent) | sft (k50): 1005 | 05_evaluate |" in glance
 
 
 def test_html_is_self_contained(tmp_path):

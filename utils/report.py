@@ -35,9 +35,12 @@ GLANCE = [
     ("03_reward", "eval_accuracy", "reward model pairwise accuracy"),
     ("03_reward", "length_baseline_accuracy", "length baseline accuracy"),
     ("03_reward", "hh_accuracy", "HH-RLHF harmless accuracy"),
+    ("03_reward", "judge_eval_accuracy", "judge (second reward model) pairwise accuracy"),
+    ("03_reward", "proxy_judge_agreement", "proxy and judge agree on held-out pairs"),
     ("04_ppo", "reward_mean_first", "PPO reward, first update"),
     ("04_ppo", "reward_mean_last", "PPO reward, last update"),
     ("04_ppo", "kl_last", "PPO KL, last update"),
+    ("04_ppo", "kl_coef_last", "PPO KL coefficient β, last update"),
 ]
 
 
@@ -99,12 +102,18 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _is_rows(value: Any) -> bool:
+    """A list of row dicts (``[{column: value}]``): shown as a table, not as "N values"."""
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 def _is_scalar(value: Any) -> bool:
-    return not isinstance(value, dict)
+    return not isinstance(value, dict) and not _is_rows(value)
 
 
-def metric_blocks(metrics: dict[str, Any]) -> list[Block]:
-    """Scalars in one figure/value table; each dict as its own table (a dict of dicts: rows × columns)."""
+def metric_blocks(metrics: dict[str, Any], prefix: str = "") -> list[Block]:
+    """Scalars in one figure/value table; each dict as its own table (a dict of dicts: rows × columns), a list of
+    row dicts as a table, and a dict of such nested records (e.g. one per judge) as one section each."""
     blocks: list[Block] = []
     scalars = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v)]
     if scalars:
@@ -112,14 +121,22 @@ def metric_blocks(metrics: dict[str, Any]) -> list[Block]:
     for key, value in metrics.items():
         if _is_scalar(value):
             continue
-        blocks.append(Heading(3, key))
-        if value and all(isinstance(v, dict) for v in value.values()):
+        title = f"{prefix}{key}"
+        if _is_rows(value):
+            columns = list(dict.fromkeys(c for row in value for c in row))
+            blocks += [Heading(3, title), Table(columns, [[fmt(row.get(c)) for c in columns] for row in value])]
+        elif value and all(isinstance(v, dict) for v in value.values()) and any(
+            isinstance(x, dict) and x and all(isinstance(y, dict) for y in x.values()) for v in value.values() for x in v.values()
+        ):
+            for name, record in value.items():  # records holding tables of their own: a section each
+                blocks += [Heading(3, f"{title}: {name}")] + metric_blocks(record, prefix=f"{title}: {name}: ")
+        elif value and all(isinstance(v, dict) for v in value.values()):
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
             # A square table (win rates: player × player) reads best with columns in the rows' order.
             columns = [r for r in value if r in columns] + [c for c in columns if c not in value]
-            blocks.append(Table([""] + columns, [[name] + [fmt(row.get(c)) for c in columns] for name, row in value.items()]))
+            blocks += [Heading(3, title), Table([""] + columns, [[name] + [fmt(row.get(c)) for c in columns] for name, row in value.items()])]
         else:
-            blocks.append(Table(["figure", "value"], [[k, fmt(v)] for k, v in value.items()]))
+            blocks += [Heading(3, title), Table(["figure", "value"], [[k, fmt(v)] for k, v in value.items()])]
     return blocks
 
 
@@ -196,10 +213,12 @@ def glance_blocks(run_dir: Path) -> list[Block]:
             rows.append([label, fmt(metrics[key]), stage])
     elo_path = run_dir / "05_evaluate" / METRICS_FILE
     evaluation, _ = _read_json(elo_path) if elo_path.exists() else (None, None)
-    elo = (evaluation or {}).get("elo")
-    if isinstance(elo, dict) and elo and all(isinstance(v, dict) and "rating" in v for v in elo.values()):
-        best = max(elo, key=lambda p: elo[p]["rating"] if elo[p]["rating"] is not None else float("-inf"))
-        rows.append(["highest Elo (reward model as judge)", f"{best}: {fmt(elo[best]['rating'])}", "05_evaluate"])
+    for name, judge in ((evaluation or {}).get("judges") or {}).items():
+        elo = judge.get("elo") if isinstance(judge, dict) else None
+        if isinstance(elo, dict) and elo and all(isinstance(v, dict) and v.get("rating") is not None for v in elo.values()):
+            best = max(elo, key=lambda p: elo[p]["rating"])
+            role = "PPO trained against it" if judge.get("trained_against") else "independent"
+            rows.append([f"highest Elo, judge {name} ({role})", f"{best}: {fmt(elo[best]['rating'])}", "05_evaluate"])
     return [Heading(2, "At a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
 
 
