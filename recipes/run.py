@@ -54,7 +54,7 @@ from utils.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
-from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, notebook_path, short_name, upstream
+from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
 
@@ -133,7 +133,11 @@ def stage_states(profile: Profile, run_dir: Path, notebooks_dir: Path = NOTEBOOK
         failed = failed_dir(run_dir, p.stage) / p.notebook.name
         if on_disk and on_disk.fingerprint == expected[p.stage].fingerprint:
             how = {"notebook": " (run by hand in its notebook)", "script": " (by python -m recipes.train)"}.get(on_disk.how, "")
-            state = f"finished{how}"
+            # Built on an upstream stage of this profile that something else replaced since: the run redoes that one
+            # (with the settings this stage saw), then this one stands.
+            replaced = [dep for dep, fp in on_disk.upstream.items() if read_record(run_dir / dep) is None
+                        or read_record(run_dir / dep).fingerprint != fp]
+            state = f"finished{how}" + (f" (on this profile's {', '.join(replaced)}, which is redone first)" if replaced else "")
         elif on_disk:
             state = f"changed since it ran: {expected[p.stage].differences(on_disk)}"
         elif failed.exists():

@@ -28,11 +28,6 @@ def notebook_path(stage: str, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> Path
     return Path(notebooks_dir) / f"{stage}.ipynb"
 
 
-def short_name(stage: str) -> str:
-    """``02_sft`` -> ``sft``."""
-    return stage.partition("_")[2]
-
-
 def upstream(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
     """The stages ``stage`` depends on: every one before it."""
     ordered = sorted(stages)
