@@ -163,6 +163,15 @@ def test_list_tells_finished_changed_not_run_and_failed(toy, capsys):
     assert listed(use="fail: true")["02_use"] == f"failed: {toy.runs / '02_use.failed' / '02_use.ipynb'}"
 
 
+def test_a_record_from_an_older_runner_is_redone_saying_so(toy):
+    toy.run()
+    (toy.runs / "01_make" / "stage.json").write_text(json.dumps({"stage": "01_make", "fingerprint": "0123456789abcdef",
+                                                                 "parameters": {"value": 1}}))
+    status, logs = toy.run()
+    assert status == {"01_make": "ran", "02_use": "skipped"}  # 01 comes back as it was: 02 stands
+    assert "(recorded by an older version of the runner)" in logs[0]
+
+
 # ----------------------------------------------------------------------------------------- checkpoints
 
 

@@ -4,7 +4,9 @@ bitsandbytes 0.50 repacks a 4-bit layer's weight into a faster inference layout 
 runs in eval mode without gradients on such a CPU (an x86 server since Cooper Lake / Zen 4). A model used
 for generation or evaluation and then trained (SFT measures held-out loss first, PPO samples between its
 updates) then fails in the training step: ``a view of a leaf Variable that requires grad is being used in
-an in-place operation``. On other CPUs and on GPUs nothing changes.
+an in-place operation``; a layer narrower than one 4-bit block (64) fails even at inference (``shape
+'[96, 0]' is invalid``). On other CPUs and on GPUs nothing changes. The SFT and PPO models call this
+(utils.sft); its natural home is the loader, utils.modeling.load_causal_lm, for every 4-bit model.
 """
 
 from __future__ import annotations

@@ -84,6 +84,8 @@ class StageRecord:
             return "not run"
         if old.fingerprint == self.fingerprint:
             return ""
+        if not old.code:  # a record without its parts: written before fingerprints covered code and upstream
+            return "recorded by an older version of the runner"
         reasons = []
         changed = sorted(k for k in set(self.parameters) | set(old.parameters)
                          if _canonical(self.parameters.get(k)) != _canonical(old.parameters.get(k)))
@@ -95,7 +97,7 @@ class StageRecord:
         for dep in sorted(set(self.upstream) | set(old.upstream)):
             if old.upstream.get(dep) != self.upstream.get(dep):
                 reasons.append(f"{dep} was not finished when it ran" if old.upstream.get(dep) is None else f"{dep} changed")
-        return "; ".join(reasons) or "recorded by an older runner"
+        return "; ".join(reasons) or "a different fingerprint"
 
 
 def _short(value: Any, width: int = 40) -> str:
