@@ -3,21 +3,36 @@
     python -m recipes.run --profile tiny                # every stage, skipping the unchanged ones
     python -m recipes.run --profile tiny --from 03      # 03_reward and after
     python -m recipes.run --profile tiny --only sft --force
+    python -m recipes.run --profile tiny --list         # each stage: finished, changed since, not run or failed
 
-Each stage writes ``runs/<profile>/<NN_stage>/``: the executed notebook, ``metrics.json`` and artifacts.
-It runs in a temporary folder renamed into place only when the notebook finished, so a folder there is
-a finished stage. Its ``stage.json`` records a fingerprint of the stage's parameters, its notebook and
-the fingerprints of the stages before it: a rerun skips a stage whose fingerprint is unchanged and redoes
-it otherwise (so changing SFT settings also redoes the reward, PPO and evaluation stages).
+Each stage writes ``runs/<profile>/<NN_stage>/``: the executed notebook, ``metrics.json``, artifacts and
+``stage.json``. It runs in a temporary folder renamed into place only when the notebook finished, so a
+folder there is a finished stage. ``stage.json`` holds the stage's fingerprint: its effective parameters
+(the notebook's defaults with the profile's values), its notebook's code and the fingerprints of the
+stages before it (utils/stage_record.py). A rerun skips a stage whose fingerprint is unchanged and redoes
+it otherwise, saying why (so changing SFT settings also redoes the reward, PPO and evaluation stages).
+``python -m recipes.train`` and a notebook run by hand write the same record, so the runner knows what
+they did.
+
+Before the first stage runs, every stage's parameters are checked against its notebook's parameters cell
+(names, types, files that must exist; utils/notebook_params.py states the rules), so a typo fails in
+one line naming profile, stage and key, not hours later. The run folder is locked while the runner works
+(utils/run_lock.py): a second runner or script on it is refused at once. ``<run_dir>/checkpoints/<stage>/``
+outlives a failed attempt so the next one resumes; it is emptied when the stage's fingerprint changed and
+by ``--force``, which starts a stage fresh.
+
 A failing notebook ends the run with one line naming the stage, the cell and the error; the executed
 notebook is kept in ``runs/<profile>/<NN_stage>.failed/`` for reading.
+
+The rules for a stage notebook: its name is the stage's key in the profile and its folder's name
+(``NN_name``, the number giving the order); it has one cell tagged ``parameters`` holding only
+``name = literal`` lines, ``run_dir`` and ``out_dir`` among them; it writes its results into ``out_dir``
+and ends with :func:`utils.artifacts.write_metrics`; it never reassigns a parameter.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import shutil
 import sys
@@ -26,12 +41,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from utils.notebook_params import RUNNER_PARAMS, ParameterError, declared_parameters, notebook_defaults
 from utils.profile import REPO_ROOT, Profile, load_profile
+from utils.run_lock import RunFolderInUse, RunLock, lock_holder
+from utils.stage_record import (
+    StageRecord,
+    checkpoint_folder,
+    claim_checkpoints,
+    failed_dir,
+    publish,
+    read_record,
+    temporary_dir,
+    tidy_checkpoints,
+)
+from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, notebook_path, upstream
 
-NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 RUNS_DIR = REPO_ROOT / "runs"
-STAGE_FILE = "stage.json"
-RUNNER_PARAMS = ("run_dir", "out_dir")
+
+__all__ = ["NOTEBOOKS_DIR", "RUNS_DIR", "RUNNER_PARAMS", "StageError", "main", "notebook_defaults", "plan_stages",
+           "resolve_stage", "run_profile", "stage_states"]
 
 
 class StageError(Exception):
@@ -45,6 +73,16 @@ class StageResult:
     seconds: float = 0.0
 
 
+@dataclass
+class PlannedStage:
+    """A stage as the profile asks for it: its notebook, the parameters it runs with and those the profile sets."""
+
+    stage: str
+    notebook: Path
+    params: dict[str, Any]
+    overrides: dict[str, Any]
+
+
 def resolve_stage(name: str, stages: list[str]) -> str:
     """``02_sft``, ``02``, ``sft`` and ``2`` all name stage 02_sft."""
     for s in stages:
@@ -54,46 +92,60 @@ def resolve_stage(name: str, stages: list[str]) -> str:
     raise StageError(f"no stage {name!r} in this profile (stages: {', '.join(stages)})")
 
 
-def fingerprint(stage: str, params: dict[str, Any], notebook: Path, upstream: str) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"stage": stage, "params": params, "upstream": upstream}, sort_keys=True, default=str).encode())
-    h.update(notebook.read_bytes())
-    return h.hexdigest()[:16]
+def plan_stages(profile: Profile, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[PlannedStage]:
+    """Every stage of the profile, checked (notebook, parameters cell, names, types, paths) before any runs."""
+    planned = []
+    for stage in sorted(profile.stages):
+        if not STAGE_NAME.match(stage):
+            raise StageError(f"{profile.path}: stage {stage!r}: a stage is named NN_name, as its notebook (e.g. 02_sft)")
+        notebook = notebook_path(stage, notebooks_dir)
+        if not notebook.is_file():
+            raise StageError(f"{profile.path}: stage {stage} has no notebook {notebook}")
+        try:
+            declared_parameters(notebook)  # the notebook's own rules first: its parameters cell
+        except ParameterError as e:
+            raise StageError(str(e)) from None
+        try:
+            params = profile.stage_params(stage, notebooks_dir)
+        except ParameterError as e:  # one line naming profile, stage and key
+            raise StageError(str(e)) from None
+        planned.append(PlannedStage(stage, notebook, params, profile.overrides(stage)))
+    return planned
 
 
-def finished_fingerprint(stage_dir: Path) -> str | None:
-    try:
-        return json.loads((stage_dir / STAGE_FILE).read_text())["fingerprint"]
-    except (OSError, ValueError, KeyError):
-        return None
+def expected_records(planned: list[PlannedStage]) -> dict[str, StageRecord]:
+    """What each stage's record will be once the whole profile has run: upstream fingerprints are the profile's too."""
+    stages = [p.stage for p in planned]
+    records: dict[str, StageRecord] = {}
+    for p in planned:
+        ups = {dep: records[dep].fingerprint for dep in upstream(p.stage, stages)}
+        records[p.stage] = StageRecord.make(p.stage, p.params, p.notebook, ups)
+    return records
 
 
-def notebook_defaults(notebook: Path) -> dict[str, Any]:
-    """The parameters cell of a notebook (the cell tagged ``parameters``, as papermill finds it) as values.
-
-    Read with ``ast`` rather than papermill, so the training scripts run where papermill is not installed.
-    """
-    import ast
-
-    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
-    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
-    if cell is None:
-        raise StageError(f"{notebook}: no cell tagged 'parameters'")
-    source = "".join(cell["source"])
-    return {target.id: ast.literal_eval(node.value)
-            for node in ast.parse(source).body if isinstance(node, ast.Assign)
-            for target in node.targets if isinstance(target, ast.Name)}
-
-
-def check_parameters(stage: str, notebook: Path, params: dict[str, Any], profile: Profile) -> None:
-    """Every profile key must be a parameter of the notebook: a typo would otherwise be silently ignored."""
-    declared = set(notebook_defaults(notebook))
-    unknown = sorted(set(params) - declared - set(RUNNER_PARAMS))
-    if unknown:
-        raise StageError(
-            f"{profile.path}: stage {stage} sets {', '.join(unknown)}, which {notebook.name} does not declare "
-            f"in its parameters cell (it declares: {', '.join(sorted(declared)) or 'nothing'})"
-        )
+def stage_states(profile: Profile, run_dir: Path, notebooks_dir: Path = NOTEBOOKS_DIR) -> list[tuple[str, str]]:
+    """``(stage, state)`` for ``--list``: what a full run of the profile would do with each stage, and why."""
+    planned = plan_stages(profile, notebooks_dir)
+    expected = expected_records(planned)
+    states = []
+    for p in planned:
+        on_disk = read_record(run_dir / p.stage)
+        failed = failed_dir(run_dir, p.stage) / p.notebook.name
+        if on_disk and on_disk.fingerprint == expected[p.stage].fingerprint:
+            how = {"notebook": " (run by hand in its notebook)", "script": " (by python -m recipes.train)"}.get(on_disk.how, "")
+            # Built on an upstream stage of this profile that something else replaced since: the run redoes that one
+            # (with the settings this stage saw), then this one stands.
+            replaced = [dep for dep, fp in on_disk.upstream.items() if read_record(run_dir / dep) is None
+                        or read_record(run_dir / dep).fingerprint != fp]
+            state = f"finished{how}" + (f" (on this profile's {', '.join(replaced)}, which is redone first)" if replaced else "")
+        elif on_disk:
+            state = f"changed since it ran: {expected[p.stage].differences(on_disk)}"
+        elif failed.exists():
+            state = f"failed: {failed}"
+        else:
+            state = "not run"
+        states.append((p.stage, state))
+    return states
 
 
 def failure_line(stage: str, err: Exception, kept: Path) -> str:
@@ -108,21 +160,22 @@ def failure_line(stage: str, err: Exception, kept: Path) -> str:
     return f"stage {stage} failed: {type(err).__name__}: {' '.join(str(err).split())[:300]} (executed notebook: {kept})"
 
 
-def execute_stage(stage: str, notebook: Path, params: dict[str, Any], run_dir: Path, fp: str, progress: bool) -> None:
+def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, progress: bool) -> None:
     import papermill
 
-    final = run_dir / stage
-    tmp = run_dir / f".{stage}.tmp"
-    failed = run_dir / f"{stage}.failed"
+    stage, notebook = planned.stage, planned.notebook
+    tmp, failed = temporary_dir(run_dir, stage), failed_dir(run_dir, stage)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     executed = tmp / notebook.name
     start = time.time()
+    # The profile's own values, as fitted (an int given for a float arrives as a float); a dict merged with its default.
+    given = {k: planned.params[k] for k in planned.overrides}
     try:
         papermill.execute_notebook(
             str(notebook),
             str(executed),
-            parameters={**params, "run_dir": str(run_dir), "out_dir": str(tmp)},
+            parameters={**given, "run_dir": str(run_dir), "out_dir": str(tmp)},
             cwd=str(REPO_ROOT),
             kernel_name="python3",
             progress_bar=progress,
@@ -132,19 +185,9 @@ def execute_stage(stage: str, notebook: Path, params: dict[str, Any], run_dir: P
         shutil.rmtree(failed, ignore_errors=True)
         tmp.rename(failed)
         raise StageError(failure_line(stage, err, failed / notebook.name)) from None
-    record = {"stage": stage, "fingerprint": fp, "seconds": round(time.time() - start, 1),
-              "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "parameters": params}
-    (tmp / STAGE_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
-    # The swap: the old result goes away only once the new one is complete.
-    if final.exists():
-        old = run_dir / f".{stage}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    shutil.rmtree(failed, ignore_errors=True)
+    record.how, record.seconds = "runner", round(time.time() - start, 1)
+    record.write(tmp)
+    publish(tmp, run_dir / stage)
 
 
 def run_profile(
@@ -157,48 +200,56 @@ def run_profile(
     progress: bool | None = None,
     log=print,
 ) -> list[StageResult]:
-    stages = sorted(profile.stages)
+    planned = plan_stages(profile, notebooks_dir)  # before anything is written: a bad profile leaves no trace
+    stages = [p.stage for p in planned]
     run_dir = Path(run_dir or RUNS_DIR / profile.name)
     chosen = set(stages)
     if first:
-        start = stages.index(resolve_stage(first, stages))
-        chosen = set(stages[start:])
+        chosen = set(stages[stages.index(resolve_stage(first, stages)):])
     if only:
         chosen = {resolve_stage(s, stages) for s in only}
-    for stage in stages:
-        if not (notebooks_dir / f"{stage}.ipynb").exists():
-            raise StageError(f"{profile.path}: stage {stage} has no notebook {notebooks_dir / (stage + '.ipynb')}")
-        check_parameters(stage, notebooks_dir / f"{stage}.ipynb", profile.stage_params(stage), profile)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise StageError(f"run folder {run_dir} is a file, not a folder")
     if profile.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if progress is None:
         progress = sys.stderr.isatty()
-    run_dir.mkdir(parents=True, exist_ok=True)
 
-    results: list[StageResult] = []
-    upstream = ""
-    for i, stage in enumerate(stages, 1):
-        notebook = notebooks_dir / f"{stage}.ipynb"
-        params = profile.stage_params(stage)
-        fp = fingerprint(stage, params, notebook, upstream)
-        upstream = fp
-        head = f"[{i}/{len(stages)}] {stage}"
-        if stage not in chosen:
-            continue
-        if not force and finished_fingerprint(run_dir / stage) == fp:
-            log(f"{head}: unchanged, skipped (--force to redo)")
-            results.append(StageResult(stage, "skipped"))
-            continue
-        log(f"{head}: running {notebook.name} ...")
-        t0 = time.time()
-        try:
-            execute_stage(stage, notebook, params, run_dir, fp, progress)
-        except StageError:
-            results.append(StageResult(stage, "failed", time.time() - t0))
-            raise
-        results.append(StageResult(stage, "ran", time.time() - t0))
-        log(f"{head}: done in {format_seconds(time.time() - t0)} -> {run_dir / stage}")
+    expected = expected_records(planned)
+    with RunLock(run_dir, command=f"python -m recipes.run --profile {profile.name}") as lock:
+        if lock.took_over:
+            log(f"took over the lock of {lock.took_over}, which is no longer running")
+        results: list[StageResult] = []
+        now: dict[str, str | None] = {}  # each stage's fingerprint as it stands in run_dir once this run passed it
+        for i, p in enumerate(planned, 1):
+            head = f"[{i}/{len(planned)}] {p.stage}"
+            on_disk = read_record(run_dir / p.stage)
+            record = StageRecord.make(p.stage, p.params, p.notebook, {dep: now[dep] for dep in upstream(p.stage, stages)})
+            if p.stage not in chosen:
+                now[p.stage] = on_disk.fingerprint if on_disk else None
+                if any(s in chosen for s in stages[i:]) and (on_disk is None or on_disk.fingerprint != expected[p.stage].fingerprint):
+                    log(f"{head}: not this profile's ({expected[p.stage].differences(on_disk)}); the stages after it use it as it is")
+                continue
+            now[p.stage] = record.fingerprint
+            if not force and on_disk and on_disk.fingerprint == record.fingerprint:
+                log(f"{head}: unchanged, skipped (--force to redo)")
+                results.append(StageResult(p.stage, "skipped"))
+                continue
+            folder, default_location = checkpoint_folder(run_dir, p.stage, p.params, REPO_ROOT)
+            note = claim_checkpoints(folder, record.fingerprint, force, default_location)
+            if note:
+                log(f"{head}: {note}")
+            log(f"{head}: running {p.notebook.name} ({'--force' if force else record.differences(on_disk)}) ...")
+            t0 = time.time()
+            try:
+                execute_stage(p, record, run_dir, progress)
+            except StageError:
+                results.append(StageResult(p.stage, "failed", time.time() - t0))
+                raise
+            tidy_checkpoints(folder, default_location)
+            results.append(StageResult(p.stage, "ran", time.time() - t0))
+            log(f"{head}: done in {format_seconds(time.time() - t0)} -> {run_dir / p.stage}")
     return results
 
 
@@ -216,31 +267,49 @@ def write_run_report(run_dir: Path, log=print) -> None:
     log(f"report: {path}")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m recipes.run", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m recipes.run", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", default="tiny", help="a name in recipes/profiles/ or a path to a YAML profile")
     ap.add_argument("--run-dir", type=Path, help="where results go (default runs/<profile>)")
     ap.add_argument("--from", dest="first", metavar="STAGE", help="run this stage and the ones after it")
     ap.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages")
-    ap.add_argument("--force", action="store_true", help="rerun stages even when unchanged")
+    ap.add_argument("--force", action="store_true", help="rerun stages even when unchanged, their checkpoints deleted")
     ap.add_argument("--list", action="store_true", help="list the profile's stages and their state, run nothing")
+    ap.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the stage notebooks are (default notebooks/)")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
         profile = load_profile(args.profile)
         run_dir = args.run_dir or RUNS_DIR / profile.name
+        if run_dir.exists() and not run_dir.is_dir():
+            raise StageError(f"--run-dir {run_dir} is a file, not a folder")
         if args.list:
-            for stage in sorted(profile.stages):
-                state = "finished" if finished_fingerprint(run_dir / stage) else "not run"
+            holder = lock_holder(run_dir) if run_dir.is_dir() else None
+            if holder:
+                print(f"{run_dir} is in use by {holder}")
+            for stage, state in stage_states(profile, run_dir, args.notebooks_dir):
                 print(f"{stage:20s} {state}")
             return 0
+        plan_stages(profile, args.notebooks_dir)  # a profile that cannot run leaves no run folder behind
         try:
-            results = run_profile(profile, run_dir, first=args.first, only=args.only, force=args.force)
+            results = run_profile(profile, run_dir, args.notebooks_dir, first=args.first, only=args.only, force=args.force)
         finally:
-            write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
-    except (StageError, FileNotFoundError, ValueError, KeyError) as e:
+            if run_dir.is_dir() and not lock_holder(run_dir):  # not into a folder another process is writing
+                write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
+    except (StageError, RunFolderInUse, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept, the interrupted one starts again (from its checkpoints) next run",
+              file=sys.stderr)
+        return 130
     ran = sum(r.status == "ran" for r in results)
     print(f"{ran} stage(s) ran, {len(results) - ran} unchanged, in {format_seconds(time.time() - t0)}: {run_dir}")
     return 0

@@ -7,35 +7,57 @@
 The notebooks tell the story; these scripts run the same ``utils`` functions in the same order without
 it, so a stage can use every GPU of a machine (DDP, FSDP or DeepSpeed ZeRO, per the accelerate config in
 ``recipes/accelerate/``). Parameters are the notebook's own defaults, then the profile's stage section,
-then ``--set key=value`` overrides. Results go where the runner puts them (``runs/<profile>/<NN_stage>/``,
-metrics.json included), written by the main process, so later stages and notebooks can use them.
+then ``--set key=value`` overrides, all checked as the runner checks them. Results go where the runner puts
+them (``runs/<profile>/<NN_stage>/``), written by the main process into a temporary folder and renamed into
+place when the stage finished, with the same ``stage.json`` (fingerprint included) the runner writes: the
+runner then knows the stage was redone with these settings and redoes what depends on it. The run folder
+is locked while the script works (a runner or a second script on it is refused); ``--force`` deletes the
+stage's checkpoints first.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
+import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
-from recipes.run import NOTEBOOKS_DIR, RUNS_DIR, notebook_defaults
-from utils.profile import load_profile
+from recipes.run import RUNS_DIR, OneLineParser
+from utils.notebook_params import ParameterError, effective_parameters
+from utils.profile import REPO_ROOT, load_profile
+from utils.run_lock import RunFolderInUse, RunLock
+from utils.stage_record import (
+    StageRecord,
+    checkpoint_folder,
+    claim_checkpoints,
+    publish,
+    read_record,
+    temporary_dir,
+    tidy_checkpoints,
+    upstream_on_disk,
+)
+from utils.stages import PPO, REWARD, SFT, checkpoint_dir, notebook_path
 
-STAGES = {"sft": "02_sft", "reward": "03_reward", "ppo": "04_ppo"}
+STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO}  # the script's name for a stage -> the stage
 
 
 def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dict[str, Any]:
-    params = notebook_defaults(NOTEBOOKS_DIR / f"{stage}.ipynb")
-    params.update(load_profile(profile_name).stage_params(stage))
+    """The notebook's defaults, the profile's values, then ``--set KEY=VALUE`` (a YAML value), all checked."""
+    profile = load_profile(profile_name)
+    given = profile.overrides(stage)
     for item in overrides:
         key, sep, value = item.partition("=")
-        if not sep or key not in params:
-            raise SystemExit(f"error: --set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(params))}")
-        params[key] = yaml.safe_load(value)
-    return params
+        if not sep:
+            raise ParameterError(f"--set {item!r}: expected KEY=VALUE")
+        given[key] = yaml.safe_load(value)
+    try:
+        return effective_parameters(notebook_path(stage), given, root=REPO_ROOT)
+    except ParameterError as e:
+        raise ParameterError(f"{profile.path}: stage {stage}{' (with --set)' if overrides else ''}: {e}") from None
 
 
 def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -66,7 +88,8 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     model = load_causal_lm(base_path, p["quantization"], state.device, trust_remote_code=p["trust_remote_code"], tokenizer=tokenizer)
     model = sft.add_lora(model, tokenizer, settings)
     trainable, total = count_parameters(model)
-    trainer = sft.make_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, settings, out)
+    trainer = sft.make_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, settings, out,
+                               checkpoint_dir=checkpoint_dir(out.parent, SFT))
     stats = sft.train(trainer)
     adapter_dir = out / sft.ADAPTER_DIR
     if state.is_main_process:
@@ -103,7 +126,9 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
     config = RewardTrainingConfig(**{k: p[k] for k in RewardTrainingConfig.__dataclass_fields__ if k in p})
     reset_peak_memory()
     started = time.time()
-    result = train_reward_model(train_pairs, config, out)
+    # save_steps: checkpoints to resume a killed run from (0: none); notebooks/03_reward.ipynb does not declare it yet
+    result = train_reward_model(train_pairs, config, out, checkpoint_dir=checkpoint_dir(out.parent, REWARD),
+                                save_steps=p.get("save_steps", 0))
     train_seconds = time.time() - started
     metrics = {"pairs_train": len(train_pairs), "model_dir": record_path(out, result.model_dir),
                "train_seconds": train_seconds, "peak_memory_mb": peak_memory_mb(), "processes": state.num_processes,
@@ -138,10 +163,10 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
     reset_peak_memory()
     model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
-    scorer = RewardScorer.load(stage_path(run_dir, "03_reward", "model_dir"), device=state.device)
+    scorer = RewardScorer.load(stage_path(run_dir, REWARD, "model_dir"), device=state.device)
     config = PPOConfig(**{k: p[k] for k in PPOConfig.__dataclass_fields__ if k in p})
     trainer = PPOTrainer(model, tokenizer, rl_prompts(split.train), scorer_reward(scorer, batch_size=p["reward_batch_size"]),
-                         config, checkpoint_dir=p["checkpoint_dir"] or run_dir / "checkpoints" / "04_ppo",
+                         config, checkpoint_dir=p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO),
                          checkpoint_every=p["checkpoint_every"], log=print if state.is_main_process else None)
     if p["resume"]:
         trainer.resume()
@@ -173,15 +198,25 @@ def limit_gpu_memory(gib: float, device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m recipes.train", description=__doc__.split("\n")[0])
+    ap = OneLineParser(prog="python -m recipes.train", description=__doc__.split("\n")[0])
     ap.add_argument("stage", choices=sorted(TRAINERS))
     ap.add_argument("--profile", default="tiny")
     ap.add_argument("--run-dir", type=Path, help="default runs/<profile>")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one parameter (YAML value), e.g. --set max_steps=10")
+    ap.add_argument("--force", action="store_true", help="start fresh: delete the stage's checkpoints first")
     ap.add_argument("--max-gpu-memory-gib", type=float, metavar="GIB",
                     help="let torch allocate at most this much GPU memory: emulates a smaller card (15 for a 16 GB T4)")
     args = ap.parse_args(argv)
+    stage = STAGES[args.stage]
+    try:
+        params = stage_parameters(stage, args.profile, args.overrides)
+        run_dir = Path(args.run_dir or RUNS_DIR / load_profile(args.profile).name)
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ParameterError(f"--run-dir {run_dir} is a file, not a folder")
+    except (ParameterError, FileNotFoundError, KeyError) as e:
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 1
 
     import torch
     from accelerate import PartialState
@@ -193,17 +228,38 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())
     if args.max_gpu_memory_gib:
         limit_gpu_memory(args.max_gpu_memory_gib, state.device)
-    stage = STAGES[args.stage]
-    params = stage_parameters(stage, args.profile, args.overrides)
-    run_dir = args.run_dir or RUNS_DIR / load_profile(args.profile).name
-    out = Path(run_dir) / stage
-    metrics = TRAINERS[args.stage](params, out)
-    if torch.cuda.is_available():  # what a card must hold: the allocator's cache too, not only live tensors
-        metrics["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
-    if state.is_main_process:
-        write_metrics(out, {**metrics, "script": f"recipes.train {args.stage}", "parameters": params})
-        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, default=str))
+    lock = RunLock(run_dir, command=f"python -m recipes.train {args.stage} --profile {args.profile}")
+    tmp, final = temporary_dir(run_dir, stage), run_dir / stage
+    record = StageRecord.make(stage, params, notebook_path(stage), upstream_on_disk(run_dir, stage), how="script")
+    folder, default_location = checkpoint_folder(run_dir, stage, params, REPO_ROOT)
+    if state.is_main_process:  # one process holds the folder; the launcher ends the others if it is refused
+        try:
+            lock.acquire()
+        except RunFolderInUse as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        claim_checkpoints(folder, record.fingerprint, args.force, default_location)
+        old = read_record(final)
+        print(f"{stage}: {'--force' if args.force else record.differences(old) or 'unchanged, run again'}", flush=True)
     state.wait_for_everyone()
+    try:
+        started = time.time()
+        metrics = TRAINERS[args.stage](params, tmp)
+        if torch.cuda.is_available():  # what a card must hold: the allocator's cache too, not only live tensors
+            metrics["gpu_peak_reserved_mb"] = torch.cuda.max_memory_reserved() / 2**20
+        state.wait_for_everyone()
+        if state.is_main_process:
+            write_metrics(tmp, {**metrics, "script": f"recipes.train {args.stage}", "parameters": params})
+            record.seconds = round(time.time() - started, 1)
+            record.write(tmp)
+            publish(tmp, final)  # the same record and the same atomic swap as the runner's
+            tidy_checkpoints(folder, default_location)
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, list)}, default=str))
+        state.wait_for_everyone()
+    finally:
+        lock.release()
     return 0
 
 

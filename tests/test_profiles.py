@@ -1,49 +1,105 @@
-"""Profiles are data the notebooks understand: every key is a declared parameter, and each notebook's
-defaults are the tiny profile, so running a notebook by hand is running `tiny`."""
+"""Profiles are data the notebooks understand: every key is a declared parameter with a value of its type,
+and a profile lists only what it changes (the notebooks' parameters cells hold the defaults, `tiny`'s)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+import yaml
 
-from recipes.run import notebook_defaults
+from utils.notebook_params import ParameterError, declared_parameters, notebook_defaults
 from utils.profile import PROFILES_DIR, REPO_ROOT, load_profile
+from utils.stages import STAGES, notebook_path
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
 PROFILES = sorted(PROFILES_DIR.glob("*.yaml")) + [REPO_ROOT / "tests" / "profiles" / "micro.yaml"]
-STAGES = ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]
-
-
-def declared(stage: str) -> dict:
-    return notebook_defaults(NOTEBOOKS / f"{stage}.ipynb")
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
-def test_profile_has_every_stage_and_only_declared_keys(path: Path):
+def test_profile_has_every_stage_and_only_declared_keys_of_the_right_type(path: Path):
     profile = load_profile(path)
-    assert sorted(profile.stages) == STAGES
+    assert sorted(profile.stages) == list(STAGES)
     for stage in STAGES:
-        unknown = set(profile.stage_params(stage)) - set(declared(stage))
-        assert not unknown, f"{path.name}: {stage} sets undeclared parameters {sorted(unknown)}"
+        params = profile.stage_params(stage)  # raises on an undeclared key, a wrong type or a missing file
+        assert set(params) == set(notebook_defaults(notebook_path(stage))) - {"run_dir", "out_dir"}
 
 
-@pytest.mark.parametrize("stage", STAGES)
-def test_notebook_defaults_are_the_tiny_profile(stage: str):
-    tiny = load_profile("tiny").stage_params(stage)
-    defaults = declared(stage)
-    assert defaults["run_dir"] == "runs/tiny"
-    assert defaults["out_dir"] == f"runs/tiny/{stage}"
-    for key, value in tiny.items():
-        assert key in defaults, f"{stage}: tiny sets {key!r}, the notebook does not declare it"
-        assert defaults[key] == value, f"{stage}: {key} defaults to {defaults[key]!r}, tiny says {value!r}"
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_profile_lists_only_what_it_changes(path: Path):
+    profile = load_profile(path)
+    for stage in STAGES:
+        defaults = notebook_defaults(notebook_path(stage))
+        for key, value in profile.overrides(stage).items():
+            if isinstance(value, dict):
+                same = sorted(k for k, v in value.items() if defaults[key].get(k) == v)
+                assert not same, f"{path.name}: {stage}.{key} repeats the notebook's defaults for {same}"
+            else:
+                assert value != defaults[key] or type(value) is not type(defaults[key]), \
+                    f"{path.name}: {stage}.{key} = {value!r} is the notebook's default: leave it out"
+
+
+def test_tiny_is_the_notebooks_defaults():
+    tiny = load_profile("tiny")
+    assert all(tiny.overrides(stage) == {} for stage in STAGES)
+    assert len((PROFILES_DIR / "tiny.yaml").read_text().splitlines()) <= 40
+    for stage in STAGES:
+        defaults = notebook_defaults(notebook_path(stage))
+        assert (defaults["run_dir"], defaults["out_dir"]) == ("runs/tiny", f"runs/tiny/{stage}")
+
+
+def test_a_wrong_type_names_profile_stage_and_key(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "stages": {"02_sft": {"max_steps": "six", "tiny_base": {"steps": 10}}}}))
+    with pytest.raises(ParameterError, match=r"p.yaml: stage 02_sft: max_steps: expected an int .* got 'six'"):
+        load_profile(path).stage_params("02_sft")
+    path.write_text(yaml.safe_dump({"name": "p", "stages": {"02_sft": {"tiny_base": {"steps": 10, "stepz": 3}}}}))
+    with pytest.raises(ParameterError, match=r"stage 02_sft: tiny_base: unknown entries stepz"):
+        load_profile(path).stage_params("02_sft")
+    path.write_text(yaml.safe_dump({"name": "p", "stages": {"03_reward": {"lora_layers": [4, "five"]}}}))
+    with pytest.raises(ParameterError, match=r"lora_layers\[1\]: expected an int"):
+        load_profile(path).stage_params("03_reward")
+
+
+def test_type_rules_follow_the_parameters_cell(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"name": "p", "stages": {
+        "02_sft": {"tiny_base": {"steps": 10}, "lora_target_modules": ["dense"], "num_train_epochs": 2},
+        "03_reward": {"lora_layers": None, "epochs": 2},   # "None: all" in its comment; an int is a fine float
+        "04_ppo": {"quantization": "nf4"},                 # a None default takes anything
+    }}))
+    profile = load_profile(path)
+    sft = profile.stage_params("02_sft")
+    assert sft["tiny_base"]["steps"] == 10 and sft["tiny_base"]["vocab_size"] == 4096  # merged into the default dict
+    assert sft["lora_target_modules"] == ["dense"]  # "or a list" in its comment
+    reward = profile.stage_params("03_reward")
+    assert reward["lora_layers"] is None and reward["epochs"] == 2.0 and isinstance(reward["epochs"], float)
+    assert profile.stage_params("04_ppo")["quantization"] == "nf4"
+    assert declared_parameters(notebook_path("03_reward"))["lora_layers"].nullable
+    assert not declared_parameters(notebook_path("02_sft"))["max_steps"].nullable
 
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_notebooks_are_committed_without_outputs(stage: str):
     import nbformat
 
-    nb = nbformat.read(NOTEBOOKS / f"{stage}.ipynb", as_version=4)
+    nb = nbformat.read(notebook_path(stage), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code and not any(c.outputs or c.execution_count for c in code)
     assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_notebooks_never_reassign_a_parameter(stage: str):
+    """A notebook run by hand is recorded from its variables at the end: they must still be the parameters."""
+    import ast
+
+    import nbformat
+
+    params = set(declared_parameters(notebook_path(stage)))
+    nb = nbformat.read(notebook_path(stage), as_version=4)
+    body = [c for c in nb.cells if c.cell_type == "code" and "parameters" not in c.metadata.get("tags", [])]
+    for cell in body:
+        source = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))  # magics
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                assert node.id not in params, f"{stage}: a cell assigns the parameter {node.id!r}"

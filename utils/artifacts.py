@@ -40,12 +40,20 @@ def record_path(out_dir: str | Path, path: str | Path) -> str:
 
 
 def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` atomically (a reader never sees half a file)."""
+    """Write ``metrics.json`` atomically (a reader never sees half a file).
+
+    Every stage notebook ends with this call. In a notebook run by hand (not by the runner) into
+    ``<run_dir>/<stage>``, it also records the stage as the runner would (``stage.json``, same fingerprint),
+    so ``python -m recipes.run --list`` shows it finished and the runner does not redo it.
+    """
+    from utils.stage_record import record_notebook_run
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (METRICS_FILE + ".tmp")
     tmp.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
     os.replace(tmp, out / METRICS_FILE)
+    record_notebook_run(out)
     return out / METRICS_FILE
 
 

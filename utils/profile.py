@@ -1,16 +1,18 @@
 """Profiles: one YAML file per hardware target (``recipes/profiles/<name>.yaml``), data not code.
 
-A profile names the notebook parameters of each stage::
+A profile lists, for each stage it runs, the notebook parameters it changes; every other parameter keeps
+the default of the notebook's parameters cell, the one place defaults are written::
 
-    name: tiny
+    name: colab-t4
     description: ...
-    offline: true            # the runner sets HF_HUB_OFFLINE=1 for every stage
+    offline: false           # true: the runner sets HF_HUB_OFFLINE=1 for every stage
     stages:
-      01_explore_trees: {data_paths: [...], lang: [en]}
-      02_sft: {...}
+      01_explore_trees:      # nothing changed: the notebook's defaults
+      02_sft: {base_model: EleutherAI/pythia-1.4b-deduped, max_length: 1024}
 
-YAML anchors (``&data`` / ``<<: *data``) share values between stages. The runner adds ``run_dir`` and
-``out_dir`` to every stage's parameters.
+So a profile that leaves a key out and one that lists its default value are the same run (and have the
+same fingerprint). YAML anchors (``&data`` / ``<<: *data``) share values between stages; a key written
+twice in one mapping is an error, not a silent last-one-wins. The runner adds ``run_dir`` and ``out_dir``.
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from utils.notebook_params import ParameterError, effective_parameters
+from utils.stages import NOTEBOOKS_DIR, REPO_ROOT, notebook_path
+
 PROFILES_DIR = REPO_ROOT / "recipes" / "profiles"
+TOP_LEVEL_KEYS = {"name", "description", "offline", "stages", "shared", "hardware", "measured"}
+
+__all__ = ["PROFILES_DIR", "REPO_ROOT", "Profile", "load_profile", "profile_path"]
 
 
 @dataclass
@@ -33,10 +40,41 @@ class Profile:
     offline: bool = False
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def stage_params(self, stage: str) -> dict[str, Any]:
+    def overrides(self, stage: str) -> dict[str, Any]:
+        """The parameters this profile itself lists for ``stage``."""
         if stage not in self.stages:
             raise KeyError(f"profile {self.name!r} ({self.path}) has no stage {stage!r}; it has {sorted(self.stages)}")
         return dict(self.stages[stage] or {})
+
+    def stage_params(self, stage: str, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> dict[str, Any]:
+        """Every parameter ``stage`` runs with: the notebook's defaults, then this profile's values, checked.
+
+        A value of the wrong type, an undeclared key or a missing ``*_path`` is one line naming profile,
+        stage and key (:class:`ParameterError`).
+        """
+        overrides = self.overrides(stage)
+        try:
+            return effective_parameters(notebook_path(stage, notebooks_dir), overrides, root=REPO_ROOT)
+        except ParameterError as e:
+            raise ParameterError(f"{self.path}: stage {stage}: {e}") from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a profile with a key written twice is a mistake to report."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice (lines {seen[key]} and {line})", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 def profile_path(name_or_path: str | Path) -> Path:
@@ -52,21 +90,28 @@ def load_profile(name_or_path: str | Path) -> Profile:
     if not path.exists():
         known = sorted(q.stem for q in PROFILES_DIR.glob("*.yaml"))
         raise FileNotFoundError(f"no profile {str(name_or_path)!r}: {path} does not exist (known: {', '.join(known)})")
+    if not path.is_file():
+        raise ValueError(f"{path} is a folder, not a profile: give a YAML file or a name in {PROFILES_DIR}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         raise ValueError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), dict):
         raise ValueError(f"{path}: a profile needs a top-level 'stages' mapping")
-    unknown = set(raw) - {"name", "description", "offline", "stages", "shared", "hardware", "measured"}
+    unknown = set(raw) - TOP_LEVEL_KEYS
     if unknown:
         raise ValueError(f"{path}: unknown top-level keys {sorted(unknown)}")
+    bad = [k for k, v in raw["stages"].items() if v is not None and not isinstance(v, dict)]
+    if bad:
+        raise ValueError(f"{path}: stage {bad[0]} must be a mapping of parameters (or empty), not {raw['stages'][bad[0]]!r}")
     return Profile(
         name=raw.get("name", path.stem),
         path=path,
         description=raw.get("description", ""),
         offline=bool(raw.get("offline", False)),
-        stages={k: dict(v or {}) for k, v in raw["stages"].items()},
+        stages={str(k): dict(v or {}) for k, v in raw["stages"].items()},
     )

@@ -271,8 +271,11 @@ def pairs_dataset(pairs: Sequence, tokenizer, max_length: int):
     return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths})
 
 
-def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str):
-    """trl's ``RewardConfig`` for our settings, in the compute dtype of the device (fp32 on the CPU)."""
+def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, save_steps: int = 0):
+    """trl's ``RewardConfig`` for our settings, in the compute dtype of the device (fp32 on the CPU).
+
+    ``save_steps > 0``: a checkpoint in ``output_dir`` every ``save_steps`` steps (the last one kept), to resume from.
+    """
     from trl import RewardConfig
 
     device = default_device()
@@ -296,17 +299,31 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str):
         dataloader_pin_memory=device.type == "cuda",
         use_cpu=device.type == "cpu",  # without it, processes launched on a CPU machine would each train alone
         logging_steps=config.logging_steps or max(1, steps // 20),
-        save_strategy="no",
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else None,
+        save_total_limit=1 if save_steps > 0 else None,
         report_to="none",
         seed=config.seed,
         disable_tqdm=True,
     )
 
 
-def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: str | Path) -> TrainResult:
-    """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``."""
+def train_reward_model(
+    pairs: Sequence,
+    config: RewardTrainingConfig,
+    out_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
+    save_steps: int = 0,
+) -> TrainResult:
+    """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``.
+
+    With ``save_steps > 0`` and a ``checkpoint_dir``, checkpoints go to a subfolder of it named after the
+    config and the pairs (another configuration never resumes them), and a killed run resumes from the last.
+    """
     from transformers import set_seed
     from trl import RewardTrainer
+
+    from utils import checkpoints
 
     if not pairs:
         raise ValueError("no preference pairs to train on")
@@ -316,18 +333,25 @@ def train_reward_model(pairs: Sequence, config: RewardTrainingConfig, out_dir: s
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
     dataset = pairs_dataset(pairs, tokenizer, config.max_length)
-    # The trainer wants an output_dir; with save_strategy="no" nothing lands there, the merged model goes to out_dir.
+    # The trainer wants an output_dir; without checkpoints nothing lands there, the merged model goes to out_dir.
+    saving = save_steps > 0 and checkpoint_dir is not None
     with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
+        save_dir = Path(checkpoint_dir) / checkpoints.run_key(asdict(config), pairs) if saving else Path(scratch)
         trainer = RewardTrainer(
             model=model,
-            args=trainer_args(config, len(pairs), scratch),
+            args=trainer_args(config, len(pairs), str(save_dir), save_steps if saving else 0),
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(model, config, new_ids),
         )
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
-        trainer.train()
+        resume = checkpoints.last_complete(save_dir) if saving else None
+        if resume:
+            print(f"resuming from {resume}")
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        if saving and trainer.is_world_process_zero():
+            checkpoints.remove(save_dir)  # trained to the end: nothing will resume them
     model_dir = Path(out_dir) / "reward_model"
     if trainer.accelerator.is_main_process:  # under accelerate launch, every process holds the same trained model
         save_reward_model(trainer.model, tokenizer, config, model_dir)

@@ -29,9 +29,10 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from utils import chat_format
+from utils import chat_format, checkpoints
 from utils.artifacts import read_metrics, stage_dir
 from utils.modeling import compute_dtype, load_causal_lm, load_tokenizer
+from utils.stages import SFT, checkpoint_dir as stage_checkpoint_dir
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"
@@ -61,6 +62,7 @@ class SFTSettings:
     eval_steps: int = 0  # > 0: also measure held-out loss every eval_steps (for the curve)
     gradient_checkpointing: bool | None = None  # None: on where there is a GPU
     seed: int = 0
+    save_steps: int = 0  # > 0: a checkpoint every save_steps steps (with a checkpoint_dir), resumed after a kill
 
 
 @dataclass
@@ -143,10 +145,17 @@ def add_lora(model, tokenizer, settings: SFTSettings) -> PeftModel:
     return get_peft_model(model, config)
 
 
-def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.device) -> SFTConfig:
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    """Where stage 02 keeps its checkpoints: outside its own folder, so a killed run finds them."""
+    return stage_checkpoint_dir(run_dir, SFT)
+
+
+def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.device, save_dir: str | Path | None = None) -> SFTConfig:
+    """trl's config for ``settings``; checkpoints go to ``save_dir`` every ``settings.save_steps`` steps (if both are set)."""
     dtype = compute_dtype(device)
+    saving = settings.save_steps > 0 and save_dir is not None
     return SFTConfig(
-        output_dir=str(out_dir),  # nothing is written there: no checkpoints (save_strategy="no")
+        output_dir=str(save_dir if saving else out_dir),  # without checkpoints nothing is written there
         learning_rate=settings.learning_rate,
         num_train_epochs=settings.num_train_epochs,
         max_steps=settings.max_steps,
@@ -173,18 +182,37 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         prediction_loss_only=True,  # evaluation needs the loss, not every eval batch's logits kept in memory
         seed=settings.seed,
         data_seed=settings.seed,
-        save_strategy="no",
+        save_strategy="steps" if saving else "no",
+        save_steps=settings.save_steps if saving else None,
+        save_total_limit=1 if saving else None,  # the last one is all a resume needs
         report_to="none",
         disable_tqdm=True,
     )
 
 
-def make_trainer(model: PeftModel, tokenizer, train: Dataset, eval: Dataset, settings: SFTSettings, out_dir: str | Path) -> SFTTrainer:
-    """trl's SFTTrainer on pre-tokenized data: it builds labels from ``assistant_masks`` itself."""
+def make_trainer(
+    model: PeftModel,
+    tokenizer,
+    train: Dataset,
+    eval: Dataset,
+    settings: SFTSettings,
+    out_dir: str | Path,
+    checkpoint_dir: str | Path | None = None,
+) -> SFTTrainer:
+    """trl's SFTTrainer on pre-tokenized data: it builds labels from ``assistant_masks`` itself.
+
+    With ``settings.save_steps > 0`` and a ``checkpoint_dir``, checkpoints go to a subfolder of it named
+    after everything that decides the training (settings, data, base model), so a changed configuration
+    never resumes another's checkpoint; :func:`train` resumes from the last one.
+    """
     device = next(model.parameters()).device
+    save_dir = None
+    if settings.save_steps > 0 and checkpoint_dir is not None:
+        decided_by = {**asdict(settings), "save_steps": None, "base": str(model.get_base_model().config.name_or_path)}
+        save_dir = Path(checkpoint_dir) / checkpoints.run_key(decided_by, train, eval)
     trainer = SFTTrainer(
         model=model,
-        args=trainer_config(settings, out_dir, device),
+        args=trainer_config(settings, out_dir, device, save_dir),
         train_dataset=train,
         eval_dataset=eval,
         processing_class=tokenizer,
@@ -259,18 +287,30 @@ def train(trainer: SFTTrainer) -> TrainStats:
 
     tokens/s counts the non-pad input tokens trained on over the time spent in optimizer steps
     (evaluations excluded).
+
+    With checkpoints (``save_steps``), a run killed before the end resumes from its last checkpoint:
+    the same weights, optimizer, schedule, data order and random state, so the same result as a run
+    never stopped. The checkpoints go once training finished.
     """
     before = trainer.evaluate()["eval_loss"]
     clock = _Clock()
     trainer.add_callback(clock)
-    trainer.train()
+    saving = trainer.args.save_strategy == "steps"
+    resume = checkpoints.last_complete(trainer.args.output_dir) if saving else None
+    tokens_before = checkpoints.tokens_seen(resume) if resume else 0
+    if resume:
+        print(f"resuming from {resume}")
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     trainer.remove_callback(clock)
+    if saving and trainer.is_world_process_zero():
+        checkpoints.remove(trainer.args.output_dir)
     after = trainer.evaluate()["eval_loss"]
     curves = loss_curves(trainer.state.log_history)
     curves["eval"].insert(0, (0, before))  # train() starts a fresh log: the first evaluation is not in it
     if not curves["train"]:
         raise RuntimeError("training logged no loss: set logging_steps no larger than the number of steps")
     tokens = int(trainer.state.num_input_tokens_seen)
+    tokens_now = tokens - tokens_before  # the speed of this session: a resumed run trained only the rest
     return TrainStats(
         eval_loss_before=before,
         eval_loss_after=after,
@@ -278,7 +318,7 @@ def train(trainer: SFTTrainer) -> TrainStats:
         train_loss_last=curves["train"][-1][1],
         tokens_seen=tokens,
         train_seconds=clock.seconds,
-        tokens_per_second=tokens / clock.seconds if clock.seconds else float("nan"),
+        tokens_per_second=tokens_now / clock.seconds if clock.seconds else float("nan"),
         curves=curves,
     )
 
@@ -317,11 +357,11 @@ def load_sft_base(
     base saved in the stage folder) or a hub name. ``quantization=None`` loads the base as SFT trained on it
     (the adapter was fitted to those weights). The tokenizer is the one saved beside the adapter.
     """
-    metrics = read_metrics(run_dir, "02_sft")
-    adapter = stage_dir(run_dir, "02_sft") / metrics["adapter_dir"]
+    metrics = read_metrics(run_dir, SFT)
+    adapter = stage_dir(run_dir, SFT) / metrics["adapter_dir"]
     base = metrics["base_model_dir"]
-    if (stage_dir(run_dir, "02_sft") / base).exists():  # a path (relative to the stage folder, or absolute)
-        base = stage_dir(run_dir, "02_sft") / base
+    if (stage_dir(run_dir, SFT) / base).exists():  # a path (relative to the stage folder, or absolute)
+        base = stage_dir(run_dir, SFT) / base
     tokenizer = load_tokenizer(adapter, trust_remote_code=trust_remote_code)
     quantization = quantization or metrics.get("quantization", "nf4")
     model = load_causal_lm(base, quantization, device, trust_remote_code=trust_remote_code, tokenizer=tokenizer)

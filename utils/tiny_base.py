@@ -7,9 +7,9 @@ https://arxiv.org/abs/2304.01373), the model family OpenAssistant fine-tuned:
    with the chat special tokens of :mod:`utils.chat_format` in its vocabulary;
 2. a GPT-NeoX of a few million parameters with Pythia's architecture choices (rotary embeddings on a
    quarter of each head, parallel attention and MLP residual, untied input and output embeddings);
-3. plain next-token pretraining on the same text, a fixed number of seeded steps (with a wall-clock cap
-   so a slow laptop still finishes), nanoGPT style: random windows of the token stream, AdamW, warmup
-   then cosine decay.
+3. plain next-token pretraining on the same text, a fixed number of seeded steps, nanoGPT style: random
+   windows of the token stream, AdamW, warmup then cosine decay. Steps decide what is trained, never the
+   clock: the same text, config and seed give the same model on a fast machine and on a busy one.
 
 Only the training split is read: the evaluation trees give the held-out perplexity, reported next to a
 unigram model's (token frequencies of the training text), the simplest baseline a language model must
@@ -37,7 +37,8 @@ from utils import chat_format
 from utils.modeling import default_device
 
 # Bump when the recipe below changes, so that cached models built by an older recipe are not reused.
-RECIPE_VERSION = 1
+# 2: no wall-clock cap (version 1 could cache a build the cap had cut short).
+RECIPE_VERSION = 2
 REPORT_FILE = "tiny_base.json"
 SPECIAL_TOKENS = [chat_format.END_OF_TURN_TOKEN, chat_format.PAD_TOKEN, *chat_format.OA_SPECIAL_TOKENS]
 
@@ -58,7 +59,6 @@ class TinyBaseConfig:
     warmup_steps: int = 30
     weight_decay: float = 0.1
     eval_every: int = 100
-    max_minutes: float = 4.0  # wall-clock cap; the report says when it cut training short
     seed: int = 0
 
 
@@ -179,7 +179,7 @@ def pretrain(
     eval_curve: list[list] = [[0, stream_nll(model, heldout, config.block_size)]]
     start, step = time.perf_counter(), 0
     model.train()
-    while step < config.steps and time.perf_counter() - start < 60 * config.max_minutes:
+    while step < config.steps:
         offsets = torch.randint(0, len(train) - config.block_size - 1, (config.batch_size,), generator=gen)
         x = torch.stack([train[o : o + config.block_size + 1] for o in offsets.tolist()]).to(device)
         for group in opt.param_groups:
@@ -197,7 +197,6 @@ def pretrain(
     eval_curve.append([step, stream_nll(model, heldout, config.block_size)])
     return {
         "steps_done": step,
-        "stopped_by_time_cap": step < config.steps,
         "train_seconds": seconds,
         "train_tokens": step * config.batch_size * config.block_size,
         "train_curve": train_curve,
@@ -229,11 +228,8 @@ def build_tiny_base(
     if config.block_size > config.context_length:
         raise ValueError(f"tiny_base: block_size {config.block_size} exceeds context_length {config.context_length}")
     path = Path(cache_dir) / f"tiny-gpt-neox-{cache_key(train_texts, eval_texts, config)}"
-    if (path / REPORT_FILE).exists():
-        report = json.loads((path / REPORT_FILE).read_text())
-        # A build the time cap cut short is not what the config asks for: use it once, then build again.
-        if not report["stopped_by_time_cap"]:
-            return TinyBase(path, cached=True, report=report)
+    if (path / REPORT_FILE).exists():  # written last: a directory with a report is a complete build
+        return TinyBase(path, cached=True, report=json.loads((path / REPORT_FILE).read_text()))
 
     device = torch.device(device) if device is not None else default_device()
     tokenizer = train_tokenizer(train_texts, config.vocab_size)
@@ -263,8 +259,6 @@ def build_tiny_base(
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     (tmp / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    if path.exists() and json.loads((path / REPORT_FILE).read_text())["stopped_by_time_cap"]:
-        shutil.rmtree(path)  # the short build this one replaces
     try:
         os.replace(tmp, path)
     except OSError:  # another process finished the same build first: theirs is as good, keep it
@@ -277,7 +271,7 @@ def plot_pretraining(report: dict, path: str | Path | None = None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    if report["train_curve"]:  # empty when the time cap came before the first step
+    if report["train_curve"]:  # empty with steps=0
         steps, losses = zip(*report["train_curve"])
         ax.plot(steps, losses, lw=1, alpha=0.7, label="train (batch)")
     steps, losses = zip(*report["eval_curve"])
