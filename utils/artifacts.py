@@ -61,10 +61,29 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / stage
 
 
+class StageNotRun(FileNotFoundError):
+    """A stage needs the results of one that has not run (in this run folder).
+
+    In a notebook it shows as its one-line message, not a traceback: what a student meets who opens
+    ``04_ppo`` in JupyterLab before running 02 and 03 is the stage to run and how.
+    """
+
+    def __init__(self, run_dir: str | Path, stage: str) -> None:
+        profile = Path(run_dir).name
+        super().__init__(
+            f"stage {stage} has not run in {run_dir}: run notebooks/{stage}.ipynb first, or "
+            f"python -m recipes.run --profile {profile} --from {stage.split('_', 1)[0]}"
+        )
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of the traceback
+        return [f"{type(self).__name__}: {self}"]
+
+
 def read_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
+    """A finished stage's ``metrics.json``; :class:`StageNotRun` when the stage has not run in ``run_dir``."""
     path = stage_dir(run_dir, stage) / METRICS_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path} not found: run stage {stage} first (python -m recipes.run --only {stage})")
+        raise StageNotRun(run_dir, stage)
     return json.loads(path.read_text())
 
 

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from utils import chat_format
-from utils.artifacts import read_metrics, stage_dir, stage_path
+from utils.artifacts import StageNotRun, read_metrics, stage_dir, stage_path
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
+from utils.stages import PPO, SFT
 from utils.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
@@ -77,10 +78,10 @@ def load_models(run_dir: str | Path, quantization: str | None = None, device: st
 
     base, tokenizer, sft_dir = load_sft_base(run_dir, quantization, device)
     model = PeftModel.from_pretrained(base, str(sft_dir), adapter_name="sft")
-    names, sources = [BASE, "sft"], {BASE: read_metrics(run_dir, "02_sft")["base_model_dir"], "sft": str(sft_dir)}
+    names, sources = [BASE, "sft"], {BASE: read_metrics(run_dir, SFT)["base_model_dir"], "sft": str(sft_dir)}
     try:
-        ppo_dir = stage_path(run_dir, "04_ppo", "adapter_dir")
-    except FileNotFoundError:
+        ppo_dir = stage_path(run_dir, PPO, "adapter_dir")
+    except StageNotRun:
         ppo_dir = None  # stage 04 not run: evaluate base and SFT only (the notebook says so)
     if ppo_dir is not None:
         model.load_adapter(str(ppo_dir), adapter_name="ppo")
@@ -97,14 +98,14 @@ def snapshot_name(update: int) -> str:
 def load_snapshots(models: Models, run_dir: str | Path) -> dict[int, str]:
     """Stage 04's policy snapshots loaded beside the other adapters: ``{update: adapter name}`` (empty without 04)."""
     try:
-        snapshots = read_metrics(run_dir, "04_ppo").get("snapshots", {})
-    except FileNotFoundError:
+        snapshots = read_metrics(run_dir, PPO).get("snapshots", {})
+    except StageNotRun:
         return {}
     loaded = {}
     for update, rel in sorted(((int(u), rel) for u, rel in snapshots.items())):
         name = snapshot_name(update)
-        models.model.load_adapter(str(stage_dir(run_dir, "04_ppo") / rel), adapter_name=name)
-        models.sources[name] = str(stage_dir(run_dir, "04_ppo") / rel)
+        models.model.load_adapter(str(stage_dir(run_dir, PPO) / rel), adapter_name=name)
+        models.sources[name] = str(stage_dir(run_dir, PPO) / rel)
         loaded[update] = name
     models.model.eval()
     models.snapshots.update(loaded)

@@ -22,9 +22,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from utils import chat_format
-from utils.artifacts import read_metrics, stage_path
+from utils.artifacts import StageNotRun, read_metrics, stage_path
 from utils.modeling import default_device
 from utils.reward_eval import Scorer
+from utils.stages import PPO, REWARD
 
 PROXY = "proxy"
 HELDOUT_JUDGE = "judge"
@@ -114,14 +115,14 @@ def load_judges(specs: Sequence[str], run_dir: str | Path, device: torch.device 
     if not specs:
         raise ValueError("judges: name at least one (e.g. ['proxy', 'judge'])")
     try:
-        trained_with = stage_path(run_dir, "04_ppo", "reward_model_dir")
-    except (FileNotFoundError, KeyError):
+        trained_with = stage_path(run_dir, PPO, "reward_model_dir")
+    except (StageNotRun, KeyError):
         trained_with = None
     judges: dict[str, Judge] = {}
     for spec in specs:
         if spec in STAGE_JUDGES:
             try:
-                path = stage_path(run_dir, "03_reward", STAGE_JUDGES[spec])
+                path = stage_path(run_dir, REWARD, STAGE_JUDGES[spec])
             except KeyError:
                 raise ValueError(f"judge {spec!r}: stage 03_reward trained no such model (set judge_fraction > 0 there)") from None
             scorer: Scorer = RewardScorer.load(path, device=device)
@@ -138,7 +139,7 @@ def independent_judges(judges: dict[str, Judge]) -> list[str]:
 
 def stage_reward_models(run_dir: str | Path) -> dict[str, str]:
     """``{judge name: model dir}`` of the reward models stage 03 trained (for the record)."""
-    metrics = read_metrics(run_dir, "03_reward")
+    metrics = read_metrics(run_dir, REWARD)
     return {name: metrics[key] for name, key in STAGE_JUDGES.items() if key in metrics}
 
 
