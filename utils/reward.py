@@ -30,7 +30,8 @@ Implementation details worth naming:
 5. The adapters are merged into the backbone when saving: a reward model directory is a plain
    transformers checkpoint plus ``reward.json``, and scoring runs without peft.
 
-Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export)::
+Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export; ``--on-error skip``
+skips bad records and says how many, and why)::
 
     python -m utils.reward eval --model runs/tiny/03_reward/reward_model --pairs data/hh_rlhf_harmless_base_test_part1.jsonl.gz
 """
@@ -432,14 +433,28 @@ def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model
 
 
 def _eval_command(args: argparse.Namespace) -> int:
+    import transformers
+
+    from utils.oasst import Report
+
+    report = Report()
+    pairs = read_pairs_file(args.pairs, on_error=args.on_error, report=report)  # bad data fails before a model loads
+    transformers.utils.logging.disable_progress_bar()  # stderr is for the one line that says what went wrong
     scorer = RewardScorer.load(args.model)
-    pairs = read_pairs_file(args.pairs)
     result: PairResult = evaluate_pairs(scorer, pairs, batch_size=args.batch_size)
+    skipped = dict(sorted(report.skipped.items()))
     if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "n": result.n}))
-    else:
-        print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
-        print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+        print(json.dumps({"accuracy": result.accuracy, "n": result.n, "read": report.read, "skipped": skipped,
+                          "notes": dict(report.notes)}))
+        return 0
+    print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
+    print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+    if skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+        print(f"skipped {sum(skipped.values())} of {report.read} records read ({reasons})")
+    if report.notes.get("hh_parted_early"):
+        print(f"{report.notes['hh_parted_early']} pairs part before their final reply: prompt = the shared turns, "
+              "answer = the rest of each transcript (as trl reads HH-RLHF)")
     return 0
 
 
@@ -450,7 +465,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--model", required=True, help="reward model directory (03_reward's reward_model)")
     ev.add_argument("--pairs", required=True, help="HH-RLHF pairs (.jsonl/.jsonl.gz) or an OASST export")
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n"} as JSON')
+    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n", "read", "skipped", "notes"} as JSON')
+    ev.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="stop at a bad record (default) or skip it, counted and reported")
     args = parser.parse_args(argv)
     try:
         return _eval_command(args)

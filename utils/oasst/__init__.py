@@ -15,7 +15,7 @@ Modules: ``records`` (files, errors, the read account), ``trees`` (building, usa
 (``python -m utils.oasst stats``).
 """
 
-from .external import parse_hh_transcript, read_hh_pairs, read_prompts
+from .external import is_hh_file, parse_hh_transcript, read_hh_pairs, read_prompts
 from .quality import LabelFilter, SFTSelection, compare_sft_variants, message_labels, select_sft
 from .records import DataError, Report
 from .split import Split, load_split
@@ -37,7 +37,7 @@ from .views import (
 
 __all__ = [
     "Conversation", "DataError", "LabelFilter", "Pair", "RankGroup", "Report", "SFTSelection", "Split", "Tree",
-    "compare_sft_variants", "count_views", "iter_messages", "iter_threads", "load_split", "load_trees",
+    "compare_sft_variants", "count_views", "is_hh_file", "iter_messages", "iter_threads", "load_split", "load_trees",
     "message_labels", "message_texts", "parse_hh_transcript", "preference_pairs", "read_hh_pairs",
     "read_prompts", "read_trees", "rl_prompts", "rm_groups", "select_sft", "select_trees",
     "sft_conversations", "to_conversation",
