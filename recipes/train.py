@@ -67,12 +67,15 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from utils import sft
     from utils.artifacts import record_path
     from utils.modeling import count_parameters, load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split, message_texts, sft_conversations
+    from utils.oasst import load_split, message_texts, select_sft, sft_conversations
     from utils.tiny_base import TinyBaseConfig, build_tiny_base
 
     state = PartialState()
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
-    train_convs, eval_convs = sft_conversations(split.train), sft_conversations(split.eval)
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
+                       on_error=p["on_error"])
+    selection = select_sft(split.train, top_k=p["sft_top_k"], max_spam=p["max_spam"], max_red_flag=p["max_red_flag"],
+                           min_quality=p["min_quality"])
+    train_convs, eval_convs = selection.conversations, sft_conversations(split.eval)
     if p["max_eval_conversations"] is not None:
         eval_convs = eval_convs[: p["max_eval_conversations"]]
     base_path = p["base_model"]
@@ -103,6 +106,7 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
         "adapter_dir": record_path(out, adapter_dir),
         "base_model_dir": record_path(out, base_path) if Path(base_path).exists() else str(base_path),
         "processes": state.num_processes,
+        "sft_selection": selection.counts, "data_skipped": split.report.as_dict()["skipped"],
     }
 
 
@@ -119,7 +123,8 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from utils.reward_eval import evaluate_pairs
 
     state = PartialState()
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
+                       on_error=p["on_error"])
     train_pairs = preference_pairs(rm_groups(split.train))[: p["max_train_pairs"]]
     eval_pairs = (preference_pairs(rm_groups(split.eval))[: p["max_eval_pairs"]]
                   + preference_pairs(rm_groups(split.heldout))[: p["max_eval_pairs"]])
@@ -131,12 +136,14 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
                                 save_steps=p.get("save_steps", 0))
     train_seconds = time.time() - started
     metrics = {"pairs_train": len(train_pairs), "model_dir": record_path(out, result.model_dir),
+               "pair_weighting": config.pair_weighting, "data_skipped": split.report.as_dict()["skipped"],
                "train_seconds": train_seconds, "peak_memory_mb": peak_memory_mb(), "processes": state.num_processes,
                "train_losses": [h["loss"] for h in result.log_history if "loss" in h]}
     if state.is_main_process:  # held-out evaluation is inference: the main process does it alone
         scorer = RewardScorer.load(result.model_dir, device=state.device)
         oasst = evaluate_pairs(scorer, eval_pairs, batch_size=p["score_batch_size"])
-        hh = evaluate_pairs(scorer, read_hh_pairs(p["hh_path"])[: p["max_hh_pairs"]], batch_size=p["score_batch_size"])
+        hh = evaluate_pairs(scorer, read_hh_pairs(p["hh_path"], on_error=p["on_error"])[: p["max_hh_pairs"]],
+                            batch_size=p["score_batch_size"])
         metrics.update(eval_accuracy=oasst.accuracy, length_baseline_accuracy=oasst.length_baseline, hh_accuracy=hh.accuracy,
                        reward_length_corr=oasst.reward_length_corr, pairs_eval=oasst.n, hh_pairs=hh.n)
     return metrics
@@ -160,7 +167,8 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
     state = PartialState()  # initialises the process group under accelerate launch / torchrun
     run_dir = out.parent
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"])
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
+                       on_error=p["on_error"])
     reset_peak_memory()
     model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
     scorer = RewardScorer.load(stage_path(run_dir, REWARD, "model_dir"), device=state.device)

@@ -23,7 +23,11 @@ from utils.reward import (
     head_modules,
     load_backbone,
     lora_config,
+    make_trainer,
+    pair_weights,
+    pairs_dataset,
     train_reward_model,
+    weighted_pair_loss,
 )
 from utils.reward import main as cli_main
 from utils.reward_eval import (
@@ -237,6 +241,73 @@ def synthetic_pairs(topics):
     ]
 
 
+# ---------------------------------------------------------------------------------------------------
+# The group-weighted loss (InstructGPT §3.5: the pairs of one ranking are one batch element)
+
+
+def test_pair_weights_make_every_ranking_group_weigh_the_same():
+    q = [user("q")]
+    pairs = [Pair(q, "a", "b", "g1"), Pair(q, "a", "b", "g2"), Pair(q, "a", "c", "g2"), Pair(q, "b", "c", "g2"),
+             Pair(q, "x", "y"), Pair(q, "x", "y")]  # two pairs without a group: a group each
+    # 4 groups, 6 pairs: mean weight 1 means a group's pairs add up to 6 / 4 = 1.5, split evenly among them.
+    assert pair_weights(pairs, "group") == pytest.approx([1.5, 0.5, 0.5, 0.5, 1.5, 1.5])
+    assert pair_weights(pairs, "flat") == [1.0] * 6
+    with pytest.raises(ValueError, match="pair_weighting must be one of 'group', 'flat', got 'pairs'"):
+        pair_weights(pairs, "pairs")
+
+
+def test_group_weighting_is_instructgpts_per_group_mean_on_real_rankings():
+    trees, _ = load_trees([DATA / "oasst_en_100_trees.jsonl"])
+    pairs = preference_pairs(rm_groups(trees))
+    weights = pair_weights(pairs)
+    losses = [0.1 * (i % 7) for i in range(len(pairs))]  # any per-pair losses
+    by_group: dict[str, list[float]] = {}
+    for p, loss in zip(pairs, losses):
+        by_group.setdefault(p.group, []).append(loss)
+    per_group_mean = sum(sum(v) / len(v) for v in by_group.values()) / len(by_group)
+    # The weighted mean over pairs is the mean over groups of each group's mean pair loss (1/C(k,2) each).
+    assert sum(w * loss for w, loss in zip(weights, losses)) / len(pairs) == pytest.approx(per_group_mean)
+    assert sum(weights) == pytest.approx(len(pairs))
+    assert max(weights) / min(weights) == pytest.approx(36 / 1)  # a 9-reply group's pairs against a 2-reply group's
+
+
+def test_weighted_pair_loss_by_hand():
+    chosen, rejected = torch.tensor([2.0, 1.0, 0.5]), torch.tensor([1.0, 1.0, 1.0])
+    weights = torch.tensor([0.5, 2.0, 0.5])
+    # -log σ(d) for d = 1, 0, -0.5: 0.313262, 0.693147, 0.974077; centring terms 0.1 * (3², 2², 1.5²).
+    expected = (0.5 * (0.313262 + 0.9) + 2.0 * (0.693147 + 0.4) + 0.5 * (0.974077 + 0.225)) / 3
+    assert float(weighted_pair_loss(chosen, rejected, weights, 0.1)) == pytest.approx(expected, abs=1e-5)
+    plain = -torch.nn.functional.logsigmoid(chosen - rejected).mean()
+    assert float(weighted_pair_loss(chosen, rejected, torch.ones(3), None)) == pytest.approx(float(plain))
+
+
+def test_trainer_loss_on_a_batch_is_the_weighted_formula(tmp_path):
+    """The trainer's loss on a collated batch equals the hand formula with the pairs' group weights, and
+    differs from the flat mean: the weights reach the loss (today's trainer ignored them)."""
+    torch.manual_seed(0)
+    model, tokenizer, new_ids = load_backbone(MINILM)
+    with torch.no_grad():
+        model.classifier.weight.normal_(0, 1.0)  # rewards far from zero, so weighting changes the loss
+    q = [user("Can you help me?")]
+    pairs = [Pair(q, "Sure, here is how.", "No.", "big"), Pair(q, "Sure, here is how.", "Go away.", "big"),
+             Pair(q, "No.", "Go away.", "big"), Pair([user("Hi")], "Hello! How can I help?", "What.", "small")]
+    weights = pair_weights(pairs)
+    assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
+    config = RewardTrainingConfig(base_model=MINILM, max_length=32, lora_r=4, lora_alpha=8, center_rewards_coefficient=0.01)
+    trainer = make_trainer(model, tokenizer, pairs_dataset(pairs, tokenizer, 32, weights), config, new_ids, str(tmp_path))
+    dataset = trainer.train_dataset
+    batch = trainer.data_collator([dataset[i] for i in range(len(pairs))])
+    assert batch["weight"].tolist() == pytest.approx(weights)
+    trainer.model.eval()
+    with torch.no_grad():
+        rewards = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+        loss = float(trainer.compute_loss(trainer.model, dict(batch)))
+    c, r = rewards[:4], rewards[4:]
+    per_pair = -torch.nn.functional.logsigmoid(c - r) + 0.01 * (c + r) ** 2
+    assert loss == pytest.approx(float((torch.tensor(weights) * per_pair).mean()), rel=1e-5)
+    assert abs(loss - float(per_pair.mean())) > 1e-3
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("reward")
@@ -307,13 +378,30 @@ def test_cli_reports_accuracy_on_hh_rlhf_pairs(trained, tmp_path, run_cli):
     proc = run_cli("eval", "--model", trained.model_dir, "--pairs", path, "--json")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
-    assert set(out) == {"accuracy", "n"} and out["n"] == 12
+    assert set(out) == {"accuracy", "n", "read", "skipped", "notes"} and out["n"] == out["read"] == 12
+    assert out["skipped"] == {} and out["notes"] == {}
     scorer = RewardScorer.load(trained.model_dir, device="cpu")
     pairs = read_hh_pairs(path)
     chosen = scorer.score([p.prompt + [assistant(p.chosen)] for p in pairs])
     rejected = scorer.score([p.prompt + [assistant(p.rejected)] for p in pairs])
     wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen, rejected))
     assert out["accuracy"] == pytest.approx(wins / 12)
+
+
+def test_cli_scores_published_hh_quirks_and_says_what_it_skipped(trained, run_cli):
+    """Transcripts that part before the final reply are scored (read as trl reads them); the one pair with
+    no shared prompt stops a strict run in one line, and ``--on-error skip`` skips it and says so."""
+    quirks = REPO_ROOT / "tests" / "data" / "hh_rlhf_quirks.jsonl"
+    strict = run_cli("eval", "--model", trained.model_dir, "--pairs", quirks)
+    assert strict.returncode == 2 and strict.stdout == ""
+    assert strict.stderr == f"error: {quirks}:5: 'chosen' and 'rejected' differ before any shared 'Human:' turn: no prompt to share\n"
+    proc = run_cli("eval", "--model", trained.model_dir, "--pairs", quirks, "--on-error", "skip")
+    assert proc.returncode == 0, proc.stderr
+    assert "on 6 pairs" in proc.stdout
+    assert "skipped 1 of 7 records read (1 no_shared_prompt)" in proc.stdout
+    assert "3 pairs part before their final reply" in proc.stdout
+    out = json.loads(run_cli("eval", "--model", trained.model_dir, "--pairs", quirks, "--on-error", "skip", "--json").stdout)
+    assert (out["n"], out["read"], out["skipped"], out["notes"]) == (6, 7, {"no_shared_prompt": 1}, {"hh_parted_early": 3})
 
 
 def test_cli_derives_pairs_from_an_oasst_export(trained, tmp_path, run_cli):

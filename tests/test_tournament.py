@@ -7,13 +7,17 @@ import pytest
 
 from utils.tournament import (
     Game,
+    bootstrap_draws,
     bootstrap_elo,
     bootstrap_mean_ci,
+    bootstrap_win_rates,
     elo_ratings,
     elo_rounds,
     expected_score,
     games_from_scores,
     judge,
+    replay_orders,
+    resampling_units,
     run_tournament,
     win_rates,
 )
@@ -129,3 +133,87 @@ def test_bootstrap_mean_interval():
     assert hi - lo == pytest.approx(2 * 1.96 * x.std(ddof=1) / math.sqrt(400), rel=0.15)
     assert bootstrap_mean_ci([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
     assert all(math.isnan(v) for v in bootstrap_mean_ci([]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Intervals from resampling prompts, not games
+
+
+def correlated_scores(prompts=40, samples=8):
+    """A beats B in every game on the even prompts and loses every game on the odd ones: 64 games per
+    prompt that all say the same thing. The information is in 40 prompts, not 2,560 games."""
+    return {"A": {f"q{j}": [float(j % 2)] * samples for j in range(prompts)},
+            "B": {f"q{j}": [0.5] * samples for j in range(prompts)}}  # fmt: skip
+
+
+def test_games_know_their_prompt():
+    games = games_from_scores({"A": {"p": [1.0, 2.0]}, "B": {"p": [1.5], "q": [0.0]}})
+    assert [(g.prompt, g.score) for g in games] == [("p", 0.0), ("p", 1.0)]
+    assert Game("A", "B", 1.0).prompt is None  # the old three-field form still builds a game
+
+
+def test_win_rate_interval_comes_from_prompts_and_is_as_wide_as_40_prompts_allow():
+    t = run_tournament(correlated_scores(), rounds=1000)
+    w = t.win_rate_intervals["A"]["B"]
+    assert (w.rate, w.games, w.prompts) == (0.5, 2560, 40)
+    # 40 independent prompts, each all-or-nothing: sd of the rate sqrt(0.25 / 40) = 0.079, so the 95%
+    # interval is about 2 * 1.96 * 0.079 = 0.31 wide. Resampling the 2,560 games would give 0.04.
+    assert w.hi - w.lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 40), rel=0.25)
+    by_game = bootstrap_win_rates(t.games, rounds=1000, resample="game")["A"]["B"]
+    assert by_game.hi - by_game.lo == pytest.approx(2 * 1.96 * math.sqrt(0.25 / 2560), rel=0.25)
+    assert w.hi - w.lo > 5 * (by_game.hi - by_game.lo)
+    back = t.win_rate_intervals["B"]["A"]
+    assert (back.rate, back.lo, back.hi) == pytest.approx((1 - w.rate, 1 - w.hi, 1 - w.lo))
+
+
+def test_elo_interval_comes_from_prompts():
+    t = run_tournament(correlated_scores(), rounds=400)
+    by_game = bootstrap_elo(t.games, rounds=400, resample="game")
+    width = t.elo["A"].hi - t.elo["A"].lo
+    assert width > 2 * (by_game["A"].hi - by_game["A"].lo)
+    assert t.elo["A"].lo < 1000 < t.elo["A"].hi
+
+
+def test_every_round_replays_exactly_the_games_of_the_prompts_it_drew():
+    scores = {p: {f"q{j}": [float(i + j % 3)] * (1 + j % 3) for j in range(12)} for i, p in enumerate("ABC")}
+    games = games_from_scores(scores)
+    units = resampling_units(games)
+    assert len(units) == 12 and all(len({games[i].prompt for i in u}) == 1 for u in units)
+    drawn = bootstrap_draws(len(units), 50, seed=3)
+    orders = replay_orders(units, drawn, seed=3)
+    for row, order in zip(drawn, orders):
+        expected = sorted(i for u in row for i in units[u])
+        assert sorted(order[order >= 0].tolist()) == expected
+        assert (order[len(expected):] == -1).all()  # padding only at the end
+
+
+def test_padding_replays_as_no_game():
+    rng = np.random.default_rng(2)
+    players = ["A", "B", "C"]
+    games = [Game(*rng.choice(players, 2, replace=False), float(rng.choice([0, 0.5, 1]))) for _ in range(30)]
+    orders = rng.integers(0, len(games), size=(4, 40))
+    orders[:, 25:] = -1
+    orders[1, 5:9] = -1
+    batch = elo_rounds(games, orders, players, k=16)
+    for r in range(4):
+        loop = elo_ratings([games[i] for i in orders[r] if i >= 0], k=16)
+        assert batch[r] == pytest.approx([loop.get(p, 1000.0) for p in players])
+
+
+def test_games_without_a_prompt_are_resampled_one_by_one():
+    games = [Game("A", "B", 1.0 if i % 4 else 0.0) for i in range(200)]
+    assert bootstrap_elo(games, rounds=100) == bootstrap_elo(games, rounds=100, resample="game")
+    with pytest.raises(ValueError, match="resample must be 'prompt' or 'game'"):
+        bootstrap_elo(games, resample="player")
+
+
+def test_win_rates_with_intervals_agree_with_the_plain_counts():
+    scores = {"A": {"p1": [3.0], "p2": [1.0], "p3": [2.0]}, "B": {"p1": [1.0], "p2": [2.0], "p3": [2.0]}, "C": {"p1": [0.0]}}
+    games = games_from_scores(scores)
+    plain = win_rates(games)
+    ci = bootstrap_win_rates(games, rounds=200)
+    assert {a: {b: w.rate for b, w in row.items()} for a, row in ci.items()} == plain
+    assert (ci["A"]["C"].lo, ci["A"]["C"].hi, ci["A"]["C"].prompts) == (1.0, 1.0, 1)
+    # Games given as B-vs-A count for the same pair as A-vs-B.
+    mixed = bootstrap_win_rates([Game("A", "B", 1.0, "p"), Game("B", "A", 1.0, "q")], rounds=50)
+    assert mixed["A"]["B"].rate == 0.5 and mixed["A"]["B"].games == 2

@@ -4,8 +4,8 @@ The OASST paper (Köpf et al., 2023, §3-4) describes the dataset by its languag
 rankings and crowd labels; the functions here compute the same on any list of trees, and one more
 number a reward model cares about: how often the better-ranked reply is simply the longer one.
 
-The two export forms store labels and emojis differently; :func:`message_labels` and
-:func:`message_emojis` read both:
+The two export forms store labels and emojis differently; :func:`message_labels` (from the data layer,
+whose label filters read it too) and :func:`message_emojis` read both:
 
 * flat (the published HF dataset): ``{"name": [...], "value": [...], "count": [...]}``;
 * nested export: ``{"quality": {"value": 0.8, "count": 3}, ...}`` and ``{"+1": 3, ...}``.
@@ -20,24 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from utils.oasst import Pair, RankGroup, Tree, iter_messages
+from utils.oasst import Pair, RankGroup, Tree, iter_messages, message_labels  # labels: the data layer reads both forms
 
 Message = dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------- per message
-
-
-def message_labels(m: Message) -> dict[str, float]:
-    """The message's crowd labels as ``{name: mean value}`` (labels without a value left out)."""
-    labels = m.get("labels")
-    if not labels:
-        return {}
-    if "name" in labels and isinstance(labels["name"], list):
-        pairs = zip(labels["name"], labels["value"])
-    else:
-        pairs = ((name, v.get("value") if isinstance(v, dict) else v) for name, v in labels.items())
-    return {name: float(value) for name, value in pairs if value is not None}
 
 
 def message_emojis(m: Message) -> dict[str, int]:

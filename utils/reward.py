@@ -3,7 +3,13 @@
 Training follows InstructGPT (Ouyang et al., 2022, https://arxiv.org/abs/2203.02155) and OpenAssistant
 (Köpf et al., 2023, https://arxiv.org/abs/2304.07327): for a prompt x and two replies where labellers
 ranked y_w above y_l, minimise ``-log σ(r(x, y_w) − r(x, y_l))`` (a Bradley-Terry model of the ranking).
-A group of k ranked replies gives k(k-1)/2 such pairs.
+A group of k ranked replies gives k(k-1)/2 such pairs, and by default every *group* weighs the same:
+each of its pairs counts 1/C(k,2) (``pair_weighting="group"``). InstructGPT (§3.5) trains the C(k,2)
+pairs of a prompt as one batch element, and OpenAssistant's ``RMLoss`` averages the pair losses within
+each ranking, then over rankings; weighing pairs alike (``"flat"``) would let a 4-reply prompt count six
+times a 2-reply one. The kit keeps pairs as its batch unit (so ``group_by_length`` still batches pairs of
+similar length) and gets the same objective from weights: per epoch, the weighted pair losses add up
+to the mean over groups of each group's mean pair loss, times a constant.
 
 The backbone is any ``AutoModelForSequenceClassification`` with one output and its own tokenizer: the
 reward model need not share the policy's tokenizer (OpenAssistant's reward models were DeBERTa-v3
@@ -24,7 +30,8 @@ Implementation details worth naming:
 5. The adapters are merged into the backbone when saving: a reward model directory is a plain
    transformers checkpoint plus ``reward.json``, and scoring runs without peft.
 
-Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export)::
+Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export; ``--on-error skip``
+skips bad records and says how many, and why)::
 
     python -m utils.reward eval --model runs/tiny/03_reward/reward_model --pairs data/hh_rlhf_harmless_base_test_part1.jsonl.gz
 """
@@ -37,9 +44,10 @@ import json
 import math
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 from torch import nn
@@ -47,6 +55,9 @@ from torch import nn
 from utils import chat_format
 from utils.modeling import compute_dtype, default_device
 from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
+
+PairWeighting = Literal["group", "flat"]
+PAIR_WEIGHTINGS = ("group", "flat")
 
 REWARD_FILE = "reward.json"  # beside the merged checkpoint: how to encode conversations for this model
 
@@ -204,6 +215,7 @@ class RewardTrainingConfig:
     seed: int = 0
     logging_steps: int | None = None  # None: about 20 points on the training curve
     trust_remote_code: bool = False
+    pair_weighting: PairWeighting = "group"  # "group": every ranking weighs the same (InstructGPT); "flat": every pair
 
 
 @dataclass
@@ -251,8 +263,37 @@ def lora_config(model: nn.Module, config: RewardTrainingConfig, new_token_ids: S
     )
 
 
-def pairs_dataset(pairs: Sequence, tokenizer, max_length: int):
-    """trl's pre-tokenized preference format (``chosen_ids``, ``rejected_ids``) plus a ``length`` to group by.
+def pair_weights(pairs: Sequence, weighting: PairWeighting = "group") -> list[float]:
+    """Each pair's weight in the reward loss, scaled to mean 1 over ``pairs``.
+
+    ``"group"``: the n pairs of one ranking group (``pair.group``) weigh 1/n each, so every group counts
+    the same; a pair without a group (HH-RLHF) is a group of its own. ``n`` counts the group's pairs
+    present in ``pairs``: a group cut short by ``max_train_pairs`` still weighs one group. ``"flat"``: 1 each.
+    """
+    if weighting not in PAIR_WEIGHTINGS:
+        raise ValueError(f"pair_weighting must be one of {', '.join(map(repr, PAIR_WEIGHTINGS))}, got {weighting!r}")
+    if weighting == "flat" or not pairs:
+        return [1.0] * len(pairs)
+    keys = [p.group if getattr(p, "group", None) is not None else ("single", i) for i, p in enumerate(pairs)]
+    sizes = Counter(keys)
+    scale = len(pairs) / len(sizes)  # mean weight 1: the loss keeps the scale (and learning rate) of "flat"
+    return [scale / sizes[k] for k in keys]
+
+
+def weighted_pair_loss(
+    rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, weights: torch.Tensor, center_rewards_coefficient: float | None
+) -> torch.Tensor:
+    """``mean_i w_i * (-log σ(r_w,i − r_l,i) + c * (r_w,i + r_l,i)²)``: trl's reward loss with a weight per pair
+    (all weights 1 give trl's loss exactly)."""
+    per_pair = -nn.functional.logsigmoid(rewards_chosen - rewards_rejected)
+    if center_rewards_coefficient is not None:
+        per_pair = per_pair + center_rewards_coefficient * (rewards_chosen + rewards_rejected) ** 2
+    return (weights.to(per_pair.dtype) * per_pair).mean()
+
+
+def pairs_dataset(pairs: Sequence, tokenizer, max_length: int, weights: Sequence[float] | None = None):
+    """trl's pre-tokenized preference format (``chosen_ids``, ``rejected_ids``) plus a ``length`` to group by
+    and each pair's loss ``weight`` (default 1).
 
     We tokenize ourselves because trl would render conversations with a chat template (our encoders have
     none) and would drop, not cut, pairs longer than ``max_length``.
@@ -268,7 +309,56 @@ def pairs_dataset(pairs: Sequence, tokenizer, max_length: int):
         except ValueError as e:
             raise ValueError(f"pair {i}: {e}") from None
     lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
-    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths})
+    weights = list(weights) if weights is not None else [1.0] * len(chosen)
+    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths, "weight": weights})
+
+
+def _weighted_trainer_classes():
+    """trl's reward trainer and collator, taught the ``weight`` column (built on first use: trl imports slowly)."""
+    from trl import RewardTrainer
+    from trl.trainer.reward_trainer import DataCollatorForPreference
+
+    class WeightedPreferenceCollator(DataCollatorForPreference):
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = super().torch_call(examples)
+            batch["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float32)
+            return batch
+
+    class WeightedRewardTrainer(RewardTrainer):
+        """trl's ``RewardTrainer`` whose loss weighs each pair by the batch's ``weight`` (see :func:`pair_weights`).
+
+        trl computes its loss, logs its accuracy and margins; the loss is then recomputed from the same
+        rewards with the weights, so nothing runs the model twice.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            # trl settled the pad token in __init__ (the tokenizer's, else EOS); its collator would drop "weight".
+            self.data_collator = WeightedPreferenceCollator(
+                pad_token_id=self.processing_class.pad_token_id, pad_to_multiple_of=self.args.pad_to_multiple_of
+            )
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weights = inputs.pop("weight")
+            _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+            chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
+            loss = weighted_pair_loss(chosen, rejected, weights.to(chosen.device), self.args.center_rewards_coefficient)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedRewardTrainer, WeightedPreferenceCollator
+
+
+def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, new_token_ids: Sequence[int], output_dir: str,
+                 save_steps: int = 0):
+    """The weighted reward trainer on a :func:`pairs_dataset`, LoRA applied (see :func:`lora_config`)."""
+    trainer_cls, _ = _weighted_trainer_classes()
+    return trainer_cls(
+        model=model,
+        args=trainer_args(config, len(dataset), output_dir, save_steps),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(model, config, new_token_ids),
+    )
 
 
 def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, save_steps: int = 0):
@@ -295,7 +385,7 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, sa
         fp16=dtype == torch.float16,
         max_length=None,  # already cut to config.max_length by encode_conversation
         train_sampling_strategy="group_by_length",
-        remove_unused_columns=False,  # keep "length" for the sampler; the collator ignores it
+        remove_unused_columns=False,  # keep "length" for the sampler and "weight" for the loss
         dataloader_pin_memory=device.type == "cuda",
         use_cpu=device.type == "cpu",  # without it, processes launched on a CPU machine would each train alone
         logging_steps=config.logging_steps or max(1, steps // 20),
@@ -321,29 +411,23 @@ def train_reward_model(
     config and the pairs (another configuration never resumes them), and a killed run resumes from the last.
     """
     from transformers import set_seed
-    from trl import RewardTrainer
 
     from utils import checkpoints
 
     if not pairs:
         raise ValueError("no preference pairs to train on")
+    weights = pair_weights(pairs, config.pair_weighting)
     set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
     model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
-    dataset = pairs_dataset(pairs, tokenizer, config.max_length)
+    dataset = pairs_dataset(pairs, tokenizer, config.max_length, weights)
     # The trainer wants an output_dir; without checkpoints nothing lands there, the merged model goes to out_dir.
     saving = save_steps > 0 and checkpoint_dir is not None
     with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
         save_dir = Path(checkpoint_dir) / checkpoints.run_key(asdict(config), pairs) if saving else Path(scratch)
-        trainer = RewardTrainer(
-            model=model,
-            args=trainer_args(config, len(pairs), str(save_dir), save_steps if saving else 0),
-            train_dataset=dataset,
-            processing_class=tokenizer,
-            peft_config=lora_config(model, config, new_ids),
-        )
+        trainer = make_trainer(model, tokenizer, dataset, config, new_ids, str(save_dir), save_steps if saving else 0)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())
         resume = checkpoints.last_complete(save_dir) if saving else None
@@ -374,14 +458,28 @@ def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model
 
 
 def _eval_command(args: argparse.Namespace) -> int:
+    import transformers
+
+    from utils.oasst import Report
+
+    report = Report()
+    pairs = read_pairs_file(args.pairs, on_error=args.on_error, report=report)  # bad data fails before a model loads
+    transformers.utils.logging.disable_progress_bar()  # stderr is for the one line that says what went wrong
     scorer = RewardScorer.load(args.model)
-    pairs = read_pairs_file(args.pairs)
     result: PairResult = evaluate_pairs(scorer, pairs, batch_size=args.batch_size)
+    skipped = dict(sorted(report.skipped.items()))
     if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "n": result.n}))
-    else:
-        print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
-        print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+        print(json.dumps({"accuracy": result.accuracy, "n": result.n, "read": report.read, "skipped": skipped,
+                          "notes": dict(report.notes)}))
+        return 0
+    print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
+    print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+    if skipped:
+        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+        print(f"skipped {sum(skipped.values())} of {report.read} records read ({reasons})")
+    if report.notes.get("hh_parted_early"):
+        print(f"{report.notes['hh_parted_early']} pairs part before their final reply: prompt = the shared turns, "
+              "answer = the rest of each transcript (as trl reads HH-RLHF)")
     return 0
 
 
@@ -392,7 +490,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ev.add_argument("--model", required=True, help="reward model directory (03_reward's reward_model)")
     ev.add_argument("--pairs", required=True, help="HH-RLHF pairs (.jsonl/.jsonl.gz) or an OASST export")
     ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n"} as JSON')
+    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n", "read", "skipped", "notes"} as JSON')
+    ev.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                    help="stop at a bad record (default) or skip it, counted and reported")
     args = parser.parse_args(argv)
     try:
         return _eval_command(args)

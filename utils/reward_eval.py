@@ -10,7 +10,6 @@ only learned "longer is better" falls below chance.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 from dataclasses import dataclass, field
@@ -94,37 +93,33 @@ def evaluate_pairs(scorer: Scorer, pairs: Sequence, batch_size: int = 16) -> Pai
     )
 
 
-def is_hh_file(path: str | Path) -> bool:
-    """Whether ``path`` holds HH-RLHF pairs (first record has ``chosen`` and ``rejected``), not an OASST export."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    return False  # not JSON lines: let the OASST reader name the problem
-                return isinstance(rec, dict) and "chosen" in rec and "rejected" in rec
-    return False
+def read_pairs_file(
+    path: str | Path, lang: str | Sequence[str] | None = ("en",), on_error: str = "raise", report=None
+) -> list:
+    """Preference pairs from HH-RLHF pairs or an OASST export (every ranked pair of its usable trees).
 
-
-def read_pairs_file(path: str | Path, lang: str | Sequence[str] | None = ("en",)) -> list:
-    """Preference pairs from HH-RLHF pairs or an OASST export (every ranked pair of its usable trees)."""
+    ``on_error="skip"`` skips bad records and counts them in ``report`` (a ``utils.oasst.Report``, filled
+    when given: pairs for HH-RLHF, messages for an OASST export).
+    """
     from utils import oasst
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
-    if path.suffix != ".parquet" and is_hh_file(path):
-        return oasst.read_hh_pairs(path)
-    trees, report = oasst.load_trees([path], lang=lang)
+    report = report if report is not None else oasst.Report()
+    if oasst.is_hh_file(path):
+        return oasst.read_hh_pairs(path, on_error=on_error, report=report)
+    trees, tree_report = oasst.load_trees([path], lang=lang, on_error=on_error)
+    for key in ("read", "kept"):
+        setattr(report, key, getattr(report, key) + getattr(tree_report, key))
+    report.skipped.update(tree_report.skipped)
+    report.forms.update(tree_report.forms)
     pairs = oasst.preference_pairs(oasst.rm_groups(trees))
     if not pairs:
-        skipped = ", ".join(f"{n} {reason}" for reason, n in report.skipped.items()) or "none"
+        skipped = ", ".join(f"{n} {reason}" for reason, n in tree_report.skipped.items()) or "none"
         raise ValueError(
             f"{path}: no preference pairs: {len(trees)} usable trees hold no prompt with two ranked replies "
-            f"({report.read} messages read; skipped: {skipped})"
+            f"({tree_report.read} messages read; skipped: {skipped})"
         )
     return pairs
 

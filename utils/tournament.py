@@ -9,8 +9,16 @@ point each. With several samples per prompt, every sample of one player meets ev
   paper ranks its models the same way): players start at 1000; after each game both move by
   ``k * (result - expected)``, where the expected result of A against B is
   ``1 / (1 + 10 ** ((R_B - R_A) / 400))``. Online Elo depends on the order of the games, so the rating we
-  report is the median over bootstrap rounds, each replaying a resample (with replacement, in random
-  order) of all games; the interval is the matching percentile interval.
+  report is the median over bootstrap rounds, each replaying a resample of the games in random order;
+  the interval is the matching percentile interval.
+
+**What is resampled: prompts.** Every prompt yields a game for every pair of players and sample, and
+those games are correlated: a hard prompt is hard for everyone, the answers of one player to one prompt
+are alike, and the players share sampling seeds. Resampling games one by one treats them as independent
+and makes the intervals too narrow, the more so the more samples per prompt. So each bootstrap round
+draws prompts with replacement and replays all their games (Efron's cluster bootstrap; the argument of
+:func:`bootstrap_mean_ci` for means). Win rates get intervals from the same rounds. Games that carry no
+prompt are resampled one by one, as before.
 
 Mean rewards get bootstrap intervals too (:func:`bootstrap_mean_ci`).
 """
@@ -19,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
-from typing import Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
@@ -30,13 +38,18 @@ ELO_BASE = 10.0
 ELO_INITIAL = 1000.0
 
 
+Resample = Literal["prompt", "game"]
+
+
 @dataclass(frozen=True)
 class Game:
-    """One comparison: ``score`` is A's result, 1 for a win, 0.5 for a draw, 0 for a loss."""
+    """One comparison: ``score`` is A's result, 1 for a win, 0.5 for a draw, 0 for a loss; ``prompt``: the
+    prompt both answered (None: a game on its own, resampled alone)."""
 
     a: str
     b: str
     score: float
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -52,15 +65,34 @@ class Rating:
         return {"rating": self.rating, "ci": [self.lo, self.hi], "games": self.games}
 
 
+@dataclass(frozen=True)
+class WinRate:
+    """A's share of the points against B, with a bootstrap percentile interval over prompts."""
+
+    rate: float
+    lo: float
+    hi: float
+    games: int
+    prompts: int
+
+    def as_dict(self) -> dict:
+        return {"rate": self.rate, "ci": [self.lo, self.hi], "games": self.games, "prompts": self.prompts}
+
+
 @dataclass
 class Tournament:
-    """Everything :func:`run_tournament` works out; ``unmatched`` players shared no prompt with anyone."""
+    """Everything :func:`run_tournament` works out; ``unmatched`` players shared no prompt with anyone.
+
+    ``win_rates[a][b]`` is a's share of the points against b; ``win_rate_intervals[a][b]`` the same with
+    its interval (from the bootstrap rounds that give the Elo intervals).
+    """
 
     players: list[str]
     games: list[Game]
     win_rates: dict[str, dict[str, float]]
     elo: dict[str, Rating]
     unmatched: list[str] = field(default_factory=list)
+    win_rate_intervals: dict[str, dict[str, WinRate]] = field(default_factory=dict)
 
     def ranking(self) -> list[str]:
         return sorted(self.elo, key=lambda p: -self.elo[p].rating)
@@ -81,7 +113,7 @@ def games_from_scores(scores: Mapping[str, Mapping[str, Sequence[float]]], tie_m
     games = []
     for a, b in combinations(scores, 2):
         for prompt in sorted(scores[a].keys() & scores[b].keys()):  # sorted: reproducible game order
-            games += [Game(a, b, judge(ra, rb, tie_margin)) for ra in scores[a][prompt] for rb in scores[b][prompt]]
+            games += [Game(a, b, judge(ra, rb, tie_margin), prompt) for ra in scores[a][prompt] for rb in scores[b][prompt]]
     return games
 
 
@@ -130,16 +162,19 @@ def elo_rounds(
     base: float = ELO_BASE,
     initial: float = ELO_INITIAL,
 ) -> np.ndarray:
-    """:func:`elo_ratings` for many game sequences at once: row r replays ``games[orders[r]]``.
+    """:func:`elo_ratings` for many game sequences at once: row r replays ``games[orders[r]]``, where an
+    index of -1 is no game (rounds of different lengths are padded with it).
 
     Returns ratings of shape ``(rounds, len(players))``. All rounds advance together, one game per step,
     so a thousand bootstrap rounds cost one pass over the games in numpy rather than a thousand in Python.
     """
     index = {p: i for i, p in enumerate(players)}
-    a = np.array([index[g.a] for g in games], dtype=np.int64)
-    b = np.array([index[g.b] for g in games], dtype=np.int64)
-    s = np.array([g.score for g in games], dtype=np.float64)
+    # The padding game, last: player 0 against itself, drawn. Its expected result is 0.5, so it moves no one.
+    a = np.array([index[g.a] for g in games] + [0], dtype=np.int64)
+    b = np.array([index[g.b] for g in games] + [0], dtype=np.int64)
+    s = np.array([g.score for g in games] + [0.5], dtype=np.float64)
     orders = np.asarray(orders, dtype=np.int64)
+    orders = np.where(orders < 0, len(games), orders)
     ratings = np.full((orders.shape[0], len(players)), initial, dtype=np.float64)
     rows = np.arange(orders.shape[0])
     for step in range(orders.shape[1]):
@@ -152,6 +187,48 @@ def elo_rounds(
     return ratings
 
 
+def resampling_units(games: Sequence[Game], resample: Resample = "prompt") -> list[np.ndarray]:
+    """The games grouped into what the bootstrap draws: one array of game indices per prompt (games
+    without a prompt, and every game with ``resample="game"``, are a unit each), in first-seen order."""
+    if resample not in ("prompt", "game"):
+        raise ValueError(f"resample must be 'prompt' or 'game', got {resample!r}")
+    units: dict[object, list[int]] = {}
+    for i, g in enumerate(games):
+        key = ("prompt", g.prompt) if resample == "prompt" and g.prompt is not None else ("game", i)
+        units.setdefault(key, []).append(i)
+    return [np.array(v, dtype=np.int64) for v in units.values()]
+
+
+def bootstrap_draws(n_units: int, rounds: int, seed: int) -> np.ndarray:
+    """``drawn[r]``: the units bootstrap round r draws, ``n_units`` of them with replacement."""
+    return np.random.default_rng(seed).integers(0, n_units, size=(rounds, n_units))
+
+
+def draw_counts(drawn: np.ndarray, n_units: int) -> np.ndarray:
+    """``counts[r, u]``: how often round r drew unit u."""
+    rounds = drawn.shape[0]
+    flat = (np.arange(rounds)[:, None] * n_units + drawn).ravel()
+    return np.bincount(flat, minlength=rounds * n_units).reshape(rounds, n_units)
+
+
+def replay_orders(units: list[np.ndarray], drawn: np.ndarray, seed: int) -> np.ndarray:
+    """Each round's games in random order (every drawn unit's games, as often as it was drawn), the
+    rounds padded at the end with -1 to one length."""
+    if all(len(u) == 1 for u in units):  # games resampled one by one: the draws are already in random order
+        return np.concatenate(units)[drawn]
+    rng = np.random.default_rng(seed + 1)  # its own stream, not the draws'
+    rows = [np.concatenate([units[u] for u in row]) for row in drawn]
+    orders = np.full((len(rows), max(len(r) for r in rows)), -1, dtype=np.int64)
+    for i, games in enumerate(rows):
+        orders[i, : len(games)] = rng.permutation(games)
+    return orders
+
+
+def _percentiles(x: np.ndarray, confidence: float) -> np.ndarray:
+    tail = 100 * (1 - confidence) / 2
+    return np.nanpercentile(x, [tail, 50, 100 - tail], axis=0)
+
+
 def bootstrap_elo(
     games: Sequence[Game],
     rounds: int = 1000,
@@ -161,21 +238,55 @@ def bootstrap_elo(
     scale: float = ELO_SCALE,
     base: float = ELO_BASE,
     initial: float = ELO_INITIAL,
+    resample: Resample = "prompt",
 ) -> dict[str, Rating]:
-    """Elo ratings with percentile intervals from ``rounds`` resamples (with replacement, shuffled) of the games."""
+    """Elo ratings with percentile intervals from ``rounds`` bootstrap replays: each draws prompts with
+    replacement (``resample="game"``: games) and replays all their games in random order."""
     if not games:
         return {}
     players = sorted({g.a for g in games} | {g.b for g in games})
-    rng = np.random.default_rng(seed)
-    orders = rng.integers(0, len(games), size=(rounds, len(games)))
+    units = resampling_units(games, resample)
+    orders = replay_orders(units, bootstrap_draws(len(units), rounds, seed), seed)
     ratings = elo_rounds(games, orders, players, k, scale, base, initial)
-    tail = 100 * (1 - confidence) / 2
-    lo, mid, hi = np.percentile(ratings, [tail, 50, 100 - tail], axis=0)
+    lo, mid, hi = _percentiles(ratings, confidence)
     count = {p: 0 for p in players}
     for g in games:
         count[g.a] += 1
         count[g.b] += 1
     return {p: Rating(float(mid[i]), float(lo[i]), float(hi[i]), count[p]) for i, p in enumerate(players)}
+
+
+def bootstrap_win_rates(
+    games: Sequence[Game], rounds: int = 1000, confidence: float = 0.95, seed: int = 0, resample: Resample = "prompt"
+) -> dict[str, dict[str, WinRate]]:
+    """``rates[a][b]``: a's share of the points against b (as :func:`win_rates`) with a percentile interval
+    from the same bootstrap draws as :func:`bootstrap_elo` (same ``seed``, same prompts per round)."""
+    if not games:
+        return {}
+    pairs = sorted({tuple(sorted((g.a, g.b))) for g in games})  # a pair is one column whoever was "a"
+    column = {pair: j for j, pair in enumerate(pairs)}
+    units = resampling_units(games, resample)
+    points = np.zeros((len(units), len(pairs)))  # points of the pair's first player (in sorted order), per unit
+    played = np.zeros((len(units), len(pairs)))
+    for u, members in enumerate(units):
+        for i in members:
+            g = games[i]
+            first, j = g.a < g.b, column[min(g.a, g.b), max(g.a, g.b)]
+            points[u, j] += g.score if first else 1.0 - g.score
+            played[u, j] += 1
+    counts = draw_counts(bootstrap_draws(len(units), rounds, seed), len(units))
+    with np.errstate(invalid="ignore", divide="ignore"):  # a round may draw no game of a pair: NaN, left out
+        rates = (counts @ points) / (counts @ played)
+    lo, _, hi = _percentiles(rates, confidence)
+    total_points, total_played = points.sum(axis=0), played.sum(axis=0)
+    prompts = (played > 0).sum(axis=0)
+    out: dict[str, dict[str, WinRate]] = {}
+    for (a, b), j in column.items():
+        rate = total_points[j] / total_played[j]
+        n, m = int(total_played[j]), int(prompts[j])
+        out.setdefault(a, {})[b] = WinRate(float(rate), float(lo[j]), float(hi[j]), n, m)
+        out.setdefault(b, {})[a] = WinRate(float(1 - rate), float(1 - hi[j]), float(1 - lo[j]), n, m)
+    return out
 
 
 def bootstrap_mean_ci(
@@ -204,7 +315,8 @@ def run_tournament(
     seed: int = 0,
     k: float = ELO_K,
 ) -> Tournament:
-    """Games, win rates and bootstrap Elo for players given as ``scores[player][prompt] = [rewards]``."""
+    """Games, win rates and bootstrap Elo for players given as ``scores[player][prompt] = [rewards]``;
+    the intervals come from resampling prompts (see the module's docstring)."""
     games = games_from_scores(scores, tie_margin)
     elo = bootstrap_elo(games, rounds=rounds, confidence=confidence, seed=seed, k=k)
     return Tournament(
@@ -213,6 +325,7 @@ def run_tournament(
         win_rates=win_rates(games),
         elo=elo,
         unmatched=[p for p in scores if p not in elo],
+        win_rate_intervals=bootstrap_win_rates(games, rounds=rounds, confidence=confidence, seed=seed),
     )
 
 

@@ -10,11 +10,13 @@ schema) as .jsonl, .jsonl.gz, .parquet or a ``datasets.Dataset``; nested export 
     pairs = preference_pairs(rm_groups(split.train))
 
 Modules: ``records`` (files, errors, the read account), ``trees`` (building, usable trees), ``views``
-(the reference pipeline's sft / rm / rl semantics), ``split``, ``external`` (HH-RLHF, prompts),
-``trl_format`` (datasets for trl), ``cli`` (``python -m utils.oasst stats``).
+(the reference pipeline's sft / rm / rl semantics), ``quality`` (SFT-top1 and the label filters),
+``split``, ``external`` (HH-RLHF, prompts), ``trl_format`` (datasets for trl), ``cli``
+(``python -m utils.oasst stats``).
 """
 
-from .external import parse_hh_transcript, read_hh_pairs, read_prompts
+from .external import is_hh_file, parse_hh_transcript, read_hh_pairs, read_prompts
+from .quality import LabelFilter, SFTSelection, compare_sft_variants, message_labels, select_sft
 from .records import DataError, Report
 from .split import Split, load_split
 from .trl_format import to_pairs_dataset, to_prompts_dataset, to_sft_dataset
@@ -34,9 +36,10 @@ from .views import (
 )
 
 __all__ = [
-    "Conversation", "DataError", "Pair", "RankGroup", "Report", "Split", "Tree",
-    "count_views", "iter_messages", "iter_threads", "load_split", "load_trees", "message_texts",
-    "parse_hh_transcript", "preference_pairs", "read_hh_pairs", "read_prompts", "read_trees",
-    "rl_prompts", "rm_groups", "select_trees", "sft_conversations", "to_conversation",
+    "Conversation", "DataError", "LabelFilter", "Pair", "RankGroup", "Report", "SFTSelection", "Split", "Tree",
+    "compare_sft_variants", "count_views", "is_hh_file", "iter_messages", "iter_threads", "load_split", "load_trees",
+    "message_labels", "message_texts", "parse_hh_transcript", "preference_pairs", "read_hh_pairs",
+    "read_prompts", "read_trees", "rl_prompts", "rm_groups", "select_sft", "select_trees",
+    "sft_conversations", "to_conversation",
     "to_pairs_dataset", "to_prompts_dataset", "to_sft_dataset", "usable_reason",
 ]

@@ -55,6 +55,7 @@ class Report:
     kept: int = 0
     skipped: Counter = field(default_factory=Counter)
     forms: dict[str, str] = field(default_factory=dict)  # source name -> what it held
+    notes: Counter = field(default_factory=Counter)  # kept records read in a way worth knowing, by kind
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] += n
@@ -72,7 +73,8 @@ class Report:
         return self.read == self.kept + self.n_skipped
 
     def as_dict(self) -> dict[str, Any]:
-        return {"read": self.read, "kept": self.kept, "skipped": dict(sorted(self.skipped.items())), "forms": dict(self.forms)}
+        return {"read": self.read, "kept": self.kept, "skipped": dict(sorted(self.skipped.items())), "forms": dict(self.forms),
+                "notes": dict(sorted(self.notes.items()))}
 
 
 @dataclass

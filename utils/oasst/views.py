@@ -12,7 +12,8 @@ This follows ``load_oasst_export`` in LAION-AI/Open-Assistant
   conversation ends with an assistant turn;
 * **rm**: threads ending at a prompter message with at least two ranked replies; its assistant
   replies with a rank, sorted by rank (best first), form a group. The replies themselves are not
-  filtered (the reference keeps a ranked reply even when it was deleted later);
+  filtered (the reference keeps a ranked reply even when it was deleted later). Two replies of the
+  same rank state no preference and make no pair (the reference would order them by input position);
 * **rl**: every thread ending at a prompter message with no deleted or synthetic message on it
   (``top_k`` does not apply, as in the reference).
 
@@ -21,7 +22,9 @@ Conversations use the kit's format: ``[{"role": "user" | "assistant", "content":
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
+from itertools import count
 from typing import Any, Iterable, Iterator
 
 from .trees import Tree, iter_messages
@@ -32,19 +35,30 @@ ROLE = {"prompter": "user", "assistant": "assistant"}
 
 @dataclass
 class RankGroup:
-    """A prompt and its ranked replies, best first."""
+    """A prompt and its ranked replies, best first.
+
+    ``ranks``: each reply's rank (None: strictly ordered as listed); ``id``: the prompt message's id,
+    which names the group in its pairs.
+    """
 
     prompt: Conversation
     replies: list[str]
+    ranks: list[int] | None = None
+    id: str | None = None
 
 
 @dataclass
 class Pair:
-    """A preference: ``chosen`` was ranked above ``rejected`` as a reply to ``prompt``."""
+    """A preference: ``chosen`` was ranked above ``rejected`` as a reply to ``prompt``.
+
+    ``group`` names the ranking the pair came from (pairs of one ranking share it); None: a pair on
+    its own, as HH-RLHF's are. The reward loss weighs rankings, not pairs (``utils.reward``).
+    """
 
     prompt: Conversation
     chosen: str
     rejected: str
+    group: str | None = None
 
 
 def to_conversation(thread: list[dict[str, Any]]) -> Conversation:
@@ -116,18 +130,33 @@ def rm_groups(trees: Iterable[Tree], top_k: int | None = None) -> list[RankGroup
             if clean and ok:
                 replies = _ranked_replies(path[-1])
                 if replies is not None:
-                    out.append(RankGroup(to_conversation(path), [r["text"] for r in replies]))
+                    out.append(RankGroup(to_conversation(path), [r["text"] for r in replies], [r["rank"] for r in replies],
+                                         path[-1]["message_id"]))
     return out
 
 
+_unnamed_groups = count()  # names for groups built without an id, unique within the process
+
+
 def preference_pairs(groups: Iterable[RankGroup]) -> list[Pair]:
-    """Every ordered pair of a group: a group of k replies gives k(k-1)/2 pairs, the better one chosen."""
-    return [
-        Pair(g.prompt, g.replies[i], g.replies[j])
-        for g in groups
-        for i in range(len(g.replies))
-        for j in range(i + 1, len(g.replies))
-    ]
+    """Every ordered pair of a group, the better reply chosen: k strictly ranked replies give k(k-1)/2
+    pairs. Replies of equal rank make no pair: a tie says neither was preferred."""
+    out = []
+    for g in groups:
+        name = g.id if g.id is not None else f"unnamed-{next(_unnamed_groups)}"
+        ranks = g.ranks
+        for i in range(len(g.replies)):
+            for j in range(i + 1, len(g.replies)):
+                if ranks is None or ranks[i] != ranks[j]:
+                    out.append(Pair(g.prompt, g.replies[i], g.replies[j], name))
+    return out
+
+
+def strict_pair_count(ranks: list[int]) -> int:
+    """How many pairs of replies with these ranks have a winner: all k(k-1)/2 but the tied ones."""
+    k = len(ranks)
+    tied = sum(n * (n - 1) // 2 for n in Counter(ranks).values())
+    return k * (k - 1) // 2 - tied
 
 
 def rl_prompts(trees: Iterable[Tree]) -> list[Conversation]:
@@ -167,7 +196,7 @@ def count_views(trees: Iterable[Tree], top_k: int | None = None) -> ViewCounts:
                     replies = _ranked_replies(node)
                     if replies is not None:
                         c.rm_groups += 1
-                        c.rm_pairs += len(replies) * (len(replies) - 1) // 2
+                        c.rm_pairs += strict_pair_count([r["rank"] for r in replies])
             if ok and not node["replies"] and _is_sft_end(path):
                 c.sft_threads += 1
     return c
