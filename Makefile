@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 PROFILE ?= tiny
 
-.PHONY: venv pipeline test bench clean
+.PHONY: venv pipeline test test-fast bench clean
 
 venv: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ pipeline: venv
 
 test: venv
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+
+# The quick loop while working: everything but the tests that run the whole micro pipeline.
+test-fast: venv
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not pipeline" tests
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run

@@ -14,6 +14,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MICRO_PROFILE = Path(__file__).parent / "profiles" / "micro.yaml"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "pipeline: uses the whole micro pipeline (make test-fast leaves these out)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:  # a test that needs the micro run is a pipeline test, whatever its file
+        if "micro_run" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.pipeline)
+
+
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
     """All five notebooks executed by the runner on the micro profile; returns the run dir.

@@ -351,14 +351,18 @@ def _weighted_trainer_classes():
 def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, new_token_ids: Sequence[int], output_dir: str,
                  save_steps: int = 0):
     """The weighted reward trainer on a :func:`pairs_dataset`, LoRA applied (see :func:`lora_config`)."""
+    from transformers import PrinterCallback
+
     trainer_cls, _ = _weighted_trainer_classes()
-    return trainer_cls(
+    trainer = trainer_cls(
         model=model,
         args=trainer_args(config, len(dataset), output_dir, save_steps),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(model, config, new_token_ids),
     )
+    trainer.remove_callback(PrinterCallback)  # the notebook plots the training curve instead of printing each log line
+    return trainer
 
 
 def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, save_steps: int = 0):

@@ -1,0 +1,38 @@
+"""The repository URL lives in utils/repo.py alone: notebooks' setup cells and README links follow it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from utils import repo
+from utils.stages import STAGES
+
+
+def first_code_cell(path) -> str:
+    return "".join(next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")["source"])
+
+
+def test_every_notebook_and_colab_link_uses_the_one_url():
+    for stage in STAGES:
+        assert first_code_cell(repo.ROOT / "notebooks" / f"{stage}.ipynb") == repo.setup_cell(), f"{stage}: run python -m utils.repo sync"
+    links = repo.COLAB_LINK.findall((repo.ROOT / "README.md").read_text())
+    assert sorted(links) == sorted(STAGES)
+    for stage in STAGES:
+        assert f"({repo.colab_url(stage)})" in (repo.ROOT / "README.md").read_text()
+
+
+def test_sync_moves_every_place_to_a_forks_url(tmp_path):
+    (tmp_path / "notebooks").mkdir()
+    for stage in STAGES:
+        shutil.copy(repo.ROOT / "notebooks" / f"{stage}.ipynb", tmp_path / "notebooks")
+    shutil.copy(repo.ROOT / "README.md", tmp_path)
+    fork = "https://github.com/someone/my-fork"
+    changed = repo.sync(tmp_path, fork)
+    assert len(changed) == len(STAGES) + 1
+    for stage in STAGES:
+        cell = first_code_cell(tmp_path / "notebooks" / f"{stage}.ipynb")
+        assert cell == repo.setup_cell(fork) and repo.REPO_URL not in cell
+        assert repo.colab_url(stage, fork) in (tmp_path / "README.md").read_text()
+    assert repo.REPO_URL.removeprefix("https://github.com/") not in (tmp_path / "README.md").read_text()
+    assert repo.sync(tmp_path, fork) == []  # in sync: nothing to change

