@@ -65,12 +65,12 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils import sft
-    from utils.artifacts import record_path
     from utils.modeling import count_parameters, load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, message_texts, select_sft, sft_conversations
     from utils.tiny_base import TinyBaseConfig, build_tiny_base
 
     state = PartialState()
+    started = time.time()
     split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
                        on_error=p["on_error"])
     selection = select_sft(split.train, top_k=p["sft_top_k"], max_spam=p["max_spam"], max_red_flag=p["max_red_flag"],
@@ -78,75 +78,68 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     train_convs, eval_convs = selection.conversations, sft_conversations(split.eval)
     if p["max_eval_conversations"] is not None:
         eval_convs = eval_convs[: p["max_eval_conversations"]]
-    base_path = p["base_model"]
+    base_path, base_report = p["base_model"], None
     if base_path == "tiny":
         with state.main_process_first():  # one process builds the base, the others then find it cached
-            base_path = build_tiny_base(message_texts(split.train), message_texts(split.eval),
-                                        TinyBaseConfig(**p["tiny_base"]), cache_dir=p["base_cache_dir"], device=state.device).path
+            base = build_tiny_base(message_texts(split.train), message_texts(split.eval), TinyBaseConfig(**p["tiny_base"]),
+                                   cache_dir=p["base_cache_dir"], device=state.device)
+        base_path, base_report = base.path, base.report
     tokenizer = load_tokenizer(base_path, trust_remote_code=p["trust_remote_code"])
     train_set = sft.encode_conversations(train_convs, tokenizer, p["max_length"])
     eval_set = sft.encode_conversations(eval_convs, tokenizer, p["max_length"])
-    settings = sft.SFTSettings(**{k: p[k] for k in sft.SFTSettings.__dataclass_fields__ if k in p})
+    settings = sft.SFTSettings.from_params(p)
     reset_peak_memory()
     model = load_causal_lm(base_path, p["quantization"], state.device, trust_remote_code=p["trust_remote_code"], tokenizer=tokenizer)
     model = sft.add_lora(model, tokenizer, settings)
-    trainable, total = count_parameters(model)
+    parameters = count_parameters(model)
     trainer = sft.make_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, settings, out,
                                checkpoint_dir=checkpoint_dir(out.parent, SFT))
     stats = sft.train(trainer)
-    adapter_dir = out / sft.ADAPTER_DIR
+    peak_mb = peak_memory_mb()
+    adapter_dir, merged_dir = out / sft.ADAPTER_DIR, None
     if state.is_main_process:
         sft.save_adapter(trainer.model, tokenizer, adapter_dir)
-    return {
-        "eval_loss_before": stats.eval_loss_before, "eval_loss_after": stats.eval_loss_after,
-        "train_loss_first": stats.train_loss_first, "train_loss_last": stats.train_loss_last,
-        "train_losses": [loss for _, loss in stats.curves["train"]],
-        "quantization": p["quantization"], "trainable_params": trainable, "total_params": total,
-        "tokens_per_second": stats.tokens_per_second, "train_seconds": stats.train_seconds, "peak_memory_mb": peak_memory_mb(),
-        "adapter_dir": record_path(out, adapter_dir),
-        "base_model_dir": record_path(out, base_path) if Path(base_path).exists() else str(base_path),
-        "processes": state.num_processes,
-        "sft_selection": selection.counts, "data_skipped": split.report.as_dict()["skipped"],
-    }
+        if p["merge"]:
+            merged_dir = sft.merge_adapter(base_path, adapter_dir, out / sft.MERGED_DIR, p["trust_remote_code"])
+    return sft.stage_metrics(stats, out, adapter_dir=adapter_dir, base_model=base_path, quantization=p["quantization"],
+                             parameters=parameters, train_set=train_set, eval_set=eval_set, selection=selection,
+                             data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_mb, base_report=base_report,
+                             merged_dir=merged_dir, device=state.device, processes=state.num_processes, started=started)
 
 
 def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """Stage 03 without the narrative: the calls of notebooks/03_reward.ipynb, in its order (plots left out)."""
-    import time
-
     from accelerate import PartialState
 
-    from utils.artifacts import record_path
+    from utils import reward_stage
     from utils.modeling import peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split, preference_pairs, read_hh_pairs, rm_groups
-    from utils.reward import RewardScorer, RewardTrainingConfig, train_reward_model
-    from utils.reward_eval import evaluate_pairs
+    from utils.oasst import Report, load_split, preference_pairs, read_hh_pairs, rm_groups
+    from utils.reward import RewardTrainingConfig
 
     state = PartialState()
+    started = time.time()
     split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
                        on_error=p["on_error"])
-    train_pairs = preference_pairs(rm_groups(split.train))[: p["max_train_pairs"]]
-    eval_pairs = (preference_pairs(rm_groups(split.eval))[: p["max_eval_pairs"]]
-                  + preference_pairs(rm_groups(split.heldout))[: p["max_eval_pairs"]])
-    config = RewardTrainingConfig(**{k: p[k] for k in RewardTrainingConfig.__dataclass_fields__ if k in p})
+    proxy_trees, judge_trees = reward_stage.split_for_judge(split.train, p["judge_fraction"], p["seed"])
+    trees = {"train: proxy": proxy_trees, "train: judge": judge_trees, "eval split": split.eval, "100-tree file": split.heldout}
+    pairs = {name: preference_pairs(rm_groups(t)) for name, t in trees.items()}
+    hh_report = Report()
+    hh_pairs = read_hh_pairs(p["hh_path"], on_error=p["on_error"], report=hh_report)
+    config = RewardTrainingConfig.from_params(p)
+    train_sets = {"proxy": pairs["train: proxy"][: p["max_train_pairs"]], "judge": pairs["train: judge"][: p["max_train_pairs"]]}
     reset_peak_memory()
-    started = time.time()
-    # save_steps: checkpoints to resume a killed run from (0: none); notebooks/03_reward.ipynb does not declare it yet
-    result = train_reward_model(train_pairs, config, out, checkpoint_dir=checkpoint_dir(out.parent, REWARD),
-                                save_steps=p.get("save_steps", 0))
-    train_seconds = time.time() - started
-    metrics = {"pairs_train": len(train_pairs), "model_dir": record_path(out, result.model_dir),
-               "pair_weighting": config.pair_weighting, "data_skipped": split.report.as_dict()["skipped"],
-               "train_seconds": train_seconds, "peak_memory_mb": peak_memory_mb(), "processes": state.num_processes,
-               "train_losses": [h["loss"] for h in result.log_history if "loss" in h]}
-    if state.is_main_process:  # held-out evaluation is inference: the main process does it alone
-        scorer = RewardScorer.load(result.model_dir, device=state.device)
-        oasst = evaluate_pairs(scorer, eval_pairs, batch_size=p["score_batch_size"])
-        hh = evaluate_pairs(scorer, read_hh_pairs(p["hh_path"], on_error=p["on_error"])[: p["max_hh_pairs"]],
-                            batch_size=p["score_batch_size"])
-        metrics.update(eval_accuracy=oasst.accuracy, length_baseline_accuracy=oasst.length_baseline, hh_accuracy=hh.accuracy,
-                       reward_length_corr=oasst.reward_length_corr, pairs_eval=oasst.n, hh_pairs=hh.n)
-    return metrics
+    results, train_seconds = reward_stage.train_reward_models(train_sets, config, out, checkpoint_dir(out.parent, REWARD),
+                                                              p["save_steps"], log=print if state.is_main_process else None)
+    peak_mb = peak_memory_mb()
+    if not state.is_main_process:  # held-out evaluation is inference: the main process does it alone, and records
+        return {}
+    eval_sets = {name: pairs[name][: p["max_eval_pairs"]] for name in reward_stage.HELDOUT_SETS}
+    _, evaluated = reward_stage.evaluate_reward_models({n: r.model_dir for n, r in results.items()},
+                                                       [x for ps in eval_sets.values() for x in ps], hh_pairs[: p["max_hh_pairs"]],
+                                                       batch_size=p["score_batch_size"], device=state.device)
+    return reward_stage.stage_metrics(out, results, train_sets, train_seconds, evaluated, eval_sets, config=config, trees=trees,
+                                      data_skipped=split.report.as_dict()["skipped"], hh_report=hh_report, peak_memory_mb=peak_mb,
+                                      processes=state.num_processes, started=started)
 
 
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -158,10 +151,10 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils import distributed
-    from utils.artifacts import record_path, stage_path
+    from utils.artifacts import stage_path
     from utils.modeling import peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, rl_prompts
-    from utils.ppo import PPOConfig, PPOTrainer, scorer_reward, summary_metrics
+    from utils.ppo import PPOConfig, PPOTrainer, scorer_reward, snapshot_schedule, stage_metrics
     from utils.ppo_model import load_sft_policy
     from utils.reward import RewardScorer
 
@@ -171,24 +164,27 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
                        on_error=p["on_error"])
     reset_peak_memory()
     model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
-    scorer = RewardScorer.load(stage_path(run_dir, REWARD, "model_dir"), device=state.device)
-    config = PPOConfig(**{k: p[k] for k in PPOConfig.__dataclass_fields__ if k in p})
+    reward_model_dir = stage_path(run_dir, REWARD, "model_dir")
+    scorer = RewardScorer.load(reward_model_dir, device=state.device)
+    checkpoints = Path(p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO))
     trainer = PPOTrainer(model, tokenizer, rl_prompts(split.train), scorer_reward(scorer, batch_size=p["reward_batch_size"]),
-                         config, checkpoint_dir=p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO),
-                         checkpoint_every=p["checkpoint_every"], log=print if state.is_main_process else None)
+                         PPOConfig.from_params(p), checkpoint_dir=checkpoints, checkpoint_every=p["checkpoint_every"],
+                         log=print if state.is_main_process else None,
+                         snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]), snapshot_dir=checkpoints / "snapshots")
     if p["resume"]:
         trainer.resume()
-    history = trainer.train(p["updates"])
+    trainer.train(p["updates"])
     # One number per process that moves with every policy weight: equal everywhere iff the processes stayed in sync.
     checksum = torch.stack([q.detach().double().sum() for q in trainer.params]).sum().reshape(1)
     checksums = [float(c) for c in distributed.all_gather(checksum)]
     adapter_dir = out / "adapter"
+    snapshots = {}
     if state.is_main_process:
         model.save_policy_adapter(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
-    return {**summary_metrics(history), "peak_memory_mb": peak_memory_mb(), "adapter_dir": record_path(out, adapter_dir),
-            "processes": state.num_processes, "policy_checksums": checksums,
-            "reward_means": [row["reward_mean"] for row in history]}
+        snapshots = trainer.export_snapshots(out / "snapshots")
+    return stage_metrics(trainer, out, adapter_dir=adapter_dir, snapshots=snapshots, reward_model_dir=reward_model_dir,
+                         peak_memory_mb=peak_memory_mb(), processes=state.num_processes, policy_checksums=checksums)
 
 
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}

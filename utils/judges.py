@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from utils import chat_format
-from utils.artifacts import StageNotRun, read_metrics, stage_path
+from utils.artifacts import StageNotRun, stage_path
 from utils.modeling import default_device
 from utils.reward_eval import Scorer
 from utils.stages import PPO, REWARD
@@ -133,16 +133,6 @@ def load_judges(specs: Sequence[str], run_dir: str | Path, device: torch.device 
     return judges
 
 
-def independent_judges(judges: dict[str, Judge]) -> list[str]:
-    return [name for name, j in judges.items() if not j.trained_against]
-
-
-def stage_reward_models(run_dir: str | Path) -> dict[str, str]:
-    """``{judge name: model dir}`` of the reward models stage 03 trained (for the record)."""
-    metrics = read_metrics(run_dir, REWARD)
-    return {name: metrics[key] for name, key in STAGE_JUDGES.items() if key in metrics}
-
-
 # ---------------------------------------------------------------------------------------------- judging players
 
 
@@ -176,6 +166,7 @@ def judges_metrics(judges: Mapping[str, Judge], tournaments: Mapping[str, Any], 
             **judge.describe(),
             "elo": {p: r.as_dict() for p, r in tour.elo.items()},
             "win_rates": tour.win_rates,
+            "win_rate_intervals": {a: {b: w.as_dict() for b, w in row.items()} for a, row in tour.win_rate_intervals.items()},
             "games": len(tour.games),
             "rewards": {p: {"mean": s["reward_mean"], "ci": s["reward_ci"], "mean_heldout": s["reward_mean_heldout"]}
                         for p, s in summaries[j].items()},
@@ -206,69 +197,3 @@ def plot_elo_by_judge(tournaments: Mapping[str, Any], judges: Mapping[str, Judge
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
-
-
-# ---------------------------------------------------------------------------------------------- stage 03: the judge's trees
-
-JUDGE_SPLIT_SEED = 1_000_003  # added to the run's seed: which trees train the judge is drawn apart from the eval split
-
-
-def split_for_judge(trees: Sequence[Any], judge_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
-    """``(proxy trees, judge trees)``: a disjoint split of the training trees, by tree, deterministic.
-
-    The proxy (the reward model PPO trains against) and the judge learn from different conversations, so the
-    judge's verdicts on PPO's answers are not the proxy's opinions repeated. ``judge_fraction=0``: no judge.
-    """
-    from utils.oasst.split import eval_ids
-
-    if judge_fraction == 0:
-        return list(trees), []
-    if not 0 < judge_fraction < 1:
-        raise ValueError(f"judge_fraction must be in [0, 1), got {judge_fraction}")
-    to_judge = eval_ids([t.id for t in trees], judge_fraction, seed + JUDGE_SPLIT_SEED)
-    return [t for t in trees if t.id not in to_judge], [t for t in trees if t.id in to_judge]
-
-
-def agreement(first: Any, second: Any) -> float:
-    """Share of preference pairs on which two reward models prefer the same reply (a tie on one side counts half).
-
-    ``first`` and ``second`` are :class:`utils.reward_eval.PairResult` of the same pairs.
-    """
-    if first.n != second.n:
-        raise ValueError(f"agreement needs the same pairs: {first.n} and {second.n}")
-    if not first.n:
-        return float("nan")
-    votes = []
-    for c1, r1, c2, r2 in zip(first.chosen_scores, first.rejected_scores, second.chosen_scores, second.rejected_scores):
-        s1, s2 = (c1 > r1) - (c1 < r1), (c2 > r2) - (c2 < r2)
-        votes.append(0.5 if 0 in (s1, s2) else float(s1 == s2))
-    return sum(votes) / len(votes)
-
-
-def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mapping[str, Sequence[Any]]):
-    """A DataFrame of stage 03's held-out accuracies: a row per pair set, a column per reward model.
-
-    ``evaluated[model]`` holds the :class:`~utils.reward_eval.PairResult` of ``"OASST held-out"`` (the
-    concatenation of the pair sets in ``oasst_sets``, in order) and ``"HH-RLHF harmless"``.
-    The length baseline ("the longer reply wins") is on the same pairs; ``agreement`` is how often the
-    models prefer the same reply.
-    """
-    import pandas as pd
-
-    from utils.reward_eval import length_baseline_accuracy, pairwise_accuracy
-
-    first = next(iter(evaluated.values()))
-    rows: dict[str, dict[str, Any]] = {}
-    start = 0
-    for part, pairs in oasst_sets.items():
-        window = slice(start, start + len(pairs))
-        rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(r["OASST held-out"].chosen_scores[window], r["OASST held-out"].rejected_scores[window])
-                                                         for m, r in evaluated.items()}, "length baseline": length_baseline_accuracy(pairs)}
-        start += len(pairs)
-    for name, label in (("OASST held-out", "OASST held-out, both"), ("HH-RLHF harmless", "HH-RLHF harmless")):
-        rows[label] = {"pairs": first[name].n, **{m: r[name].accuracy for m, r in evaluated.items()}}
-        rows[label]["length baseline"] = first[name].length_baseline
-        if len(evaluated) == 2:
-            a, b = (r[name] for r in evaluated.values())
-            rows[label]["agreement"] = agreement(a, b)
-    return pd.DataFrame(rows).T.astype({"pairs": int}).round(3)

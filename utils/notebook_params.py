@@ -203,3 +203,15 @@ def check_paths(params: dict[str, Any], root: Path) -> None:
                 continue
             if not (root / str(item)).exists():
                 raise ParameterError(f"{key}: {item} does not exist (relative paths start at {root})")
+
+
+class FromParams:
+    """A config dataclass built from a stage's parameters (a notebook's ``globals()``, a script's dict).
+
+    The fields of the same names are taken, so the stage's values are the ones that apply and a library
+    default never silently stands in for the notebook's.
+    """
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]):
+        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if name in params})  # type: ignore[attr-defined]

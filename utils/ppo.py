@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from utils import distributed, ppo_checkpoint
+from utils.notebook_params import FromParams
 from utils.ppo_model import ActorCritic
 from utils.ppo_rollout import Conversation, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
 
@@ -49,7 +50,7 @@ RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
 
 
 @dataclass
-class PPOConfig:
+class PPOConfig(FromParams):
     # Rollouts
     batch_size: int = 16  # prompts, and so replies, per update
     max_new_tokens: int = 32
@@ -89,11 +90,6 @@ class PPOConfig:
         if self.target_kl is not None and self.target_kl <= 0:
             raise ValueError(f"PPOConfig.target_kl must be > 0 or None, got {self.target_kl!r}")
 
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> "PPOConfig":
-        """The config from a stage's parameters (a notebook's ``globals()``, a script's dict): the fields of the same
-        names, so the stage's values are the ones that apply, never a second set of defaults."""
-        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if name in params})
 
 
 class TrainingDiverged(RuntimeError):
@@ -543,6 +539,38 @@ def snapshot_schedule(updates: int, points: int) -> list[int]:
     if points < 2:
         raise ValueError(f"a reward-against-KL curve needs at least 2 points (the start and the end), got {points}")
     return sorted({round(i * updates / (points - 1)) for i in range(points)})
+
+
+def stage_metrics(
+    trainer: PPOTrainer,
+    out_dir: str | Path,
+    *,
+    adapter_dir: str | Path,
+    snapshots: dict[int, Path],
+    reward_model_dir: str | Path,
+    peak_memory_mb: float | None = None,
+    processes: int = 1,
+    policy_checksums: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """What stage 04 records, the same whether a notebook or a script ran it."""
+    from utils.artifacts import record_path
+
+    return {
+        **summary_metrics(trainer.history),
+        "reward_means": [row["reward_mean"] for row in trainer.history],
+        "kl_per_update": [row["kl"] for row in trainer.history],
+        "kl_coef_per_update": [row["kl_coef"] for row in trainer.history],
+        "target_kl": trainer.config.target_kl,
+        "reward_norm": list(trainer.reward_norm) if trainer.reward_norm else None,
+        "prompts": len(trainer.prompts),
+        "prompts_too_long": trainer.prompts_too_long,
+        "adapter_dir": record_path(out_dir, adapter_dir),
+        "snapshots": {update: record_path(out_dir, path) for update, path in snapshots.items()},
+        "reward_model_dir": str(Path(reward_model_dir).resolve()),
+        "peak_memory_mb": peak_memory_mb,
+        "processes": processes,
+        "policy_checksums": list(policy_checksums) if policy_checksums is not None else None,
+    }
 
 
 def format_row(row: dict[str, float]) -> str:

@@ -54,6 +54,7 @@ from torch import nn
 
 from utils import chat_format
 from utils.modeling import compute_dtype, default_device
+from utils.notebook_params import FromParams
 from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
 
 PairWeighting = Literal["group", "flat"]
@@ -195,7 +196,7 @@ class RewardScorer:
 
 
 @dataclass
-class RewardTrainingConfig:
+class RewardTrainingConfig(FromParams):
     """How to train a reward model; the notebook's parameters of the same names."""
 
     base_model: str

@@ -32,6 +32,7 @@ from trl import SFTConfig, SFTTrainer
 from utils import chat_format, checkpoints
 from utils.artifacts import read_metrics, stage_dir
 from utils.modeling import compute_dtype, load_causal_lm, load_tokenizer
+from utils.notebook_params import FromParams
 from utils.stages import SFT, checkpoint_dir as stage_checkpoint_dir
 
 ADAPTER_DIR = "adapter"
@@ -39,7 +40,7 @@ MERGED_DIR = "merged"
 
 
 @dataclass
-class SFTSettings:
+class SFTSettings(FromParams):
     """The knobs of a QLoRA SFT run; the notebook's parameters of the same names fill them."""
 
     lora_r: int = 16
@@ -427,3 +428,58 @@ def show_mask(conversation: Sequence[dict], tokenizer, max_chars: int = 600) -> 
         pieces.append(f"⟦{text}⟧" if trained else text)
     text = "".join(pieces)
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def stage_metrics(
+    stats: TrainStats,
+    out_dir: str | Path,
+    *,
+    adapter_dir: str | Path,
+    base_model: str | Path,
+    quantization: str,
+    parameters: tuple[int, int],
+    train_set: EncodedSet,
+    eval_set: EncodedSet,
+    selection: Any,
+    data_skipped: dict[str, int],
+    peak_memory_mb: float | None = None,
+    base_report: dict | None = None,
+    merged_dir: str | Path | None = None,
+    device: Any = None,
+    processes: int = 1,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """What stage 02 records, the same whether a notebook or a script ran it.
+
+    ``base_model_dir`` is a path relative to the stage folder when the base lives inside it, absolute for a
+    cached build (the tiny base, a converted GGUF), and the name as given for a hub name or ``gguf:`` source.
+    """
+    from utils.artifacts import record_path
+
+    trainable, total = parameters
+    return {
+        "eval_loss_before": stats.eval_loss_before,
+        "eval_loss_after": stats.eval_loss_after,
+        "train_loss_first": stats.train_loss_first,
+        "train_loss_last": stats.train_loss_last,
+        "train_losses": [loss for _, loss in stats.curves["train"]],
+        "quantization": quantization,
+        "trainable_params": trainable,
+        "total_params": total,
+        "tokens_per_second": stats.tokens_per_second,
+        "train_seconds": stats.train_seconds,
+        "train_tokens": stats.tokens_seen,
+        "peak_memory_mb": peak_memory_mb,
+        "adapter_dir": record_path(out_dir, adapter_dir),
+        "base_model_dir": record_path(out_dir, base_model) if Path(base_model).exists() else str(base_model),
+        "merged_dir": record_path(out_dir, merged_dir) if merged_dir else None,
+        "base_heldout_perplexity": base_report["heldout_perplexity"] if base_report else None,
+        "unigram_heldout_perplexity": base_report["unigram_perplexity"] if base_report else None,
+        "train_conversations": len(train_set.dataset),
+        "eval_conversations": len(eval_set.dataset),
+        "sft_selection": selection.counts,
+        "data_skipped": dict(data_skipped),
+        "device": str(device) if device is not None else None,
+        "processes": processes,
+        **({"seconds": time.time() - started} if started is not None else {}),
+    }

@@ -1,0 +1,207 @@
+"""Stage 03 in steps: two reward models, the proxy and the judge, trained on disjoint trees and evaluated.
+
+The notebook (``notebooks/03_reward.ipynb``) and the script (``python -m recipes.train reward``) call the same
+functions in the same order, and :func:`stage_metrics` alone decides what the stage records.
+
+* **proxy**: the reward model PPO (stage 04) optimises;
+* **judge**: the same recipe on the other part of the training trees, never optimised against; stage 05
+  asks it too (:mod:`utils.judges`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from utils.artifacts import record_path
+
+PROXY, JUDGE = "proxy", "judge"
+HELDOUT_SETS = ("eval split", "100-tree file")  # the OASST pairs no reward model trained on
+
+
+JUDGE_SPLIT_SEED = 1_000_003  # added to the run's seed: which trees train the judge is drawn apart from the eval split
+
+
+def split_for_judge(trees: Sequence[Any], judge_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """``(proxy trees, judge trees)``: a disjoint split of the training trees, by tree, deterministic.
+
+    The proxy (the reward model PPO trains against) and the judge learn from different conversations, so the
+    judge's verdicts on PPO's answers are not the proxy's opinions repeated. ``judge_fraction=0``: no judge.
+    """
+    from utils.oasst.split import eval_ids
+
+    if judge_fraction == 0:
+        return list(trees), []
+    if not 0 < judge_fraction < 1:
+        raise ValueError(f"judge_fraction must be in [0, 1), got {judge_fraction}")
+    to_judge = eval_ids([t.id for t in trees], judge_fraction, seed + JUDGE_SPLIT_SEED)
+    return [t for t in trees if t.id not in to_judge], [t for t in trees if t.id in to_judge]
+
+
+def agreement(first: Any, second: Any) -> float:
+    """Share of preference pairs on which two reward models prefer the same reply (a tie on one side counts half).
+
+    ``first`` and ``second`` are :class:`utils.reward_eval.PairResult` of the same pairs.
+    """
+    if first.n != second.n:
+        raise ValueError(f"agreement needs the same pairs: {first.n} and {second.n}")
+    if not first.n:
+        return float("nan")
+    votes = []
+    for c1, r1, c2, r2 in zip(first.chosen_scores, first.rejected_scores, second.chosen_scores, second.rejected_scores):
+        s1, s2 = (c1 > r1) - (c1 < r1), (c2 > r2) - (c2 < r2)
+        votes.append(0.5 if 0 in (s1, s2) else float(s1 == s2))
+    return sum(votes) / len(votes)
+
+
+def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mapping[str, Sequence[Any]]):
+    """A DataFrame of stage 03's held-out accuracies: a row per pair set, a column per reward model.
+
+    ``evaluated[model]`` holds the :class:`~utils.reward_eval.PairResult` of ``"OASST held-out"`` (the
+    concatenation of the pair sets in ``oasst_sets``, in order) and ``"HH-RLHF harmless"``.
+    The length baseline ("the longer reply wins") is on the same pairs; ``agreement`` is how often the
+    models prefer the same reply.
+    """
+    import pandas as pd
+
+    from utils.reward_eval import length_baseline_accuracy, pairwise_accuracy
+
+    first = next(iter(evaluated.values()))
+    rows: dict[str, dict[str, Any]] = {}
+    start = 0
+    for part, pairs in oasst_sets.items():
+        window = slice(start, start + len(pairs))
+        rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(r["OASST held-out"].chosen_scores[window], r["OASST held-out"].rejected_scores[window])
+                                                         for m, r in evaluated.items()}, "length baseline": length_baseline_accuracy(pairs)}
+        start += len(pairs)
+    for name, label in (("OASST held-out", "OASST held-out, both"), ("HH-RLHF harmless", "HH-RLHF harmless")):
+        rows[label] = {"pairs": first[name].n, **{m: r[name].accuracy for m, r in evaluated.items()}}
+        rows[label]["length baseline"] = first[name].length_baseline
+        if len(evaluated) == 2:
+            a, b = (r[name] for r in evaluated.values())
+            rows[label]["agreement"] = agreement(a, b)
+    return pd.DataFrame(rows).T.astype({"pairs": int}).round(3)
+
+
+def train_reward_models(
+    train_sets: Mapping[str, Sequence[Any]],
+    config: Any,
+    out_dir: str | Path,
+    checkpoint_root: str | Path | None = None,
+    save_steps: int = 0,
+    log=print,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train one reward model per non-empty pair set (``{"proxy": pairs, "judge": pairs}``): the proxy into
+    ``out_dir/reward_model``, the judge into ``out_dir/judge/reward_model``. Returns ``(results, seconds)``."""
+    from utils.reward import train_reward_model
+
+    results, seconds = {}, {}
+    for name, pairs in train_sets.items():
+        if not pairs:  # judge_fraction = 0: no judge
+            continue
+        started = time.time()
+        results[name] = train_reward_model(
+            pairs, config, Path(out_dir) if name == PROXY else Path(out_dir) / name,
+            checkpoint_dir=Path(checkpoint_root) / name if checkpoint_root is not None else None, save_steps=save_steps,
+        )
+        seconds[name] = time.time() - started
+        if log:
+            log(f"{name}: {len(pairs)} pairs, {seconds[name]:.0f} s; trained {results[name].trainable_params:,} of "
+                f"{results[name].total_params:,} parameters")
+    return results, seconds
+
+
+def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence[Any], hh_pairs: Sequence[Any],
+                           batch_size: int = 32, device=None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Every model scores the held-out OASST pairs and the HH-RLHF harmless pairs: ``(scorers, evaluated)``,
+    ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward_eval.PairResult`."""
+    from utils.reward import RewardScorer
+    from utils.reward_eval import evaluate_pairs
+
+    scorers = {name: RewardScorer.load(path, device=device) for name, path in model_dirs.items()}
+    evaluated = {name: {"OASST held-out": evaluate_pairs(s, oasst_pairs, batch_size=batch_size),
+                        "HH-RLHF harmless": evaluate_pairs(s, hh_pairs, batch_size=batch_size)} for name, s in scorers.items()}
+    return scorers, evaluated
+
+
+def stage_metrics(
+    out_dir: str | Path,
+    results: Mapping[str, Any],
+    train_sets: Mapping[str, Sequence[Any]],
+    train_seconds: Mapping[str, float],
+    evaluated: Mapping[str, Mapping[str, Any]],
+    oasst_sets: Mapping[str, Sequence[Any]],
+    *,
+    config: Any,
+    trees: Mapping[str, Sequence[Any]],
+    data_skipped: Mapping[str, int],
+    hh_report: Any = None,
+    peak_memory_mb: float | None = None,
+    processes: int = 1,
+    started: float | None = None,
+) -> dict[str, Any]:
+    """What stage 03 records, the same whether a notebook or a script ran it.
+
+    The proxy's figures keep their historical names (``eval_accuracy``, ``model_dir``, ...), the judge's carry a
+    ``judge_`` prefix; ``proxy_judge_agreement`` is how often the two prefer the same held-out reply.
+    """
+    proxy = evaluated[PROXY]
+    oasst, hh = proxy["OASST held-out"], proxy["HH-RLHF harmless"]
+    metrics: dict[str, Any] = {
+        "eval_accuracy": oasst.accuracy,
+        "length_baseline_accuracy": oasst.length_baseline,
+        "hh_accuracy": hh.accuracy,
+        "hh_length_baseline_accuracy": hh.length_baseline,
+        "reward_length_corr": oasst.reward_length_corr,
+        "eval_loss": oasst.loss,
+        "pairs_train": len(train_sets[PROXY]),
+        "pairs_eval": oasst.n,
+        "hh_pairs": hh.n,
+        "model_dir": record_path(out_dir, results[PROXY].model_dir),
+        "train_seconds": train_seconds[PROXY],
+        "train_losses": [h["loss"] for h in results[PROXY].log_history if "loss" in h],
+        "pair_weighting": config.pair_weighting,
+        "trees": {name: len(t) for name, t in trees.items()},
+        "data_skipped": dict(data_skipped),
+        "hh_read": hh_report.as_dict() if hh_report is not None else None,
+        "peak_memory_mb": peak_memory_mb,
+        "processes": processes,
+    }
+    if JUDGE in results:
+        judge = evaluated[JUDGE]
+        metrics.update({
+            "judge_model_dir": record_path(out_dir, results[JUDGE].model_dir),
+            "judge_pairs_train": len(train_sets[JUDGE]),
+            "judge_train_seconds": train_seconds[JUDGE],
+            "judge_eval_accuracy": judge["OASST held-out"].accuracy,
+            "judge_hh_accuracy": judge["HH-RLHF harmless"].accuracy,
+            "judge_reward_length_corr": judge["OASST held-out"].reward_length_corr,
+            "proxy_judge_agreement": agreement(oasst, judge["OASST held-out"]),
+        })
+    if started is not None:
+        metrics["seconds"] = time.time() - started
+    return metrics
+
+
+def reader_view(pairs: Sequence[Any], scorer: Any) -> str:
+    """One held-out conversation exactly as the reward model reads it (a follow-up turn, so roles show)."""
+    from utils import chat_format
+    from utils.reward import encode_conversation
+
+    example = next((p for p in pairs if len(p.prompt) > 1), pairs[0])
+    conversation = list(example.prompt) + [{"role": "assistant", "content": example.chosen}]
+    whole = len(chat_format.encode(conversation, scorer.tokenizer, add_bos=True).input_ids)
+    ids = encode_conversation(conversation, scorer.tokenizer, scorer.max_length)
+    return f"{len(ids)} of the conversation's {whole} tokens:\n{scorer.tokenizer.decode(ids)}"
+
+
+def extremes_table(replies: Sequence[tuple[str, float]], n: int = 3, width: int = 160):
+    """The ``n`` replies a reward model scores highest and lowest, with their reward and length."""
+    import pandas as pd
+
+    by_reward = sorted(replies, key=lambda reply: reply[1], reverse=True)
+    shorten = lambda text: " ".join(text.split())[:width] + ("…" if len(text) > width else "")  # noqa: E731
+    rows = [("highest", round(r, 2), len(t), shorten(t)) for t, r in by_reward[:n]]
+    rows += [("lowest", round(r, 2), len(t), shorten(t)) for t, r in by_reward[-n:]]
+    return pd.DataFrame(rows, columns=["", "reward", "characters", "reply"])
