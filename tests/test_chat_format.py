@@ -124,14 +124,7 @@ def test_chat_template_is_used_and_mask_covers_replies(chatml):
     )
     enc = chat_format.encode(messages, chatml)
     assert chatml.decode(enc.input_ids) == text
-    runs, current = [], []
-    for i, m in zip(enc.input_ids, enc.assistant_mask):
-        if m:
-            current.append(i)
-        elif current:
-            runs.append(chatml.decode(current))
-            current = []
-    runs += [chatml.decode(current)] if current else []
+    runs = chat_format.assistant_spans(enc, chatml)
     # Each reply and the end-of-turn token that closes it; not the newline ChatML writes after that token,
     # which generation (stopping at <|im_end|>) never produces.
     assert runs == ["hello<|im_end|>", "fine thanks<|im_end|>"]

@@ -97,15 +97,7 @@ def test_the_models_own_template_gives_an_exact_assistant_mask(smol_tokenizer):
                     {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "See you."}]
     enc = chat_format.encode(conversation, tok)
     assert tok.decode(enc.input_ids) == chat_format.render(conversation, tok)
-    trained, run = [], []
-    for token, m in zip(enc.input_ids, enc.assistant_mask):
-        if m:
-            run.append(token)
-        elif run:
-            trained.append(tok.decode(run))
-            run = []
-    trained += [tok.decode(run)] if run else []
-    assert trained == ["Hello there.<|im_end|>", "See you.<|im_end|>"]  # replies and their end of turn, nothing else
+    assert chat_format.assistant_spans(enc, tok) == ["Hello there.<|im_end|>", "See you.<|im_end|>"]  # replies and their end of turn, nothing else
     prompt = chat_format.encode_prompt(conversation[:1], tok)
     assert tok.decode(prompt).endswith("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
     assert chat_format.stop_token_ids(tok) == [tok.convert_tokens_to_ids("<|im_end|>")]

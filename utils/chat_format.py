@@ -189,6 +189,18 @@ def _encode_with_template(messages: list[Message], tokenizer, add_generation_pro
     return Encoded(full, mask)
 
 
+def assistant_spans(encoded: Encoded, tokenizer) -> list[str]:
+    """The text of each run of tokens the assistant mask covers: what the loss trains on, reply by reply."""
+    spans, run = [], []
+    for token, trained in zip(encoded.input_ids + [None], encoded.assistant_mask + [0]):
+        if trained:
+            run.append(token)
+        elif run:
+            spans.append(tokenizer.decode(run))
+            run = []
+    return spans
+
+
 def decode_reply(token_ids: Sequence[int], tokenizer) -> str:
     """Text of a generated reply: stops at the first end-of-turn token, drops special tokens."""
     eot = tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer)) if not uses_chat_template(tokenizer) else tokenizer.eos_token_id
