@@ -12,6 +12,11 @@ import warnings
 
 
 def notebook() -> None:
+    # Before the imports below, which may trigger them: tqdm warns at import time when a notebook has no
+    # ipywidgets for its bars; bitsandbytes looks for an optional CPU kernel package on CPUs with AVX512-BF16
+    # and warns when it is absent.
+    warnings.filterwarnings("ignore", message=".*IProgress not found.*")
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import datasets
     import pandas as pd
     import transformers
@@ -20,10 +25,7 @@ def notebook() -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.utils.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    # bitsandbytes looks for an optional CPU kernel package on CPUs with AVX512-BF16 and warns when it is absent.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     # Deprecation notices from libraries about their own internals, and trl's notes on the settings it filled in.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*IProgress not found.*")
     pd.set_option("display.max_colwidth", None)
