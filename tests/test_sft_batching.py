@@ -139,3 +139,22 @@ def test_settings_reach_the_trainer_config():
     config = sft.trainer_config(FAST, "/tmp/x", torch.device("cpu"))
     assert config.train_sampling_strategy == "random" and not config.padding_free and config.max_length == FAST.max_length
     assert (config.packing_strategy, config.include_num_input_tokens_seen) == ("wrapped", "non_padding")
+
+
+def test_the_notebook_passes_every_sft_setting_it_declares():
+    """A parameter the notebook declares but never hands to SFTSettings would be a silent no-op in every profile."""
+    import ast
+    import json
+
+    from utils.notebook_params import notebook_defaults
+    from utils.stages import NOTEBOOKS_DIR
+
+    notebook = NOTEBOOKS_DIR / "02_sft.ipynb"
+    declared = set(notebook_defaults(notebook))
+    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
+    call = next(node for node in ast.walk(ast.parse(code))
+                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "SFTSettings")
+    passed = {kw.arg for kw in call.keywords if isinstance(kw.value, ast.Name) and kw.value.id == kw.arg}
+    fields = set(sft.SFTSettings.__dataclass_fields__)
+    assert {"group_by_length", "padding_free"} <= declared
+    assert fields & declared <= passed, sorted((fields & declared) - passed)
