@@ -29,7 +29,7 @@ CONVERSATIONS = [
 ]
 
 
-def make_trainer(tmp_path, settings, conversations=CONVERSATIONS, attn="sdpa", tokenizer_fn=None):
+def make_trainer(tmp_path, settings, conversations=CONVERSATIONS, attn="sdpa", tokenizer_fn=None, checkpoint_dir=None):
     base = word_model_dir(tmp_path / "base")
     tok = load_tokenizer(base)
     if tokenizer_fn:
@@ -38,7 +38,7 @@ def make_trainer(tmp_path, settings, conversations=CONVERSATIONS, attn="sdpa", t
     model = load_causal_lm(base, "none", "cpu", tokenizer=tok)
     model.set_attn_implementation(attn)
     model = sft.add_lora(model, tok, settings)
-    return sft.make_trainer(model, tok, data.dataset, data.dataset, settings, tmp_path / "out"), data
+    return sft.make_trainer(model, tok, data.dataset, data.dataset, settings, tmp_path / "out", checkpoint_dir), data
 
 
 def loss_of(trainer, batch) -> torch.Tensor:
@@ -158,3 +158,34 @@ def test_the_notebook_passes_every_sft_setting_it_declares():
     fields = set(sft.SFTSettings.__dataclass_fields__)
     assert {"group_by_length", "padding_free"} <= declared
     assert fields & declared <= passed, sorted((fields & declared) - passed)
+
+
+def test_a_killed_length_grouped_padding_free_run_resumes_as_the_uninterrupted_one(tmp_path):
+    """The length-grouped sampler draws its order from the seeded random state: a resumed run must see the rest of
+    the same order (with conversations of one length, as test_resume has them, any order would pass)."""
+    from safetensors.torch import load_file
+
+    from test_resume import KillAfterSave, Killed
+
+    convs = varied_conversations(24, seed=1)
+    settings = replace(FAST, max_steps=4, per_device_train_batch_size=2, save_steps=1, logging_steps=1,
+                       lora_dropout=0.1, learning_rate=5e-3, warmup_steps=0, group_by_length=True, padding_free=True)
+
+    def attempt(name: str, checkpoints: str, kill_after: int | None = None):
+        trainer, _ = make_trainer(tmp_path / name, settings, convs, checkpoint_dir=tmp_path / checkpoints)
+        if kill_after:
+            trainer.add_callback(KillAfterSave(kill_after))
+        stats = sft.train(trainer)
+        sft.save_adapter(trainer.model, trainer.processing_class, tmp_path / name / "adapter")
+        return stats, load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
+
+    whole, whole_weights = attempt("whole", "ck-whole")
+    with pytest.raises(Killed):
+        attempt("killed", "ck", kill_after=2)
+    assert [p.name for p in (tmp_path / "ck").glob("*/checkpoint-*")] == ["checkpoint-2"]
+    resumed, resumed_weights = attempt("killed", "ck")  # the same command again
+    assert not list((tmp_path / "ck").glob("*/checkpoint-*"))  # resumed and finished
+    assert len({loss for _, loss in whole.curves["train"]}) == 4
+    assert [loss for _, loss in resumed.curves["train"]] == pytest.approx([loss for _, loss in whole.curves["train"]], abs=1e-6)
+    for name, w in whole_weights.items():
+        assert torch.allclose(resumed_weights[name], w, atol=1e-6), name
