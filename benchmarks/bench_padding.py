@@ -38,7 +38,10 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 # The tokenizer each profile's SFT base uses, or the stand-in named in the docstring.
 SFT_TOKENIZERS = {"EleutherAI/pythia-1.4b-deduped": SMOLLM2, "EleutherAI/pythia-2.8b-deduped": SMOLLM2,
                   "EleutherAI/pythia-410m-deduped": SMOLLM2, "HuggingFaceTB/SmolLM2-360M-Instruct": SMOLLM2}
-SFT_VARIANTS = {"padded": {}, "grouped": {"group_by_length": True}, "padding-free": {"padding_free": True},
+# Both settings named in every variant: a profile's (or the notebook's) own value never leaks into another variant.
+SFT_VARIANTS = {"padded": {"group_by_length": False, "padding_free": False},
+                "grouped": {"group_by_length": True, "padding_free": False},
+                "padding-free": {"group_by_length": False, "padding_free": True},
                 "grouped + padding-free": {"group_by_length": True, "padding_free": True}}
 
 
@@ -145,7 +148,7 @@ def measure(profile_name: str) -> dict[str, Any]:
             real = sum(count_tokens(b)[0] for b in batches)
             out["sft"][name] = {"padding_share": padding_share(batches), "batches": len(batches), "tokens": real}
         profile_setting = {k for k, v in SFT_VARIANTS.items()
-                           if all(bool(sft_params.get(f, False)) == (f in v) for f in ("group_by_length", "padding_free"))}
+                           if all(bool(sft_params.get(f, False)) == v[f] for f in v)}
         out["sft_profile_setting"] = profile_setting.pop() if profile_setting else None
         for grouped in (False, True):
             batches = reward_batches(reward_params, grouped, Path(scratch) / "reward")

@@ -189,3 +189,11 @@ def test_a_killed_length_grouped_padding_free_run_resumes_as_the_uninterrupted_o
     assert [loss for _, loss in resumed.curves["train"]] == pytest.approx([loss for _, loss in whole.curves["train"]], abs=1e-6)
     for name, w in whole_weights.items():
         assert torch.allclose(resumed_weights[name], w, atol=1e-6), name
+
+
+def test_every_benchmark_variant_sets_both_batching_settings():
+    """The notebook's own defaults must not leak into a variant (a "padded" side that is length-grouped)."""
+    from benchmarks.bench_padding import SFT_VARIANTS
+
+    assert all(set(v) == {"group_by_length", "padding_free"} for v in SFT_VARIANTS.values())
+    assert len({tuple(sorted(v.items())) for v in SFT_VARIANTS.values()}) == len(SFT_VARIANTS)
