@@ -56,3 +56,13 @@ def test_each_chunk_is_cut_to_the_columns_where_its_rows_have_tokens(tokenizer):
     # Rows hold 10, 4, 14 and 9 tokens: chunks {2+2, 3+6} and {9+1, 8+6}. The first reaches back 3 prompt columns
     # and 6 reply columns (8 fed, the last token dropped), the second all 9 + 6 (14 fed): the full layout's width.
     assert seen == [(3 + 6 - 1, 6), (9 + 6 - 1, 6)], seen
+
+
+def test_model_inputs_of_rows_cut_only_columns_without_tokens(tokenizer):
+    rollout = padded_rollout(tokenizer.pad_token_id, [9, 2, 8, 3], [1, 2, 6, 6], 6, len(tokenizer))
+    ids, mask, replied = rollout.model_inputs(torch.tensor([1, 3]))  # prompts of 2 and 3, replies of 2 and 6
+    assert (ids.shape, replied) == ((2, 3 + 6 - 1), 6)
+    assert torch.equal(ids, rollout.input_ids[[1, 3], 6:14]) and torch.equal(mask, rollout.attention_mask[[1, 3], 6:14])
+    ids, mask, replied = rollout.model_inputs(torch.tensor([0, 1]))  # the longest prompt, replies of 1 and 2
+    assert (ids.shape, replied) == ((2, 9 + 2 - 1), 2)
+    assert mask.sum() == rollout.attention_mask[[0, 1]].sum() - 1  # the last column only: the longest reply's last token

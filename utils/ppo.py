@@ -459,22 +459,17 @@ class PPOTrainer:
 
         Detail (speed): a rollout is laid out for the longest prompt and the longest reply of the whole batch, so
         much of it is padding. Rows go through the model in chunks of similar length (sorted by their number of
-        tokens), each chunk cut to the columns where it has tokens: its own longest prompt and reply. Padding
-        changes nothing a token attends to and positions count real tokens only, so every reply token gets what
-        the full layout gives; positions after a reply's end that a chunk no longer reaches read 0 (masked out
-        everywhere they are used).
+        tokens), each chunk cut to the columns where it has tokens (:meth:`Rollout.model_inputs`): every reply
+        token gets what the full layout gives; positions after a reply's end that a chunk no longer reaches read
+        0 (masked out everywhere they are used).
         """
         n, width = rollout.response_mask.shape
-        prompt_width = rollout.input_ids.shape[1] - width
         logprobs, values, entropy = (torch.zeros(n, width, device=rollout.input_ids.device) for _ in range(3))
         order = torch.argsort(rollout.attention_mask.sum(1), stable=True)
         for first in range(0, n, self.local_mini_batch):
             rows = order[first : first + self.local_mini_batch]
-            columns = rollout.attention_mask[rows].any(0).nonzero().squeeze(1)
-            start, end = int(columns[0]), int(columns[-1]) + 1  # the last prompt token and a reply's first are always tokens
-            replied = end - prompt_width  # reply columns this chunk reaches
-            # The last token predicts nothing we score, so the model sees the sequence without it.
-            logits, chunk_values = self.model(rollout.input_ids[rows, start : end - 1], rollout.attention_mask[rows, start : end - 1], replied)
+            input_ids, attention_mask, replied = rollout.model_inputs(rows)
+            logits, chunk_values = self.model(input_ids, attention_mask, replied)
             logprobs[rows, :replied] = token_logprobs(logits, rollout.response_ids[rows, :replied], self.config.temperature)
             values[rows, :replied] = chunk_values
             entropy[rows, :replied] = entropy_from_logits(logits, self.config.temperature)
