@@ -47,6 +47,8 @@ _DEBERTA_V3 = dict(vocab_size=128100, max_position_embeddings=512, type_vocab_si
                    max_relative_positions=-1, position_buckets=256, norm_rel_ebd="layer_norm", share_att_key=True,
                    pos_att_type=["p2c", "c2p"], position_biased_input=False, layer_norm_eps=1e-7, pooler_dropout=0.0)
 SHAPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "EleutherAI/pythia-410m-deduped": ("gpt_neox", dict(_PYTHIA, hidden_size=1024, num_hidden_layers=24,
+                                                        num_attention_heads=16, intermediate_size=4096)),
     "EleutherAI/pythia-1.4b-deduped": ("gpt_neox", dict(_PYTHIA, hidden_size=2048, num_hidden_layers=24,
                                                         num_attention_heads=16, intermediate_size=8192)),
     "EleutherAI/pythia-2.8b-deduped": ("gpt_neox", dict(_PYTHIA, hidden_size=2560, num_hidden_layers=32,

@@ -451,16 +451,25 @@ class PPOTrainer:
         return mean, std
 
     def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory)."""
-        out: list[tuple[torch.Tensor, ...]] = []
-        width = rollout.response_mask.shape[1]
-        for first in range(0, len(rollout.input_ids), self.local_mini_batch):
-            rows = slice(first, first + self.local_mini_batch)
-            # The last token predicts nothing we score, so the model sees the sequence without it.
-            logits, values = self.model(rollout.input_ids[rows, :-1], rollout.attention_mask[rows, :-1], width)
-            logprobs = token_logprobs(logits, rollout.response_ids[rows], self.config.temperature)
-            out.append((logprobs, values, entropy_from_logits(logits, self.config.temperature)))
-        return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
+        """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory).
+
+        Detail (speed): a rollout is laid out for the longest prompt and the longest reply of the whole batch, so
+        much of it is padding. Rows go through the model in chunks of similar length (sorted by their number of
+        tokens), each chunk cut to the columns where it has tokens (:meth:`Rollout.model_inputs`): every reply
+        token gets what the full layout gives; positions after a reply's end that a chunk no longer reaches read
+        0 (masked out everywhere they are used).
+        """
+        n, width = rollout.response_mask.shape
+        logprobs, values, entropy = (torch.zeros(n, width, device=rollout.input_ids.device) for _ in range(3))
+        order = torch.argsort(rollout.attention_mask.sum(1), stable=True)
+        for first in range(0, n, self.local_mini_batch):
+            rows = order[first : first + self.local_mini_batch]
+            input_ids, attention_mask, replied = rollout.model_inputs(rows)
+            logits, chunk_values = self.model(input_ids, attention_mask, replied)
+            logprobs[rows, :replied] = token_logprobs(logits, rollout.response_ids[rows, :replied], self.config.temperature)
+            values[rows, :replied] = chunk_values
+            entropy[rows, :replied] = entropy_from_logits(logits, self.config.temperature)
+        return logprobs, values, entropy
 
     def _prompt_batch(self, update: int) -> tuple[list[Conversation], list[list[int]]]:
         """The prompts of an update: passes over the prompt set, each in its own seeded order.

