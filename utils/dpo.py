@@ -396,24 +396,32 @@ def save_policy(model, tokenizer, path: str | Path) -> Path:
     return Path(path)
 
 
+def per_set(stats: DPOStats, sets: Mapping[str, Sequence]) -> dict[str, tuple[ImplicitRewards, ImplicitRewards, list]]:
+    """``{set: (rewards before, rewards after, pairs)}`` for each held-out set (in the order they were concatenated
+    for :func:`implicit_rewards`) and for ``"both"`` together."""
+    out, start = {}, 0
+    for name, pairs in sets.items():
+        window = (start, start + len(pairs))
+        out[name] = (stats.before.window(*window), stats.after.window(*window), list(pairs))
+        start += len(pairs)
+    out["both"] = (stats.before, stats.after, [p for ps in sets.values() for p in ps])
+    return out
+
+
 def heldout_table(stats: DPOStats, sets: Mapping[str, Sequence], reward_model: Mapping[str, Any] | None = None):
     """A DataFrame of the held-out figures per pair set, before and after training, beside the length baseline.
 
-    ``sets`` are the held-out pair sets in the order they were concatenated; ``reward_model`` is stage 03's
-    metrics (its proxy's accuracy on the same sets, when they were not capped otherwise).
+    ``reward_model`` is stage 03's metrics: its proxy's accuracy is shown beside when it was measured on as many
+    pairs of the same two sets.
     """
     import pandas as pd
 
     from utils.reward_eval import length_baseline_accuracy
 
-    rows, start = {}, 0
-    for name, pairs in list(sets.items()) + [("both", [p for ps in sets.values() for p in ps])]:
-        window = (start, start + len(pairs)) if name != "both" else (0, stats.after.n)
-        b, a = stats.before.window(*window), stats.after.window(*window)
-        rows[name] = {"pairs": len(pairs), "accuracy before": b.accuracy, "accuracy after": a.accuracy,
-                      "margin after": a.margin, "loss after": a.loss, "length baseline": length_baseline_accuracy(pairs)}
-        start += len(pairs) if name != "both" else 0
-    if reward_model is not None:
+    rows = {name: {"pairs": len(pairs), "accuracy before": b.accuracy, "accuracy after": a.accuracy, "margin after": a.margin,
+                   "loss after": a.loss, "length baseline": length_baseline_accuracy(pairs)}
+            for name, (b, a, pairs) in per_set(stats, sets).items()}
+    if reward_model is not None and reward_model.get("pairs_eval") == stats.after.n:
         rows["both"]["reward model (03)"] = reward_model.get("eval_accuracy")
     return pd.DataFrame(rows).T.astype({"pairs": int}).round(3)
 
@@ -436,12 +444,8 @@ def stage_metrics(
     from utils.artifacts import record_path
     from utils.reward_eval import length_baseline_accuracy
 
-    by_set, start = {}, 0
-    for name, pairs in heldout_sets.items():
-        window = (start, start + len(pairs))
-        by_set[name] = {"pairs": len(pairs), "accuracy_before": stats.before.window(*window).accuracy,
-                        "accuracy_after": stats.after.window(*window).accuracy, "margin_after": stats.after.window(*window).margin}
-        start += len(pairs)
+    by_set = {name: {"pairs": len(pairs), "accuracy_before": b.accuracy, "accuracy_after": a.accuracy, "margin_after": a.margin}
+              for name, (b, a, pairs) in per_set(stats, heldout_sets).items() if name != "both"}
     trainable, total = parameters
     logs = stats.log_history
     metrics = {
