@@ -1,7 +1,8 @@
 """Run the pipeline: execute the notebooks of a profile in order with papermill.
 
     python -m recipes.run --profile tiny                # every stage, skipping the unchanged ones
-    python -m recipes.run --profile tiny --from 03      # 03_reward and after
+    python -m recipes.run --profile tiny --from 03      # 03_reward and every stage that depends on it
+    python -m recipes.run --profile tiny --from ppo     # 04_ppo and 05_evaluate (04 alone is ambiguous: 04_dpo or 04_ppo)
     python -m recipes.run --profile tiny --only sft --force
     python -m recipes.run --profile tiny --list         # each stage: finished, changed since, not run or failed
 
@@ -9,8 +10,9 @@ Each stage writes ``runs/<profile>/<NN_stage>/``: the executed notebook, ``metri
 ``stage.json``. It runs in a temporary folder renamed into place only when the notebook finished, so a
 folder there is a finished stage. ``stage.json`` holds the stage's fingerprint: its effective parameters
 (the notebook's defaults with the profile's values), its notebook's code and the fingerprints of the
-stages before it (utils/stage_record.py). A rerun skips a stage whose fingerprint is unchanged and redoes
-it otherwise, saying why (so changing SFT settings also redoes the reward, PPO and evaluation stages).
+stages it depends on (utils/stages.py says which; utils/stage_record.py). A rerun skips a stage whose
+fingerprint is unchanged and redoes it otherwise, saying why (so changing SFT settings also redoes the
+reward, DPO, PPO and evaluation stages, while changing PPO's redoes PPO and the evaluation, not DPO).
 ``python -m recipes.train`` and a notebook run by hand write the same record, so the runner knows what
 they did.
 
@@ -54,7 +56,7 @@ from utils.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
-from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, notebook_path, upstream
+from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
 
@@ -84,11 +86,19 @@ class PlannedStage:
 
 
 def resolve_stage(name: str, stages: list[str]) -> str:
-    """``02_sft``, ``02``, ``sft`` and ``2`` all name stage 02_sft."""
+    """``02_sft``, ``02``, ``sft`` and ``2`` all name stage 02_sft; a number two stages share (``04``: ``04_dpo``
+    and ``04_ppo``) names neither, and says so."""
+    matches = []
     for s in stages:
         number, _, short = s.partition("_")
-        if name in (s, number, short) or (name.isdigit() and number.isdigit() and int(name) == int(number)):
+        if name == s:
             return s
+        if name in (number, short) or (name.isdigit() and number.isdigit() and int(name) == int(number)):
+            matches.append(s)
+    if len(matches) > 1:
+        raise StageError(f"stage {name!r} is ambiguous: {' or '.join(matches)} (name one, e.g. {matches[0].partition('_')[2]!r})")
+    if matches:
+        return matches[0]
     raise StageError(f"no stage {name!r} in this profile (stages: {', '.join(stages)})")
 
 
@@ -204,8 +214,8 @@ def run_profile(
     stages = [p.stage for p in planned]
     run_dir = Path(run_dir or RUNS_DIR / profile.name)
     chosen = set(stages)
-    if first:
-        chosen = set(stages[stages.index(resolve_stage(first, stages)):])
+    if first:  # the stage and those that depend on it: --from 04_ppo leaves 04_dpo, an alternative, alone
+        chosen = set(downstream(resolve_stage(first, stages), stages))
     if only:
         chosen = {resolve_stage(s, stages) for s in only}
     if run_dir.exists() and not run_dir.is_dir():
@@ -228,7 +238,8 @@ def run_profile(
             record = StageRecord.make(p.stage, p.params, p.notebook, {dep: now[dep] for dep in upstream(p.stage, stages)})
             if p.stage not in chosen:
                 now[p.stage] = on_disk.fingerprint if on_disk else None
-                if any(s in chosen for s in stages[i:]) and (on_disk is None or on_disk.fingerprint != expected[p.stage].fingerprint):
+                used = any(p.stage in upstream(s, stages) for s in chosen)
+                if used and (on_disk is None or on_disk.fingerprint != expected[p.stage].fingerprint):
                     log(f"{head}: not this profile's ({expected[p.stage].differences(on_disk)}); the stages after it use it as it is")
                 continue
             now[p.stage] = record.fingerprint

@@ -1,6 +1,7 @@
 """The training stages as scripts, for one process or many (``accelerate launch``).
 
     python -m recipes.train sft --profile tiny
+    python -m recipes.train dpo --profile tiny          # after 02 and 03 (DPO trains on stage 03's pairs)
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m recipes.train sft --profile colab-t4
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m recipes.train sft --profile tiny
 
@@ -40,9 +41,9 @@ from utils.stage_record import (
     tidy_checkpoints,
     upstream_on_disk,
 )
-from utils.stages import PPO, REWARD, SFT, checkpoint_dir, notebook_path
+from utils.stages import DPO, PPO, REWARD, SFT, checkpoint_dir, notebook_path
 
-STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO}  # the script's name for a stage -> the stage
+STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO, "dpo": DPO}  # the script's name for a stage -> the stage
 
 
 def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dict[str, Any]:
@@ -125,21 +126,26 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
     pairs = {name: preference_pairs(rm_groups(t)) for name, t in trees.items()}
     hh_report = Report()
     hh_pairs = read_hh_pairs(p["hh_path"], on_error=p["on_error"], report=hh_report)
+    hh_train, hh_eval = reward_stage.split_hh(hh_pairs, p["hh_eval_fraction"], p["seed"])
     config = RewardTrainingConfig.from_params(p)
-    train_sets = {"proxy": pairs["train: proxy"][: p["max_train_pairs"]], "judge": pairs["train: judge"][: p["max_train_pairs"]]}
+    oasst_sets = {"proxy": pairs["train: proxy"][: p["max_train_pairs"]], "judge": pairs["train: judge"][: p["max_train_pairs"]]}
+    train_sets, multipliers, hh_counts = reward_stage.mix_hh(oasst_sets, hh_train, p["hh_weight"], p["hh_share"], p["judge_fraction"],
+                                                             p["seed"])
     reset_peak_memory()
     results, train_seconds = reward_stage.train_reward_models(train_sets, config, out, checkpoint_dir(out.parent, REWARD),
-                                                              p["save_steps"], log=print if state.is_main_process else None)
+                                                              p["save_steps"], log=print if state.is_main_process else None,
+                                                              multipliers=multipliers)
     peak_mb = peak_memory_mb()
     if not state.is_main_process:  # held-out evaluation is inference: the main process does it alone, and records
         return {}
     eval_sets = {name: pairs[name][: p["max_eval_pairs"]] for name in reward_stage.HELDOUT_SETS}
     _, evaluated = reward_stage.evaluate_reward_models({n: r.model_dir for n, r in results.items()},
-                                                       [x for ps in eval_sets.values() for x in ps], hh_pairs[: p["max_hh_pairs"]],
+                                                       [x for ps in eval_sets.values() for x in ps], hh_eval[: p["max_hh_pairs"]],
                                                        batch_size=p["score_batch_size"], device=state.device)
-    return reward_stage.stage_metrics(out, results, train_sets, train_seconds, evaluated, eval_sets, config=config, trees=trees,
-                                      data_skipped=split.report.as_dict()["skipped"], hh_report=hh_report, peak_memory_mb=peak_mb,
-                                      processes=state.num_processes, started=started)
+    hh_mix = reward_stage.hh_mix_record(p["hh_weight"], p["hh_share"], p["hh_eval_fraction"], hh_train, hh_eval, hh_counts)
+    return reward_stage.stage_metrics(out, results, oasst_sets, train_seconds, evaluated, eval_sets, config=config, trees=trees,
+                                      data_skipped=split.report.as_dict()["skipped"], hh_report=hh_report, hh_mix=hh_mix,
+                                      peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
 
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -187,7 +193,43 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
                          peak_memory_mb=peak_memory_mb(), processes=state.num_processes, policy_checksums=checksums)
 
 
-TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo}
+def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 04_dpo without the narrative: the calls of notebooks/04_dpo.ipynb, in its order (plot and replies left out)."""
+    from accelerate import PartialState
+
+    from utils import dpo
+    from utils.modeling import count_parameters, peak_memory_mb, reset_peak_memory
+    from utils.oasst import load_split
+
+    state = PartialState()
+    started = time.time()
+    run_dir = out.parent
+    _, reward_parameters = dpo.reward_stage(run_dir)
+    dpo.check_same_split(p, reward_parameters, DPO)
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
+                       on_error=p["on_error"])
+    train_pairs = dpo.training_pairs(split)[: p["max_train_pairs"]]
+    heldout_sets = dpo.heldout_pairs(split, p["max_eval_pairs"])
+    reset_peak_memory()
+    model, tokenizer, sft_adapter_dir = dpo.load_policy(run_dir, p["quantization"], state.device)
+    train_set = dpo.encode_pairs(train_pairs, tokenizer, p["max_length"])
+    heldout = dpo.encode_pairs([x for ps in heldout_sets.values() for x in ps], tokenizer, p["max_length"])
+    settings = dpo.DPOSettings.from_params(p)
+    trainer, stats = dpo.run_training(model, tokenizer, train_set, heldout, settings, sft_adapter_dir,
+                                      checkpoint_root=checkpoint_dir(run_dir, DPO), save_steps=p["save_steps"],
+                                      eval_batch_size=p["eval_batch_size"])
+    peak_mb = peak_memory_mb()
+    parameters = count_parameters(trainer.model)
+    adapter_dir = out / "adapter"
+    if state.is_main_process:
+        dpo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
+    return dpo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, train_set=train_set, heldout=heldout,
+                             heldout_sets=heldout_sets, parameters=parameters, peak_memory_mb=peak_mb,
+                             processes=state.num_processes, started=started)
+
+
+TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo,
+                                                                         "dpo": train_dpo}
 
 
 def limit_gpu_memory(gib: float, device) -> None:

@@ -146,6 +146,53 @@ def test_score_answers_regroups_by_prompt():
     assert scores == {"a": [1.0, 3.0], "b": [2.0]}
 
 
+class LengthScorer:  # reward = characters in the reply: which reply a judge prefers is easy to check
+    def score(self, conversations, batch_size=16):
+        return [float(len(c[-1]["content"])) for c in conversations]
+
+
+def test_best_of_one_is_plain_sampling_with_the_same_seed(tokenizer):
+    from utils.best_of_n import best_of_n
+
+    model = tiny_lm(tokenizer, 4)
+    prompts = ["How do I bake bread?", "Why?", "Tell me a joke about cats."]
+    k50 = sampling_preset("k50", max_new_tokens=8, min_new_tokens=1)
+    for seed, answers_per_prompt in ((0, 1), (7, 2)):
+        plain = generate_answers(model, tokenizer, prompts, k50, samples=answers_per_prompt, batch_size=2, seed=seed)
+        picked = best_of_n(model, tokenizer, prompts, k50, [1], LengthScorer(), answers_per_prompt=answers_per_prompt, batch_size=2, seed=seed)
+        assert picked[1] == plain
+
+
+def test_best_of_n_answers_with_the_proxys_favourite_among_nested_samples(tokenizer):
+    from utils.best_of_n import best_of_n
+
+    model = tiny_lm(tokenizer, 4)
+    prompts = ["How do I bake bread?", "Why?"]
+    k50 = sampling_preset("k50", max_new_tokens=10, min_new_tokens=1)
+    candidates = generate_answers(model, tokenizer, prompts, k50, samples=4, batch_size=2, seed=3)
+    picked = best_of_n(model, tokenizer, prompts, k50, [4, 2], LengthScorer(), batch_size=2, seed=3)
+    for key, replies in candidates.items():  # the longest (the scorer's favourite) of the first n samples; ties: the earlier
+        assert picked[2][key] == [max(replies[:2], key=len)] and picked[4][key] == [max(replies, key=len)]
+        assert len(picked[4][key][0]) >= len(picked[2][key][0])
+    with pytest.raises(ValueError, match="needs a sampling preset"):
+        best_of_n(model, tokenizer, prompts, sampling_preset("greedy"), [2], LengthScorer())
+
+
+def test_pick_best_blocks_ties_and_the_kl_bound():
+    from utils.best_of_n import check_ns, kl_bound, pick_best
+
+    candidates = {"p": ["a", "bbb", "cc", "dd", "e", "f"]}
+    scores = {"p": [1.0, 3.0, 2.0, 2.0, 0.0, 0.0]}
+    assert pick_best(candidates, scores, 2, answers_per_prompt=3) == {"p": ["bbb", "cc", "e"]}  # blocks of 2; ties: the earlier
+    assert pick_best(candidates, scores, 3, answers_per_prompt=2) == {"p": ["bbb", "dd"]}
+    with pytest.raises(ValueError, match="6 candidates for a prompt, 8 needed"):
+        pick_best(candidates, scores, 4, answers_per_prompt=2)
+    assert kl_bound(1) == 0.0 and kl_bound(4) == pytest.approx(math.log(4) - 0.75) and kl_bound(16) == pytest.approx(2.7726 - 0.9375, abs=1e-4)
+    assert check_ns([16, 4, 4]) == [4, 16]
+    with pytest.raises(ValueError, match="every n is an int >= 1, got 0"):
+        check_ns([4, 0])
+
+
 def test_fitting_prompts_pass_over_long_ones(tokenizer):
     convs = [conv("Hi"), conv("Tell me a joke about cats. " * 20), conv("Why?"), conv("Paris?")]
     kept, skipped = fitting_prompts(convs, tokenizer, max_tokens=20, n=2)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils import judges
+from utils import judges, reward_stage
 from utils.evaluate import sqrt_kl_fit
 from utils.reward_eval import PairResult
 
@@ -110,15 +110,15 @@ def test_load_judges_marks_the_reward_model_ppo_trained_against(released_rm, tmp
 
 def test_the_judges_trees_are_disjoint_from_the_proxys_and_fixed_by_the_seed():
     trees = [SimpleNamespace(id=f"tree-{i}") for i in range(40)]
-    proxy, judge = judges.split_for_judge(trees, 0.5, seed=0)
+    proxy, judge = reward_stage.split_for_judge(trees, 0.5, seed=0)
     assert len(proxy) == len(judge) == 20
     assert not {t.id for t in proxy} & {t.id for t in judge} and len(proxy) + len(judge) == len(trees)
-    again_proxy, _ = judges.split_for_judge(list(reversed(trees)), 0.5, seed=0)
+    again_proxy, _ = reward_stage.split_for_judge(list(reversed(trees)), 0.5, seed=0)
     assert {t.id for t in again_proxy} == {t.id for t in proxy}  # input order does not matter
-    assert {t.id for t in judges.split_for_judge(trees, 0.5, seed=1)[0]} != {t.id for t in proxy}
-    assert judges.split_for_judge(trees, 0.0) == (trees, [])
+    assert {t.id for t in reward_stage.split_for_judge(trees, 0.5, seed=1)[0]} != {t.id for t in proxy}
+    assert reward_stage.split_for_judge(trees, 0.0) == (trees, [])
     with pytest.raises(ValueError, match="judge_fraction"):
-        judges.split_for_judge(trees, 1.0)
+        reward_stage.split_for_judge(trees, 1.0)
 
 
 def test_agreement_counts_pairs_both_models_order_the_same_way():
@@ -128,9 +128,9 @@ def test_agreement_counts_pairs_both_models_order_the_same_way():
 
     a = result([1.0, 1.0, 0.0, 2.0], [0.0, 2.0, 1.0, 2.0])  # prefers chosen, rejected, rejected, tie
     b = result([5.0, 5.0, 5.0, 5.0], [1.0, 1.0, 9.0, 1.0])  # prefers chosen, chosen, rejected, chosen
-    assert judges.agreement(a, b) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
+    assert reward_stage.agreement(a, b) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
     with pytest.raises(ValueError, match="same pairs"):
-        judges.agreement(a, result([1.0], [0.0]))
+        reward_stage.agreement(a, result([1.0], [0.0]))
 
 
 def test_sqrt_kl_fit_recovers_a_line_in_sqrt_kl():

@@ -15,6 +15,8 @@ REQUIRED = {
                "trainable_params", "total_params", "tokens_per_second", "peak_memory_mb", "adapter_dir", "base_model_dir"],
     "03_reward": ["eval_accuracy", "length_baseline_accuracy", "hh_accuracy", "reward_length_corr", "pairs_train",
                   "pairs_eval", "model_dir"],
+    "04_dpo": ["seconds", "peak_memory_mb", "train_seconds", "heldout_accuracy_before", "heldout_accuracy_after",
+               "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
                "adapter_dir"],
     "05_evaluate": ["models", "judges", "kl_curve", "table"],
@@ -30,7 +32,8 @@ def test_stage_metrics(micro_run, stage):
 
 
 def test_recorded_paths_resolve_after_the_stage_folder_was_renamed(micro_run):
-    for stage, key in [("02_sft", "adapter_dir"), ("02_sft", "base_model_dir"), ("03_reward", "model_dir"), ("04_ppo", "adapter_dir")]:
+    for stage, key in [("02_sft", "adapter_dir"), ("02_sft", "base_model_dir"), ("03_reward", "model_dir"), ("04_ppo", "adapter_dir"),
+                       ("04_dpo", "adapter_dir")]:
         path = stage_path(micro_run, stage, key)
         assert path.is_dir() and any(path.iterdir()), f"{stage}.{key} -> {path}"
 
@@ -47,9 +50,28 @@ def test_stage_figures_are_sane(micro_run):
     evaluation = read_metrics(micro_run, "05_evaluate")
     # Players are "<model> (<sampling preset>)"; OpenAssistant's own models join from the sampling reports.
     models = {name.split(" (")[0] for name in evaluation["models"]}
-    assert {"base", "sft", "ppo", "pythia-1b-deduped-sft", "pythia-12b-deduped-sft"} <= models
+    assert {"base", "sft", "ppo", "dpo", "best_of_1", "best_of_2", "pythia-1b-deduped-sft", "pythia-12b-deduped-sft"} <= models
     for judge in evaluation["judges"].values():
         assert set(judge["elo"]) == set(evaluation["models"])
+        # best-of-1 is SFT's own sampling, answer for answer: every game between the two is a draw
+        assert judge["win_rates"]["best_of_1 (k50)"]["sft (k50)"] == 0.5
+        assert judge["win_rate_intervals"]["best_of_1 (k50)"]["sft (k50)"]["ci"] == [0.5, 0.5]
+    assert evaluation["best_of_n"] == {"best_of_1 (k50)": 1, "best_of_2 (k50)": 2}
+    rows = {row["player"]: row for row in evaluation["table"]}
+    assert rows["best_of_2 (k50)"]["training"].startswith("none: 2× sampling") and rows["dpo (k50)"]["KL to SFT"] != "–"
+    assert rows["dpo (k50)"]["perplexity"] != "–" and rows["dpo (k50)"]["peak memory (MiB)"] != "–"
+
+
+def test_dpo_starts_at_its_reference_and_reward_training_mixed_hh(micro_run):
+    dpo = read_metrics(micro_run, "04_dpo")
+    # Before training the policy is the SFT model it is measured against: every implicit reward is 0.
+    assert (dpo["heldout_accuracy_before"], dpo["heldout_margin_before"]) == (0.5, 0.0)
+    assert dpo["heldout_loss_before"] == pytest.approx(math.log(2))
+    assert dpo["heldout_margin_after"] != 0.0 and dpo["train_pairs"] == 32 and dpo["heldout_pairs"] == 16
+    reward = read_metrics(micro_run, "03_reward")
+    mix = reward["hh_mix"]
+    assert reward["hh_weight"] == mix["weight"] == 1.0 and mix["pairs_train"] == {"proxy": 32, "judge": 32}
+    assert reward["hh_pairs"] == 32 <= mix["eval_lines"] and mix["train_lines"] + mix["eval_lines"] == 1156
 
 
 def test_run_report_gathers_every_stage(micro_run):

@@ -380,6 +380,97 @@ def test_notebook_defaults_read_the_parameters_cell_as_papermill_does():
 
 def test_list_on_the_real_notebooks_names_every_stage(tmp_path):
     states = stage_states(load_profile("tiny"), tmp_path / "nothing")
-    assert states == [(s, "not run") for s in ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]]
+    assert states == [(s, "not run") for s in ["01_explore_trees", "02_sft", "03_reward", "04_dpo", "04_ppo",
+                                                "05_evaluate"]]
     assert not (tmp_path / "nothing").exists()
     assert read_record(tmp_path / "nothing" / "02_sft") is None
+
+
+# ------------------------------------------------------------------------- stages that share a number
+
+
+class Branches(Toy):
+    """01 makes a number; 02_a and 02_b, alternatives, each read it; 03_end reads both (as 04_dpo, 04_ppo and 05)."""
+
+    def __init__(self, root: Path):
+        self.root, self.nbs, self.runs = root, root / "notebooks", root / "runs"
+        self.nbs.mkdir()
+        make_notebook(self.nbs / "01_make.ipynb", 'run_dir = ""\nout_dir = ""\nvalue = 1',
+                      "import json, pathlib\npathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'value': value}))")
+        for name in ("02_a", "02_b"):
+            make_notebook(self.nbs / f"{name}.ipynb", 'run_dir = ""\nout_dir = ""\nfactor = 2',
+                          "import json, pathlib\nv = json.loads(pathlib.Path(run_dir, '01_make', 'metrics.json').read_text())['value']\n"
+                          "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'v': factor * v}))")
+        make_notebook(self.nbs / "03_end.ipynb", 'run_dir = ""\nout_dir = ""',
+                      "import json, pathlib\nread = lambda s: json.loads(pathlib.Path(run_dir, s, 'metrics.json').read_text())['v']\n"
+                      "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'sum': read('02_a') + read('02_b')}))")
+
+    def profile_path(self, make: str = "", a: str = "", b: str = "") -> Path:
+        path = self.root / "branches.yaml"
+        path.write_text(f"name: branches\nstages:\n  01_make: {{{make}}}\n  02_a: {{{a}}}\n  02_b: {{{b}}}\n  03_end: {{}}\n")
+        return path
+
+    def run(self, make: str = "", a: str = "", b: str = "", **kw) -> tuple[dict[str, str], list[str]]:
+        logs: list[str] = []
+        profile = load_profile(self.profile_path(make, a, b))
+        results = run_profile(profile, self.runs, notebooks_dir=self.nbs, progress=False, log=logs.append, **kw)
+        return {r.stage: r.status for r in results}, logs
+
+
+def test_alternative_stages_depend_on_what_came_before_not_on_each_other(tmp_path):
+    branches = Branches(tmp_path)
+    assert branches.run()[0] == dict.fromkeys(["01_make", "02_a", "02_b", "03_end"], "ran")
+    assert json.loads((branches.runs / "03_end" / "metrics.json").read_text()) == {"sum": 4}
+    assert set(read_record(branches.runs / "02_b").upstream) == {"01_make"}
+    assert set(read_record(branches.runs / "03_end").upstream) == {"01_make", "02_a", "02_b"}
+    status, logs = branches.run(a="factor: 3")  # a change in one alternative redoes it and what reads it, not the other
+    assert status == {"01_make": "skipped", "02_a": "ran", "02_b": "skipped", "03_end": "ran"}
+    assert "(02_a changed)" in logs[3]
+    # --from an alternative runs it and what depends on it; its number alone names two stages and says so
+    assert branches.run(a="factor: 3", first="02_b", force=True)[0] == {"02_b": "ran", "03_end": "ran"}
+    with pytest.raises(StageError, match=r"stage '02' is ambiguous: 02_a or 02_b \(name one, e.g. 'a'\)"):
+        branches.run(first="02")
+    with pytest.raises(StageError, match="ambiguous"):
+        branches.run(only=["2"])
+
+
+def test_list_of_alternative_stages_says_which_changed(tmp_path, capsys):
+    branches = Branches(tmp_path)
+    branches.run()
+    cli = ["--profile", str(branches.profile_path(b="factor: 5")), "--run-dir", str(branches.runs), "--notebooks-dir", str(branches.nbs)]
+    assert main(cli + ["--list"]) == 0
+    listed = dict(line.split(None, 1) for line in capsys.readouterr().out.splitlines())
+    assert listed == {"01_make": "finished", "02_a": "finished", "02_b": "changed since it ran: parameters factor 2 -> 5",
+                      "03_end": "changed since it ran: 02_b changed"}
+    assert main(cli + ["--from", "02"]) == 1
+    assert capsys.readouterr().err.strip() == "error: stage '02' is ambiguous: 02_a or 02_b (name one, e.g. 'a')"
+
+
+def test_the_kits_stage_graph():
+    from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT, STAGES, downstream, upstream
+
+    assert upstream(PPO) == upstream(DPO) == [EXPLORE, SFT, REWARD]  # neither alternative reads the other
+    assert upstream(EVALUATE) == [EXPLORE, SFT, REWARD, DPO, PPO]
+    assert downstream(PPO) == [PPO, EVALUATE] and downstream(DPO) == [DPO, EVALUATE]
+    assert downstream(REWARD) == [REWARD, DPO, PPO, EVALUATE]
+    # A profile without DPO: PPO and the evaluation keep the dependencies they had before DPO existed.
+    without = [s for s in STAGES if s != DPO]
+    assert upstream(EVALUATE, without) == [EXPLORE, SFT, REWARD, PPO]
+    assert resolve_stage("ppo", list(STAGES)) == PPO and resolve_stage("04_dpo", list(STAGES)) == DPO
+    with pytest.raises(StageError, match="ambiguous: 04_dpo or 04_ppo"):
+        resolve_stage("4", list(STAGES))
+
+
+def test_a_dpo_setting_changes_dpo_and_evaluation_fingerprints_only(tmp_path):
+    import yaml
+
+    from utils.profile import PROFILES_DIR
+
+    raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
+    raw["stages"]["04_dpo"] = {"beta": 0.2}
+    changed = tmp_path / "tiny-beta.yaml"
+    changed.write_text(yaml.safe_dump(raw))
+    before = expected_records(plan_stages(load_profile("tiny")))
+    after = expected_records(plan_stages(load_profile(changed)))
+    differ = sorted(s for s in before if before[s].fingerprint != after[s].fingerprint)
+    assert differ == ["04_dpo", "05_evaluate"]

@@ -1,7 +1,7 @@
 """A stage records the same things however it runs: notebook (through the runner) or script (recipes.train).
 
-Both call the stage's one ``stage_metrics`` (utils.sft, utils.reward_stage, utils.ppo); this runs the three
-training stages as scripts, each on the micro run's upstream stages, and compares the keys with the notebooks'.
+Both call the stage's one ``stage_metrics`` (utils.sft, utils.reward_stage, utils.ppo, utils.dpo); this runs the
+four training stages as scripts, each on the micro run's upstream stages, and compares the keys with the notebooks'.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 from utils.profile import REPO_ROOT
-from utils.stages import PPO, REWARD, SFT
+from utils.stages import DPO, PPO, REWARD, SFT
 
 MICRO = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
 SCRIPT_ONLY = {"script", "parameters", "gpu_peak_reserved_mb"}  # what only a script run adds
@@ -20,7 +20,7 @@ SCRIPT_ONLY = {"script", "parameters", "gpu_peak_reserved_mb"}  # what only a sc
 
 def test_scripts_and_notebooks_record_the_same_keys(micro_run, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    for name, stage, upstream in (("sft", SFT, ()), ("reward", REWARD, ()), ("ppo", PPO, (SFT, REWARD))):
+    for name, stage, upstream in (("sft", SFT, ()), ("reward", REWARD, ()), ("ppo", PPO, (SFT, REWARD)), ("dpo", DPO, (SFT, REWARD))):
         run_dir = tmp_path / name
         run_dir.mkdir()
         for up in upstream:  # the notebooks' upstream stages, so the script trains on what the notebook did

@@ -1,6 +1,6 @@
-"""Stage 05's measurements: answers from base, SFT and PPO, their rewards, KL, perplexity and refusals.
+"""Stage 05's measurements: answers from base, SFT, PPO and DPO, their rewards, KL, perplexity and refusals.
 
-One copy of the base weights serves all three models: the SFT and PPO LoRA adapters sit on it side by
+One copy of the base weights serves every model: the SFT, PPO and DPO LoRA adapters sit on it side by
 side and :func:`use` switches between them (``"base"`` runs with no adapter at all).
 
 * **Reward**: every answer is scored by the stage-03 reward model, as the prompt plus the answer.
@@ -28,7 +28,7 @@ from utils import chat_format
 from utils.artifacts import StageNotRun, read_metrics, stage_dir, stage_path
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
-from utils.stages import PPO, SFT
+from utils.stages import DPO, PPO, SFT
 from utils.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
@@ -49,7 +49,7 @@ def word_count(text: str) -> int:
 
 @dataclass
 class Models:
-    """The base model with the run's adapters loaded by name ("sft", "ppo"); ``names`` lists the players.
+    """The base model with the run's adapters loaded by name ("sft", "ppo", "dpo"); ``names`` lists the models.
 
     ``snapshots`` maps PPO updates to the adapters of the policy kept at those updates (``ppo@<update>``),
     loaded for the reward-against-KL curve; they are not players.
@@ -67,8 +67,11 @@ class Models:
         return getattr(self.model.config, "max_position_embeddings", None)
 
 
+ALIGNED = {"ppo": PPO, "dpo": DPO}  # model name -> the stage that trains it on top of SFT (loaded when it ran)
+
+
 def load_models(run_dir: str | Path, quantization: str | None = None, device: str | None = None) -> Models:
-    """Base (from stage 02's ``base_model_dir``), the SFT adapter and, when stage 04 ran, the PPO adapter.
+    """Base (from stage 02's ``base_model_dir``), the SFT adapter and, where stages 04_ppo and 04_dpo ran, theirs.
 
     ``quantization`` defaults to the one SFT trained with: the adapters were fitted to those weights.
     """
@@ -79,14 +82,14 @@ def load_models(run_dir: str | Path, quantization: str | None = None, device: st
     base, tokenizer, sft_dir = load_sft_base(run_dir, quantization, device)
     model = PeftModel.from_pretrained(base, str(sft_dir), adapter_name="sft")
     names, sources = [BASE, "sft"], {BASE: read_metrics(run_dir, SFT)["base_model_dir"], "sft": str(sft_dir)}
-    try:
-        ppo_dir = stage_path(run_dir, PPO, "adapter_dir")
-    except StageNotRun:
-        ppo_dir = None  # stage 04 not run: evaluate base and SFT only (the notebook says so)
-    if ppo_dir is not None:
-        model.load_adapter(str(ppo_dir), adapter_name="ppo")
-        names.append("ppo")
-        sources["ppo"] = str(ppo_dir)
+    for name, stage in ALIGNED.items():
+        try:
+            adapter_dir = stage_path(run_dir, stage, "adapter_dir")
+        except StageNotRun:
+            continue  # that stage has not run: the others are evaluated without it (the notebook says so)
+        model.load_adapter(str(adapter_dir), adapter_name=name)
+        names.append(name)
+        sources[name] = str(adapter_dir)
     model.eval()
     return Models(model, tokenizer, names, sources)
 

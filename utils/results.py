@@ -1,12 +1,15 @@
 """Stage 05's results: one table of every player under every judge, and the stage's metrics record.
 
-The table has a row per player (the run's models under each sampling preset, and OpenAssistant's models
-from their sampling reports) and, per judge, the Elo rating and mean reward with their intervals; then what
-does not need a judge: reply length, KL to the SFT model and perplexity on held-out threads.
+The table has a row per player (the run's models under each sampling preset, best-of-n on the SFT model, and
+OpenAssistant's models from their sampling reports) and, per judge, the Elo rating and mean reward with their
+intervals; then what does not need a judge: reply length, KL to the SFT model and to the base, perplexity on
+held-out threads, and what each method cost to train (time and peak memory, from the training stages' own
+metrics; best-of-n trains nothing and pays at answer time instead).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from utils.judges import Judge
@@ -72,3 +75,77 @@ def kl_curve_rows(curve: Sequence[Mapping[str, Any]], judges: Mapping[str, Judge
     return [{"update": str(p["update"]), "KL to SFT (nats)": fmt_ci(p["kl"], p["kl_ci"], 2, False),
              **{f"reward ({judge_label(j, judge)})": f"{p['rewards'][j]:+.3f}" for j, judge in judges.items()},
              "words": f"{p['reply_words']:.0f}"} for p in curve]
+
+
+def best_of_extras(best_of: Mapping[str, int]) -> dict[str, dict[str, str]]:
+    """The judge-free columns of the best-of-n players (``{player: n}``): KL to SFT by its analytic bound; no
+    perplexity (best-of-n is a way to pick among SFT's samples, not a model with a likelihood of its own)."""
+    from utils.best_of_n import kl_bound
+
+    return {p: {"KL to SFT": f"≤ {kl_bound(n):.2f} (analytic)", "KL to base": "–", "perplexity": "–"} for p, n in best_of.items()}
+
+
+def training_costs(run_dir: str | Path) -> dict[str, dict[str, float | None]]:
+    """What each training stage recorded it cost: ``{"sft" | "reward model" | "ppo" | "dpo": {"seconds", "peak_memory_mb"}}``.
+
+    Seconds are training alone (the optimizer steps; PPO's include its sampling and scoring), peak memory the
+    stage's (GPU: torch's allocator; CPU: the process's resident memory). Stages that have not run are left out.
+    """
+    from utils.artifacts import StageNotRun, read_metrics
+    from utils.stages import DPO, PPO, REWARD, SFT
+
+    costs = {}
+    for name, stage in (("sft", SFT), ("reward model", REWARD), ("ppo", PPO), ("dpo", DPO)):
+        try:
+            m = read_metrics(run_dir, stage)
+        except StageNotRun:
+            continue
+        seconds = m.get("train_seconds")
+        if name == "ppo" and m.get("seconds_per_update") is not None:
+            seconds = m["seconds_per_update"] * m.get("updates", 0)
+        costs[name] = {"seconds": seconds, "peak_memory_mb": m.get("peak_memory_mb")}
+    return costs
+
+
+def _seconds(x: float | None) -> str:
+    return "–" if x is None else f"{x:,.0f} s"
+
+
+def cost_columns(model_of: Mapping[str, str], best_of: Mapping[str, int], costs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
+    """The table's cost columns per player: the training its method needed on top of SFT (PPO and best-of-n also
+    need the reward model, stage 03) and that training's peak memory; best-of-n's cost is n× sampling instead."""
+    rm = costs.get("reward model", {}).get("seconds")
+    out = {}
+    for player, model in model_of.items():
+        c = costs.get(model, {})
+        training = {"base": "– (pretrained)", "sft": _seconds(c.get("seconds"))}.get(model, f"{_seconds(c.get('seconds'))} on top of SFT")
+        if model == "ppo":
+            training += f" (+ reward model {_seconds(rm)})"
+        peak = c.get("peak_memory_mb")
+        out[player] = {"training": training, "peak memory (MiB)": "–" if peak is None else f"{peak:,.0f}"}
+    for player, n in best_of.items():
+        out[player] = {"training": f"none: {n}× sampling and scoring per answer (+ reward model {_seconds(rm)})", "peak memory (MiB)": "–"}
+    return out
+
+
+def against_baseline(tournaments: Mapping[str, Any], judges: Mapping[str, Judge], players: Sequence[str], baseline: str) -> list[dict[str, str]]:
+    """Rows reading each player against ``baseline`` (SFT, the model every method starts from), per judge: the
+    share of points it took in their games with its bootstrap interval, and what the interval allows one to say.
+
+    An interval containing 0.5 means the judge cannot tell the two apart on these prompts: the honest reading of
+    most differences on a small profile.
+    """
+    rows = []
+    for p in players:
+        if p == baseline:
+            continue
+        row = {"player": p, "against": baseline}
+        for j, judge in judges.items():
+            w = tournaments[j].win_rate_intervals.get(p, {}).get(baseline)
+            if w is None:
+                row[judge_label(j, judge)] = "no common prompts"
+                continue
+            verdict = "better" if w.lo > 0.5 else "worse" if w.hi < 0.5 else "cannot tell apart"
+            row[judge_label(j, judge)] = f"{fmt_ci(w.rate, [w.lo, w.hi], 2, False)}: {verdict}"
+        rows.append(row)
+    return rows

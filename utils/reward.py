@@ -264,21 +264,27 @@ def lora_config(model: nn.Module, config: RewardTrainingConfig, new_token_ids: S
     )
 
 
-def pair_weights(pairs: Sequence, weighting: PairWeighting = "group") -> list[float]:
-    """Each pair's weight in the reward loss, scaled to mean 1 over ``pairs``.
+def pair_weights(pairs: Sequence, weighting: PairWeighting = "group", multipliers: Sequence[float] | None = None) -> list[float]:
+    """Each pair's weight in the reward loss, scaled to mean 1 over ``pairs`` (before ``multipliers``).
 
     ``"group"``: the n pairs of one ranking group (``pair.group``) weigh 1/n each, so every group counts
     the same; a pair without a group (HH-RLHF) is a group of its own. ``n`` counts the group's pairs
     present in ``pairs``: a group cut short by ``max_train_pairs`` still weighs one group. ``"flat"``: 1 each.
+    ``multipliers`` (one per pair) then scale the weights: HH-RLHF pairs mixed in at a weight of their own
+    (``utils.reward_stage.mix_hh``).
     """
     if weighting not in PAIR_WEIGHTINGS:
         raise ValueError(f"pair_weighting must be one of {', '.join(map(repr, PAIR_WEIGHTINGS))}, got {weighting!r}")
+    if multipliers is not None and len(multipliers) != len(pairs):
+        raise ValueError(f"{len(multipliers)} weight multipliers for {len(pairs)} pairs")
     if weighting == "flat" or not pairs:
-        return [1.0] * len(pairs)
-    keys = [p.group if getattr(p, "group", None) is not None else ("single", i) for i, p in enumerate(pairs)]
-    sizes = Counter(keys)
-    scale = len(pairs) / len(sizes)  # mean weight 1: the loss keeps the scale (and learning rate) of "flat"
-    return [scale / sizes[k] for k in keys]
+        weights = [1.0] * len(pairs)
+    else:
+        keys = [p.group if getattr(p, "group", None) is not None else ("single", i) for i, p in enumerate(pairs)]
+        sizes = Counter(keys)
+        scale = len(pairs) / len(sizes)  # mean weight 1: the loss keeps the scale (and learning rate) of "flat"
+        weights = [scale / sizes[k] for k in keys]
+    return weights if multipliers is None else [w * m for w, m in zip(weights, multipliers)]
 
 
 def weighted_pair_loss(
@@ -409,11 +415,14 @@ def train_reward_model(
     out_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
     save_steps: int = 0,
+    weight_multipliers: Sequence[float] | None = None,
 ) -> TrainResult:
     """Train on preference ``pairs`` and save the merged model to ``out_dir/reward_model``.
 
     With ``save_steps > 0`` and a ``checkpoint_dir``, checkpoints go to a subfolder of it named after the
     config and the pairs (another configuration never resumes them), and a killed run resumes from the last.
+    ``weight_multipliers`` (one per pair) scale the pairs' loss weights (:func:`pair_weights`): HH-RLHF pairs
+    mixed in with a weight of their own.
     """
     from transformers import set_seed
 
@@ -421,7 +430,7 @@ def train_reward_model(
 
     if not pairs:
         raise ValueError("no preference pairs to train on")
-    weights = pair_weights(pairs, config.pair_weighting)
+    weights = pair_weights(pairs, config.pair_weighting, weight_multipliers)
     set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
     model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
     positions = getattr(model.config, "max_position_embeddings", None)
@@ -431,7 +440,7 @@ def train_reward_model(
     # The trainer wants an output_dir; without checkpoints nothing lands there, the merged model goes to out_dir.
     saving = save_steps > 0 and checkpoint_dir is not None
     with tempfile.TemporaryDirectory(prefix="reward-trainer-") as scratch:
-        save_dir = Path(checkpoint_dir) / checkpoints.run_key(asdict(config), pairs) if saving else Path(scratch)
+        save_dir = Path(checkpoint_dir) / checkpoints.run_key(asdict(config), pairs, *([weights] if weight_multipliers else [])) if saving else Path(scratch)
         trainer = make_trainer(model, tokenizer, dataset, config, new_ids, str(save_dir), save_steps if saving else 0)
         trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in trainer.model.parameters())

@@ -6,6 +6,15 @@ functions in the same order, and :func:`stage_metrics` alone decides what the st
 * **proxy**: the reward model PPO (stage 04) optimises;
 * **judge**: the same recipe on the other part of the training trees, never optimised against; stage 05
   asks it too (:mod:`utils.judges`).
+
+**Helpful against harmless.** OASST's rankings reward helpfulness; HH-RLHF's harmless pairs prefer the reply
+that declines (Bai et al., 2022), and a reward model trained on OASST alone scores them below chance. The stage
+can mix a weighted share of HH pairs into training (:func:`mix_hh`). The shipped HH file is split once, by line,
+into a training part and an evaluation part (:func:`split_hh`), the same whatever the weight, so HH accuracy is
+always measured on lines no model trained on and points of a sweep over the weight compare
+(``python -m recipes.hh_sweep``). The HH training lines are divided between the proxy and the judge as the
+OASST trees are, disjoint and in the same proportion (``judge_fraction``): two reward models that share no
+training data, so the judge stays a second opinion on harmlessness too.
 """
 
 from __future__ import annotations
@@ -37,6 +46,65 @@ def split_for_judge(trees: Sequence[Any], judge_fraction: float, seed: int = 0) 
         raise ValueError(f"judge_fraction must be in [0, 1), got {judge_fraction}")
     to_judge = eval_ids([t.id for t in trees], judge_fraction, seed + JUDGE_SPLIT_SEED)
     return [t for t in trees if t.id not in to_judge], [t for t in trees if t.id in to_judge]
+
+
+HH_SPLIT_SEED = 2_000_003  # added to the run's seed: which HH lines evaluate is drawn apart from everything else
+HH_JUDGE_SEED = 3_000_017  # ... and which of the training lines go to the judge
+
+
+def _text_key(pair: Any, seed: int) -> bytes:
+    import hashlib
+    import json
+
+    text = json.dumps([pair.prompt, pair.chosen, pair.rejected], sort_keys=True)
+    return hashlib.blake2b(f"{seed}:{text}".encode(), digest_size=8).digest()
+
+
+def _split_by_text(pairs: Sequence[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
+    """``(rest, picked)``: ``round(fraction · distinct texts)`` of the distinct pairs picked by a seeded hash of their
+    text; a pair repeated in the file goes where its first copy goes, so the two parts never share a text."""
+    keys = [_text_key(p, seed) for p in pairs]
+    distinct = sorted(set(keys))
+    picked = set(distinct[: round(len(distinct) * fraction)])
+    return [p for p, k in zip(pairs, keys) if k not in picked], [p for p, k in zip(pairs, keys) if k in picked]
+
+
+def split_hh(pairs: Sequence[Any], eval_fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
+    """``(training part, evaluation part)`` of the HH-RLHF pairs (one a line of the file): disjoint, deterministic,
+    independent of the lines' order and of how many of the training lines are used."""
+    if not 0 <= eval_fraction <= 1:
+        raise ValueError(f"hh_eval_fraction must be in [0, 1], got {eval_fraction}")
+    return _split_by_text(pairs, eval_fraction, seed + HH_SPLIT_SEED)
+
+
+def mix_hh(train_sets: Mapping[str, Sequence[Any]], hh_train: Sequence[Any], weight: float, share: float, judge_fraction: float,
+           seed: int = 0) -> tuple[dict[str, list[Any]], dict[str, list[float]], dict[str, int]]:
+    """OASST training pairs with HH-RLHF training pairs mixed in: ``(pairs, weight multipliers, HH pairs per model)``.
+
+    Each model gets ``round(share · its OASST pairs)`` HH pairs (capped by its part of ``hh_train``, which is divided
+    between the proxy and the judge in the proportion ``judge_fraction``, disjoint), appended after its OASST pairs.
+    A multiplier of ``weight`` on each HH pair's loss weight makes it count ``weight`` times one OASST ranking
+    (with ``pair_weighting="group"``; one OASST pair with ``"flat"``). ``weight = 0`` mixes nothing in.
+    """
+    if weight < 0 or share < 0:
+        raise ValueError(f"hh_weight and hh_share must be >= 0, got {weight} and {share}")
+    parts = {PROXY: list(hh_train), JUDGE: []}
+    if train_sets.get(JUDGE):
+        parts[PROXY], parts[JUDGE] = _split_by_text(hh_train, judge_fraction, seed + HH_JUDGE_SEED)
+    mixed, multipliers, counts = {}, {}, {}
+    for name, pairs in train_sets.items():
+        hh = parts.get(name, [])[: round(share * len(pairs))] if weight > 0 and pairs else []
+        mixed[name] = list(pairs) + hh
+        multipliers[name] = [1.0] * len(pairs) + [weight] * len(hh)
+        counts[name] = len(hh)
+    return mixed, multipliers, counts
+
+
+def hh_mix_record(weight: float, share: float, eval_fraction: float, hh_train: Sequence[Any], hh_eval: Sequence[Any],
+                  counts: Mapping[str, int]) -> dict[str, Any]:
+    """How HH-RLHF pairs went into this stage, for its metrics (the ``hh_mix`` entry)."""
+    return {"weight": weight, "share": share, "eval_fraction": eval_fraction, "train_lines": len(hh_train),
+            "eval_lines": len(hh_eval), "pairs_train": dict(counts)}
 
 
 def agreement(first: Any, second: Any) -> float:
@@ -91,9 +159,12 @@ def train_reward_models(
     checkpoint_root: str | Path | None = None,
     save_steps: int = 0,
     log=print,
+    multipliers: Mapping[str, Sequence[float]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Train one reward model per non-empty pair set (``{"proxy": pairs, "judge": pairs}``): the proxy into
-    ``out_dir/reward_model``, the judge into ``out_dir/judge/reward_model``. Returns ``(results, seconds)``."""
+    ``out_dir/reward_model``, the judge into ``out_dir/judge/reward_model``. Returns ``(results, seconds)``.
+
+    ``multipliers[name]``: a factor on each pair's loss weight (HH pairs mixed in by :func:`mix_hh`)."""
     from utils.reward import train_reward_model
 
     results, seconds = {}, {}
@@ -104,6 +175,7 @@ def train_reward_models(
         results[name] = train_reward_model(
             pairs, config, Path(out_dir) if name == PROXY else Path(out_dir) / name,
             checkpoint_dir=Path(checkpoint_root) / name if checkpoint_root is not None else None, save_steps=save_steps,
+            weight_multipliers=(multipliers or {}).get(name),
         )
         seconds[name] = time.time() - started
         if log:
@@ -137,6 +209,7 @@ def stage_metrics(
     trees: Mapping[str, Sequence[Any]],
     data_skipped: Mapping[str, int],
     hh_report: Any = None,
+    hh_mix: Mapping[str, Any] | None = None,
     peak_memory_mb: float | None = None,
     processes: int = 1,
     started: float | None = None,
@@ -144,7 +217,9 @@ def stage_metrics(
     """What stage 03 records, the same whether a notebook or a script ran it.
 
     The proxy's figures keep their historical names (``eval_accuracy``, ``model_dir``, ...), the judge's carry a
-    ``judge_`` prefix; ``proxy_judge_agreement`` is how often the two prefer the same held-out reply.
+    ``judge_`` prefix; ``proxy_judge_agreement`` is how often the two prefer the same held-out reply. ``hh_mix``
+    says how HH-RLHF pairs were mixed in (``weight``, ``share``, ``eval_fraction``, the split's sizes and the HH
+    pairs each model trained on); ``hh_accuracy`` is on the HH evaluation part alone.
     """
     proxy = evaluated[PROXY]
     oasst, hh = proxy["OASST held-out"], proxy["HH-RLHF harmless"]
@@ -165,6 +240,8 @@ def stage_metrics(
         "trees": {name: len(t) for name, t in trees.items()},
         "data_skipped": dict(data_skipped),
         "hh_read": hh_report.as_dict() if hh_report is not None else None,
+        "hh_weight": (hh_mix or {}).get("weight", 0.0),
+        "hh_mix": dict(hh_mix) if hh_mix is not None else None,
         "peak_memory_mb": peak_memory_mb,
         "processes": processes,
     }

@@ -1,8 +1,13 @@
-"""The pipeline's stages: their names, in order, in one place.
+"""The pipeline's stages: their names, their order and what each depends on, in one place.
 
 A stage's name is its notebook's name and its folder's name: ``02_sft`` is ``notebooks/02_sft.ipynb`` and
 writes ``runs/<profile>/02_sft/``. Code refers to a stage by the constants below, never by a typed string.
-A stage depends on every stage before it (so a change upstream redoes everything after it).
+
+The number orders the stages; two stages may share one when they are alternatives built on the same inputs
+(``04_dpo`` and ``04_ppo``: two ways to align the SFT model with the same preferences). What a stage depends
+on is written out in :data:`DEPENDS_ON`: a change in a stage redoes the stages that depend on it, directly or
+not, and nothing else. A stage the table does not know (a user's own ``06_extra``) depends on every stage
+with a lower number.
 """
 
 from __future__ import annotations
@@ -16,9 +21,21 @@ NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 EXPLORE = "01_explore_trees"
 SFT = "02_sft"
 REWARD = "03_reward"
+DPO = "04_dpo"
 PPO = "04_ppo"
 EVALUATE = "05_evaluate"
-STAGES = (EXPLORE, SFT, REWARD, PPO, EVALUATE)
+STAGES = (EXPLORE, SFT, REWARD, DPO, PPO, EVALUATE)
+
+# Each stage's direct dependencies. DPO and PPO are alternatives: both start from the SFT model and the reward
+# stage's pairs, neither reads the other; the evaluation compares them, so it depends on both.
+DEPENDS_ON: dict[str, tuple[str, ...]] = {
+    EXPLORE: (),
+    SFT: (EXPLORE,),
+    REWARD: (SFT,),
+    DPO: (REWARD,),
+    PPO: (REWARD,),
+    EVALUATE: (DPO, PPO),
+}
 
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages
 CHECKPOINTS_DIR = "checkpoints"  # <run_dir>/checkpoints/<stage>/: outlives the stage's temporary folder
@@ -28,10 +45,36 @@ def notebook_path(stage: str, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> Path
     return Path(notebooks_dir) / f"{stage}.ipynb"
 
 
+def stage_number(stage: str) -> int:
+    return int(stage.split("_", 1)[0])
+
+
+def direct_dependencies(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
+    """The stages of ``stages`` that ``stage`` reads directly (see :data:`DEPENDS_ON`)."""
+    if stage in DEPENDS_ON:
+        return [s for s in sorted(stages) if s in DEPENDS_ON[stage]]
+    return [s for s in sorted(stages) if stage_number(s) < stage_number(stage)]
+
+
 def upstream(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
-    """The stages ``stage`` depends on: every one before it."""
-    ordered = sorted(stages)
-    return ordered[: ordered.index(stage)] if stage in ordered else []
+    """Every stage of ``stages`` that ``stage`` depends on, directly or through another, in the stages' order.
+
+    A stage missing from ``stages`` (a profile that leaves it out) passes its own dependencies on.
+    """
+    known = set(stages) | set(DEPENDS_ON)
+    found: set[str] = set()
+    todo = [stage]
+    while todo:
+        for dep in direct_dependencies(todo.pop(), sorted(known)):
+            if dep not in found:
+                found.add(dep)
+                todo.append(dep)
+    return [s for s in sorted(stages) if s in found]
+
+
+def downstream(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
+    """``stage`` and every stage of ``stages`` that depends on it, in order: what ``--from stage`` runs."""
+    return [s for s in sorted(stages) if s == stage or stage in upstream(s, stages)]
 
 
 def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:
