@@ -119,7 +119,7 @@ def reward_batches(params: Mapping[str, Any], grouped: bool, out_dir: Path) -> l
     from trl import RewardTrainer
 
     from utils import reward
-    from utils.judges import split_for_judge
+    from utils.reward_stage import split_for_judge
     from utils.oasst import preference_pairs, rm_groups
 
     proxy_trees, _ = split_for_judge(_split(params).train, params["judge_fraction"], params["seed"])

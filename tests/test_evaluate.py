@@ -303,7 +303,7 @@ def test_notebook_on_the_micro_run(micro_run):
     params = load_profile("tests/profiles/micro.yaml").stage_params("05_evaluate")
     out = micro_run / "05_evaluate"
     m = json.loads((out / "metrics.json").read_text())
-    ours = ["base (k50)", "sft (k50)", "ppo (k50)"]
+    ours = [f"{name} (k50)" for name in ["base", "sft", "ppo", "dpo"] + [f"best_of_{n}" for n in params["best_of_n"]]]
     theirs = ["pythia-1b-deduped-sft (k50)", "pythia-12b-deduped-sft (k50)"]
     assert sorted(m["models"]) == sorted(ours + theirs)
     # Every judge rates every player; exactly one is the reward model PPO was trained against.
@@ -322,7 +322,8 @@ def test_notebook_on_the_micro_run(micro_run):
             for other, rate in judge["win_rates"][player].items():
                 assert rate + judge["win_rates"][other][player] == pytest.approx(1.0)
         # Every pair of our players meets on every prompt, OpenAssistant's players on the held-out ones only.
-        assert judge["games"] == (3 * prompts + 2 * 3 * n + 1 * n) * s * s
+        k = len(ours)
+        assert judge["games"] == (k * (k - 1) // 2 * prompts + 2 * k * n + 1 * n) * s * s
     # The two judges disagree somewhere: they are different models, not one model twice.
     assert m["judges"]["proxy"]["rewards"] != m["judges"]["judge"]["rewards"]
     # Reward against KL: a point per PPO snapshot, the start first, where the policy is SFT (KL exactly 0).
@@ -334,7 +335,7 @@ def test_notebook_on_the_micro_run(micro_run):
     for point in curve:
         assert {"update", "kl", "proxy_reward", "judge_reward"} <= set(point)
         assert point["proxy_reward"] == point["rewards"]["proxy"] and point["judge_reward"] == point["rewards"]["judge"]
-    assert all(m["models"][p]["ppl"] > 1 for p in ours)
+    assert all(m["models"][f"{p} (k50)"]["ppl"] > 1 for p in ["base", "sft", "ppo", "dpo"])
     assert m["models"]["base (k50)"]["kl"] is None and m["models"]["sft (k50)"]["kl"] and m["models"]["ppo (k50)"]["kl_sft"]
     assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1
     assert m["external_players"] == {p: n for p in theirs}  # they join on the held-out prompts used
