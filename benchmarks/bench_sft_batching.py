@@ -29,18 +29,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 from transformers import TrainerCallback
 
+from benchmarks import ROOT, run_worker
 from benchmarks.bench_padding import SFT_VARIANTS, count_tokens
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "runs" / "bench" / "sft_batching"
 
 
@@ -113,14 +109,8 @@ def worker(profile: str, side: str, conversations: int, threads: int) -> dict:
 
 
 def run_side(profile: str, side: str, conversations: int, threads: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_sft_batching", "--profile", profile, "--worker", side,
-         "--conversations", str(conversations), "--threads", str(threads)],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"bench_sft_batching: the {side} worker failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_worker("benchmarks.bench_sft_batching", side, "--profile", profile, "--conversations", str(conversations),
+                      "--threads", str(threads))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,19 +8,14 @@ import shutil
 import pytest
 
 from utils import repo
-from utils.stages import DPO, STAGES
+from utils.stages import STAGES
 
-# The README belongs to the lead, who adds 04_dpo's row (text in the beyond-ppo report); until then these two tests
-# are expected to fail on that one link, and once it is there they run as before (a strict xfail: a pass is an error).
-README_LACKS_DPO = pytest.mark.xfail(repo.colab_url(DPO) not in (repo.ROOT / "README.md").read_text(), strict=True,
-                                     reason="README.md has no Colab link for 04_dpo yet")
 
 
 def first_code_cell(path) -> str:
     return "".join(next(c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")["source"])
 
 
-@README_LACKS_DPO
 def test_every_notebook_and_colab_link_uses_the_one_url():
     for stage in STAGES:
         assert first_code_cell(repo.ROOT / "notebooks" / f"{stage}.ipynb") == repo.setup_cell(), f"{stage}: run python -m utils.repo sync"
@@ -30,7 +25,6 @@ def test_every_notebook_and_colab_link_uses_the_one_url():
         assert f"({repo.colab_url(stage)})" in (repo.ROOT / "README.md").read_text()
 
 
-@README_LACKS_DPO
 def test_sync_moves_every_place_to_a_forks_url(tmp_path):
     (tmp_path / "notebooks").mkdir()
     for stage in STAGES:

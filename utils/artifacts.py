@@ -51,7 +51,8 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    # Keys keep the order the stage wrote them in: a results row reads player first, then its figures.
+    tmp.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
     os.replace(tmp, out / METRICS_FILE)
     record_notebook_run(out)
     return out / METRICS_FILE

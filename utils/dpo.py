@@ -48,7 +48,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from utils import chat_format
-from utils.modeling import compute_dtype, default_device
+from utils.modeling import default_device, pair_schedule_args, trainer_device_args
 from utils.notebook_params import FromParams
 
 POLICY = "default"  # peft writes the adapter named "default" at the top of a folder: what stage 05 loads
@@ -218,33 +218,15 @@ def trainer_args(settings: DPOSettings, n_pairs: int, output_dir: str, save_step
     from trl import DPOConfig
 
     device = default_device()
-    dtype = compute_dtype(device)
-    steps = settings.max_steps if settings.max_steps > 0 else \
-        math.ceil(math.ceil(n_pairs / settings.batch_size) / settings.grad_accum * settings.epochs)
     return DPOConfig(
         output_dir=output_dir,
         beta=settings.beta,
         loss_type=[settings.loss_type],
-        learning_rate=settings.learning_rate,
-        num_train_epochs=settings.epochs,
-        max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
-        gradient_accumulation_steps=settings.grad_accum,
-        warmup_steps=settings.warmup,
-        lr_scheduler_type="linear",
         max_length=None,  # already fitted by encode_pairs
         gradient_checkpointing=settings.gradient_checkpointing,
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        dataloader_pin_memory=device.type == "cuda",
-        use_cpu=device.type == "cpu",
-        logging_steps=settings.logging_steps or max(1, steps // 20),
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else None,
-        save_total_limit=1 if save_steps > 0 else None,
-        report_to="none",
-        seed=settings.seed,
-        disable_tqdm=True,
+        **pair_schedule_args(n_pairs, settings.batch_size, settings.grad_accum, settings.epochs, settings.learning_rate,
+                             settings.warmup, settings.logging_steps, settings.max_steps),
+        **trainer_device_args(device, settings.seed, save_steps),
     )
 
 

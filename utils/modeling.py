@@ -9,6 +9,7 @@ slowly, so the offline profile trains the very same QLoRA model a GPU would.
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -51,6 +52,44 @@ def compute_dtype(device: torch.device | str | None = None) -> torch.dtype:
         return torch.float32
     major, _ = torch.cuda.get_device_capability(device)
     return torch.bfloat16 if major >= 8 else torch.float16
+
+
+def trainer_device_args(device: torch.device, seed: int, save_steps: int = 0) -> dict:
+    """The transformers ``TrainingArguments`` that SFT, reward and DPO training share: precision and placement
+    for ``device`` (:func:`compute_dtype`), checkpoints every ``save_steps`` (> 0; the last one kept, all a
+    resume needs), the seed, and no reporting or progress bars (the notebooks plot the curves)."""
+    dtype = compute_dtype(device)
+    saving = save_steps > 0
+    return dict(
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        dataloader_pin_memory=device.type == "cuda",
+        use_cpu=device.type == "cpu",  # without it, processes launched on a CPU machine would each train alone
+        save_strategy="steps" if saving else "no",
+        save_steps=save_steps if saving else None,
+        save_total_limit=1 if saving else None,
+        report_to="none",
+        seed=seed,
+        disable_tqdm=True,
+    )
+
+
+def pair_schedule_args(n_pairs: int, batch_size: int, grad_accum: int, epochs: float, learning_rate: float,
+                       warmup: float, logging_steps: int | None, max_steps: int = -1) -> dict:
+    """The optimisation schedule the two pairwise trainers (reward model, DPO) share: batches of pairs, a linear
+    decay after ``warmup`` (a fraction of the steps), and about 20 points on the training curve unless
+    ``logging_steps`` says otherwise."""
+    steps = max_steps if max_steps > 0 else math.ceil(math.ceil(n_pairs / batch_size) / grad_accum * epochs)
+    return dict(
+        learning_rate=learning_rate,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        warmup_steps=warmup,
+        lr_scheduler_type="linear",
+        logging_steps=logging_steps or max(1, steps // 20),
+    )
 
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):

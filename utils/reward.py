@@ -41,7 +41,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 import tempfile
 from collections import Counter
@@ -53,7 +52,7 @@ import torch
 from torch import nn
 
 from utils import chat_format
-from utils.modeling import compute_dtype, default_device
+from utils.modeling import default_device, pair_schedule_args, trainer_device_args
 from utils.notebook_params import FromParams
 from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
 
@@ -380,32 +379,16 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, sa
     from trl import RewardConfig
 
     device = default_device()
-    dtype = compute_dtype(device)
-    steps = math.ceil(math.ceil(n_pairs / config.batch_size) / config.grad_accum * config.epochs)
     return RewardConfig(
         output_dir=output_dir,
-        num_train_epochs=config.epochs,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
-        warmup_steps=config.warmup,
-        lr_scheduler_type="linear",
         center_rewards_coefficient=config.center_rewards_coefficient,
         activation_checkpointing=config.gradient_checkpointing,  # transformers 5 name of gradient checkpointing
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
         max_length=None,  # already cut to config.max_length by encode_conversation
         train_sampling_strategy="group_by_length",
         remove_unused_columns=False,  # keep "length" for the sampler and "weight" for the loss
-        dataloader_pin_memory=device.type == "cuda",
-        use_cpu=device.type == "cpu",  # without it, processes launched on a CPU machine would each train alone
-        logging_steps=config.logging_steps or max(1, steps // 20),
-        save_strategy="steps" if save_steps > 0 else "no",
-        save_steps=save_steps if save_steps > 0 else None,
-        save_total_limit=1 if save_steps > 0 else None,
-        report_to="none",
-        seed=config.seed,
-        disable_tqdm=True,
+        **pair_schedule_args(n_pairs, config.batch_size, config.grad_accum, config.epochs, config.learning_rate,
+                             config.warmup, config.logging_steps),
+        **trainer_device_args(device, config.seed, save_steps),
     )
 
 

@@ -31,7 +31,7 @@ from trl import SFTConfig, SFTTrainer
 
 from utils import chat_format, checkpoints
 from utils.artifacts import read_metrics, stage_dir
-from utils.modeling import compute_dtype, load_causal_lm, load_tokenizer
+from utils.modeling import compute_dtype, load_causal_lm, load_tokenizer, trainer_device_args
 from utils.notebook_params import FromParams
 from utils.stages import SFT, checkpoint_dir as stage_checkpoint_dir
 
@@ -160,7 +160,6 @@ def checkpoint_dir(run_dir: str | Path) -> Path:
 
 def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.device, save_dir: str | Path | None = None) -> SFTConfig:
     """trl's config for ``settings``; checkpoints go to ``save_dir`` every ``settings.save_steps`` steps (if both are set)."""
-    dtype = compute_dtype(device)
     saving = settings.save_steps > 0 and save_dir is not None
     return SFTConfig(
         output_dir=str(save_dir if saving else out_dir),  # without checkpoints nothing is written there
@@ -188,20 +187,12 @@ def trainer_config(settings: SFTSettings, out_dir: str | Path, device: torch.dev
         eval_strategy="steps" if settings.eval_steps > 0 else "no",
         eval_steps=settings.eval_steps if settings.eval_steps > 0 else None,
         activation_checkpointing=use_gradient_checkpointing(settings, device),  # transformers 5 name of gradient checkpointing
-        bf16=dtype == torch.bfloat16,
-        fp16=dtype == torch.float16,
-        use_cpu=device.type == "cpu",
         # Padding-free batches hold no padding, and the pad token may be a real token there (SmolLM2 pads with its
         # end of turn <|im_end|>), so every token counts; padded batches count their attention mask.
         include_num_input_tokens_seen="all" if settings.padding_free else "non_padding",
         prediction_loss_only=True,  # evaluation needs the loss, not every eval batch's logits kept in memory
-        seed=settings.seed,
         data_seed=settings.seed,
-        save_strategy="steps" if saving else "no",
-        save_steps=settings.save_steps if saving else None,
-        save_total_limit=1 if saving else None,  # the last one is all a resume needs
-        report_to="none",
-        disable_tqdm=True,
+        **trainer_device_args(device, settings.seed, settings.save_steps if saving else 0),
     )
 
 
