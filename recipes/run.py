@@ -11,8 +11,8 @@ Each stage writes ``runs/<profile>/<NN_stage>/``: the executed notebook, ``metri
 folder there is a finished stage. ``stage.json`` holds the stage's fingerprint: its effective parameters
 (the notebook's defaults with the profile's values), its notebook's code and the fingerprints of the
 stages it depends on (utils/stages.py says which; utils/stage_record.py). A rerun skips a stage whose
-fingerprint is unchanged and redoes it otherwise, saying why (so changing SFT settings also redoes the
-reward, DPO, PPO and evaluation stages, while changing PPO's redoes PPO and the evaluation, not DPO).
+fingerprint is unchanged and redoes it otherwise, saying why (so changing SFT settings redoes DPO, PPO
+and the evaluation but not the reward models, and changing PPO's redoes PPO and the evaluation, not DPO).
 ``python -m recipes.train`` and a notebook run by hand write the same record, so the runner knows what
 they did.
 

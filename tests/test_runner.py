@@ -453,6 +453,7 @@ def test_the_kits_stage_graph():
     assert upstream(EVALUATE) == [EXPLORE, SFT, REWARD, DPO, PPO]
     assert downstream(PPO) == [PPO, EVALUATE] and downstream(DPO) == [DPO, EVALUATE]
     assert downstream(REWARD) == [REWARD, DPO, PPO, EVALUATE]
+    assert downstream(SFT) == [SFT, DPO, PPO, EVALUATE]  # a new SFT model leaves the reward models as they are
     # A profile without DPO: PPO and the evaluation keep the dependencies they had before DPO existed.
     without = [s for s in STAGES if s != DPO]
     assert upstream(EVALUATE, without) == [EXPLORE, SFT, REWARD, PPO]

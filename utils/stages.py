@@ -26,14 +26,15 @@ PPO = "04_ppo"
 EVALUATE = "05_evaluate"
 STAGES = (EXPLORE, SFT, REWARD, DPO, PPO, EVALUATE)
 
-# Each stage's direct dependencies. DPO and PPO are alternatives: both start from the SFT model and the reward
-# stage's pairs, neither reads the other; the evaluation compares them, so it depends on both.
+# Each stage's direct dependencies. The reward models read text, not the policy: a new SFT model does not
+# retrain them. DPO and PPO are alternatives: both start from the SFT model and the reward stage's pairs,
+# neither reads the other; the evaluation compares them, so it depends on both.
 DEPENDS_ON: dict[str, tuple[str, ...]] = {
     EXPLORE: (),
     SFT: (EXPLORE,),
-    REWARD: (SFT,),
-    DPO: (REWARD,),
-    PPO: (REWARD,),
+    REWARD: (EXPLORE,),
+    DPO: (SFT, REWARD),
+    PPO: (SFT, REWARD),
     EVALUATE: (DPO, PPO),
 }
 
