@@ -192,17 +192,35 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     return trainable, total
 
 
-def reset_peak_memory() -> None:
-    """Start a new peak-memory window (see :func:`peak_memory_mb`)."""
+def _proc_status_mb(field: str) -> float | None:
+    """One memory line of ``/proc/self/status`` (``VmHWM``, ``VmRSS``) in MiB; None off Linux."""
+    try:
+        with open(f"/proc/{os.getpid()}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_memory() -> bool:
+    """Start a new peak-memory window (see :func:`peak_memory_mb`).
+
+    Returns whether the window really restarted. It may not on the CPU: some kernels and sandboxes refuse or
+    ignore the reset, and the peak then counts from process start (still an upper bound).
+    """
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
-    else:
-        # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM).
-        try:
-            with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
-                f.write("5")
-        except OSError:
-            pass  # other systems: the peak then counts from process start, which :func:`peak_memory_mb` says
+        return True
+    # Linux: writing 5 to clear_refs resets the process's peak resident set size (VmHWM).
+    try:
+        with open(f"/proc/{os.getpid()}/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    peak, resident = _proc_status_mb("VmHWM"), _proc_status_mb("VmRSS")
+    return peak is not None and resident is not None and peak - resident < 16  # MiB of slack for the reads
 
 
 def peak_memory_mb() -> float:
@@ -213,12 +231,8 @@ def peak_memory_mb() -> float:
     """
     if torch.cuda.is_available():
         return torch.cuda.max_memory_allocated() / 2**20
-    try:
-        with open(f"/proc/{os.getpid()}/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB elsewhere
