@@ -108,11 +108,15 @@ def test_the_reference_is_the_sft_policy_and_the_held_out_figures_are_trls(micro
     assert not [n for n, p in trainer.model.named_parameters() if p.requires_grad and f".{dpo.REFERENCE}" in n]
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters() if p.requires_grad)
     pad = tokenizer.pad_token_id
+    reference = dpo.reply_logprob_sums(trainer.model, heldout, pad, reference=True)
     before = dpo.implicit_rewards(trainer.model, heldout, settings.beta, pad)
     assert before.chosen == [0.0] * 4 and before.rejected == [0.0] * 4
     trainer.train()
     after = dpo.implicit_rewards(trainer.model, heldout, settings.beta, pad)
     assert after.margin != 0.0
+    # π_ref did not move in training, so stage 04_dpo computes its log-probs once and reuses them after training
+    assert dpo.reply_logprob_sums(trainer.model, heldout, pad, reference=True).tolist() == reference.tolist()
+    assert dpo.implicit_rewards(trainer.model, heldout, settings.beta, pad, reference=reference) == after
     trl = trainer.evaluate(heldout.dataset())  # one batch of 4 pairs: trl's means are over the same pairs
     assert trl["eval_rewards/margins"] == pytest.approx(after.margin, abs=1e-4)
     assert trl["eval_loss"] == pytest.approx(after.loss, abs=1e-4)

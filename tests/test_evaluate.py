@@ -111,6 +111,12 @@ def test_perplexity_over_assistant_tokens_by_hand(tokenizer):
     ppl, tokens = perplexity(model, tokenizer, convs, batch_size=2)
     assert tokens == count
     assert ppl == pytest.approx(math.exp(nll / count), rel=1e-4)
+    # cut to a length: the same sum over the assistant tokens inside the first `cut` tokens alone
+    cut = len(chat_format.encode(convs[1], tokenizer).input_ids) - 2
+    cut_ppl, cut_tokens = perplexity(model, tokenizer, convs, batch_size=2, max_length=cut)
+    kept = [chat_format.encode(c, tokenizer) for c in convs]
+    assert cut_tokens == sum(sum(e.assistant_mask[1:cut]) for e in kept) < count
+    assert cut_ppl != pytest.approx(ppl, rel=1e-6)
 
 
 def test_refusal_detector():

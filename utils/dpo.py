@@ -45,6 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from utils import chat_format
@@ -304,11 +305,9 @@ class ImplicitRewards:
 
 
 @torch.no_grad()
-def implicit_rewards(model, encoded: EncodedPairs, beta: float, pad_id: int, batch_size: int = 16) -> ImplicitRewards:
-    """The implicit rewards of ``encoded``'s pairs under the current policy (``"default"``) and reference (``"ref"``).
-
-    Sequence log-probabilities are summed over the reply tokens alone, as trl's loss sums them.
-    """
+def reply_logprob_sums(model, encoded: EncodedPairs, pad_id: int, batch_size: int = 16, reference: bool = False) -> np.ndarray:
+    """``log π(y|x)`` of each chosen reply, then of each rejected reply, summed over the reply tokens alone (as
+    trl's loss sums them): under the policy (``"default"``), or with ``reference`` under π_ref (``"ref"``)."""
     from utils.evaluate import masked_logprob_sums
 
     sequences = [p + c for p, c in zip(encoded.prompt_ids, encoded.chosen_ids)] + \
@@ -318,11 +317,24 @@ def implicit_rewards(model, encoded: EncodedPairs, beta: float, pad_id: int, bat
     was_training = model.training
     model.eval()
     try:
-        policy = masked_logprob_sums(model, sequences, masks, pad_id, batch_size)
-        with as_reference(model):
-            reference = masked_logprob_sums(model, sequences, masks, pad_id, batch_size)
+        if reference:
+            with as_reference(model):
+                return masked_logprob_sums(model, sequences, masks, pad_id, batch_size)
+        return masked_logprob_sums(model, sequences, masks, pad_id, batch_size)
     finally:
         model.train(was_training)
+
+
+def implicit_rewards(model, encoded: EncodedPairs, beta: float, pad_id: int, batch_size: int = 16,
+                     reference: np.ndarray | None = None) -> ImplicitRewards:
+    """The implicit rewards of ``encoded``'s pairs under the current policy and the reference.
+
+    π_ref never trains, so its log-probs (:func:`reply_logprob_sums` with ``reference=True``) can be passed in
+    once and reused before and after training, rather than recomputed.
+    """
+    policy = reply_logprob_sums(model, encoded, pad_id, batch_size)
+    if reference is None:
+        reference = reply_logprob_sums(model, encoded, pad_id, batch_size, reference=True)
     rewards = (beta * (policy - reference)).tolist()
     return ImplicitRewards(rewards[: len(encoded)], rewards[len(encoded) :])
 
@@ -342,7 +354,8 @@ def train(trainer, heldout: EncodedPairs, batch_size: int = 16) -> DPOStats:
 
     beta, pad_id = trainer.args.beta, trainer.processing_class.pad_token_id
     model = trainer.accelerator.unwrap_model(trainer.model)
-    before = implicit_rewards(model, heldout, beta, pad_id, batch_size)
+    reference = reply_logprob_sums(model, heldout, pad_id, batch_size, reference=True)
+    before = implicit_rewards(model, heldout, beta, pad_id, batch_size, reference)
     saving = trainer.args.save_strategy == "steps"
     resume = checkpoints.last_complete(trainer.args.output_dir) if saving else None
     if resume:
@@ -352,7 +365,7 @@ def train(trainer, heldout: EncodedPairs, batch_size: int = 16) -> DPOStats:
     seconds = time.time() - started
     if saving and trainer.is_world_process_zero():
         checkpoints.remove(trainer.args.output_dir)
-    after = implicit_rewards(model, heldout, beta, pad_id, batch_size)
+    after = implicit_rewards(model, heldout, beta, pad_id, batch_size, reference)
     return DPOStats(before, after, seconds, trainer.state.global_step, list(trainer.state.log_history))
 
 
