@@ -67,8 +67,8 @@ class DPOSettings(FromParams):
     learning_rate: float = 5e-4
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 8  # pairs per optimizer step (each pair is two sequences, and two more for the reference)
-    grad_accum: int = 1
+    batch_size: int = 8  # pairs per forward pass (each pair is two sequences, and two more for the reference)
+    grad_accum: int = 1  # forward passes per optimizer step
     warmup: float = 0.1  # fraction of the steps
     max_length: int = 256  # tokens of prompt and reply together
     gradient_checkpointing: bool = False
