@@ -3,10 +3,10 @@
     python -m benchmarks.bench_gpu_profile --profile colab-t4 --max-gpu-memory-gib 15
     python -m benchmarks.bench_gpu_profile --profile rtx-24gb --max-gpu-memory-gib 23 --random-weights
 
-Stages 02 (SFT), 03 (reward model) and 04 (PPO) run as ``python -m recipes.train <stage>``, one after the
-other into ``runs/bench/<profile>-gpu/``, with the profile's own settings (batch sizes, sequence lengths,
+Stages 02 (SFT), 03 (reward model), 04 (PPO) and 04 (DPO) run as ``python -m recipes.train <stage>``, one after
+the other into ``runs/bench/<profile>-gpu/``, with the profile's own settings (batch sizes, sequence lengths,
 LoRA, quantization, gradient checkpointing) but shortened: ``--sft-steps`` optimizer steps, ``--reward-pairs``
-training pairs, ``--ppo-updates`` updates, small held-out sets. Speed per step and peak memory are those of
+training pairs, ``--ppo-updates`` updates, ``--dpo-pairs`` DPO training pairs, small held-out sets. Speed per step and peak memory are those of
 the full run; a full run's time is its number of steps times the seconds per step.
 
 ``--max-gpu-memory-gib`` caps torch's allocator (``torch.cuda.set_per_process_memory_fraction``), so a
@@ -98,6 +98,7 @@ def stage_overrides(profile, args, models: dict[str, Path]) -> dict[str, list[st
                    "sample_prompts=1"],
         "03_reward": [f"max_train_pairs={args.reward_pairs}", "max_eval_pairs=64", "max_hh_pairs=64"],
         "04_ppo": [f"updates={args.ppo_updates}", "checkpoint_every=0", "resume=false", "n_compare_prompts=1"],
+        "04_dpo": [f"max_train_pairs={args.dpo_pairs}", "max_eval_pairs=32", "save_steps=0", "n_compare_prompts=1"],
     }
     if args.random_weights:
         for stage, key in (("02_sft", "base_model"), ("03_reward", "base_model")):
@@ -126,8 +127,8 @@ def run_stage(stage: str, profile_name: str, run_dir: Path, overrides: list[str]
 
 
 def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[str, Any]]:
-    sft, reward, ppo = (dict(profile.stage_params(s)) for s in ("02_sft", "03_reward", "04_ppo"))
-    for stage, params in (("02_sft", sft), ("03_reward", reward), ("04_ppo", ppo)):
+    sft, reward, ppo, dpo = (dict(profile.stage_params(s)) for s in ("02_sft", "03_reward", "04_ppo", "04_dpo"))
+    for stage, params in (("02_sft", sft), ("03_reward", reward), ("04_ppo", ppo), ("04_dpo", dpo)):
         params.update(metrics.get(stage, {}).get("parameters", {}))  # what the stage ran with, --set included
     rows = []
     if "02_sft" in metrics:
@@ -147,6 +148,12 @@ def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[s
         rows.append({"stage": "04 PPO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + value head",
                      "ran": f"{m['updates']} updates of {ppo.get('batch_size')} prompts, ≤ {ppo.get('max_new_tokens')} new tokens",
                      "speed": f"{m['seconds_per_update']:,.1f} s/update", "m": m})
+    if "04_dpo" in metrics:
+        m = metrics["04_dpo"]
+        rows.append({"stage": "04 DPO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + reference adapter",
+                     "ran": f"{m['train_pairs']} pairs in {m['steps']} steps of {dpo.get('batch_size')} × {dpo.get('grad_accum')} "
+                            f"pairs ≤ {dpo.get('max_length')} tokens",
+                     "speed": f"{m['train_pairs'] / m['train_seconds']:,.2f} pairs/s", "m": m})
     return rows
 
 
@@ -172,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sft-steps", type=int, default=10)
     ap.add_argument("--reward-pairs", type=int, default=256)
     ap.add_argument("--ppo-updates", type=int, default=3)
+    ap.add_argument("--dpo-pairs", type=int, default=64)
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="try a setting before writing it into the profile, e.g. 02_sft:per_device_train_batch_size=8")
     ap.add_argument("--stages", nargs="+", default=list(STAGES.values()), choices=list(STAGES.values()))

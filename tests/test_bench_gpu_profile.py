@@ -34,3 +34,33 @@ def test_shapes_have_the_published_sizes(name):
 def test_every_gpu_profile_model_has_a_shape(profile):
     p = load_profile(profile)
     assert {p.stage_params("02_sft")["base_model"], p.stage_params("03_reward")["base_model"]} <= set(SHAPES)
+
+
+@pytest.mark.parametrize("profile", ["colab-t4", "laptop-8gb"])
+def test_the_benchmark_shortens_every_stage_the_script_runs(profile):
+    """Each stage `recipes.train` can run gets shortened with keys its notebook declares (a renamed parameter
+    would make the benchmark fail on a GPU, after the earlier stages had spent their time)."""
+    from types import SimpleNamespace
+
+    from benchmarks.bench_gpu_profile import stage_overrides, table_rows
+    from recipes.train import STAGES
+    from utils.notebook_params import declared_parameters
+    from utils.stages import notebook_path
+
+    p = load_profile(profile)
+    args = SimpleNamespace(sft_steps=2, reward_pairs=8, ppo_updates=1, dpo_pairs=8, random_weights=True)
+    models = {p.stage_params(s)["base_model"]: f"/models/{s}" for s in ("02_sft", "03_reward")}
+    overrides = stage_overrides(p, args, models)
+    assert set(overrides) == set(STAGES.values())
+    for stage, settings in overrides.items():
+        declared = declared_parameters(notebook_path(stage))
+        assert {s.partition("=")[0] for s in settings} <= set(declared), stage
+    metrics = {  # what each stage's metrics.json holds, as far as the table reads it
+        "02_sft": {"quantization": "nf4", "tokens_per_second": 1000.0, "train_seconds": 4.0},
+        "03_reward": {"pairs_train": 8, "train_seconds": 2.0},
+        "04_ppo": {"updates": 1, "seconds_per_update": 3.0},
+        "04_dpo": {"train_pairs": 8, "steps": 1, "train_seconds": 4.0},
+    }
+    rows = table_rows(p, metrics, args)
+    assert [r["stage"] for r in rows] == ["02 SFT", "03 reward", "04 PPO", "04 DPO"]
+    assert rows[-1]["speed"] == "2.00 pairs/s"
