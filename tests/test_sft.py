@@ -129,9 +129,13 @@ def test_short_qlora_run_lowers_heldout_loss_and_saves_a_reloadable_adapter(oass
     eval_set = sft.encode_conversations(eval_convs, tok, settings.max_length)
     model = sft.add_lora(load_causal_lm(base, "nf4", "cpu", tokenizer=tok), tok, settings)
     trainer = sft.make_trainer(model, tok, train_set.dataset, eval_set.dataset, settings, tmp_path)
+    evaluations, evaluate = [], trainer.evaluate
+    trainer.evaluate = lambda *a, **k: evaluations.append(1) or evaluate(*a, **k)
     stats = sft.train(trainer)
     assert stats.eval_loss_after < stats.eval_loss_before - 0.02  # measured: 4.985 -> 4.943
     assert [s for s, _ in stats.curves["eval"]] == [0, 12, 24]
+    assert len(evaluations) == 3  # the loss after training is step 24's evaluation, not a fourth pass ...
+    assert stats.eval_loss_after == pytest.approx(evaluate()["eval_loss"], abs=1e-6)  # ... and the same figure
     assert stats.tokens_seen > 24 * 4 * 10 and stats.tokens_per_second > 0
 
     adapter = sft.save_adapter(trainer.model, tok, tmp_path / "adapter")

@@ -26,6 +26,7 @@ import torch
 
 from utils import chat_format
 from utils.artifacts import StageNotRun, read_metrics, stage_dir, stage_path
+from utils.batching import length_batches
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
 from utils.stages import DPO, PPO, SFT
@@ -143,14 +144,12 @@ def generate_answers(
     """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + 1000 s``.
 
     A deterministic config (greedy, beams without sampling) is asked once whatever ``samples`` says.
-    Prompts are batched shortest first: one long prompt in a batch of short ones would pad them all.
     """
     n = samples if sampling.do_sample else 1
-    by_length = sorted(prompts, key=len)
     out: dict[str, list[str]] = {prompt_key(p): [] for p in prompts}
     for s in range(n):
-        replies = generate_replies(model, tokenizer, [as_prompt(p) for p in by_length], sampling, batch_size=batch_size, seed=seed + 1000 * s)
-        for p, r in zip(by_length, replies):
+        replies = generate_replies(model, tokenizer, [as_prompt(p) for p in prompts], sampling, batch_size=batch_size, seed=seed + 1000 * s)
+        for p, r in zip(prompts, replies):
             out[prompt_key(p)].append(r)
     return out
 
@@ -224,10 +223,8 @@ def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_to
         i = too_long[0]
         raise ValueError(f"prompt {i} has {len(encoded[i])} tokens: with max_new_tokens={max_new_tokens} it overflows the "
                          f"model's {context}-token context ({len(too_long)} such prompts); select prompts with fitting_prompts")
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))  # similar lengths share a batch: less padding
     out: list[Sample | None] = [None] * len(encoded)
-    for b, start in enumerate(range(0, len(order), batch_size)):
-        rows = order[start : start + batch_size]
+    for b, rows in enumerate(length_batches([len(x) + max_new_tokens for x in encoded], batch_size)):
         width = max(len(encoded[i]) for i in rows)
         ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in rows], device=device)
         mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in rows], device=device)
@@ -248,14 +245,13 @@ def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_to
 def masked_logprob_sums(model, sequences: Sequence[list[int]], masks: Sequence[list[int]], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """For each sequence, ``Σ log p(token_t | tokens_<t)`` over the positions t where its mask is 1.
 
-    Sequences are batched by length (less padding; the sums come back in the input order), padded on the
-    right with the attention mask off, and scored with a fused cross-entropy rather than a full log-softmax.
+    Sequences are batched by length (:func:`utils.batching.length_batches`; the sums come back in the input
+    order), padded on the right with the attention mask off, and scored with a fused cross-entropy rather than a
+    full log-softmax.
     """
     device = next(model.parameters()).device
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     sums = np.zeros(len(sequences))
-    for start in range(0, len(order), batch_size):
-        rows = order[start : start + batch_size]
+    for rows in length_batches([len(s) for s in sequences], batch_size):
         width = max(len(sequences[i]) for i in rows)
         ids = torch.tensor([sequences[i] + [pad_id] * (width - len(sequences[i])) for i in rows], device=device)
         attn = torch.tensor([[1] * len(sequences[i]) + [0] * (width - len(sequences[i])) for i in rows], device=device)

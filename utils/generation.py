@@ -13,6 +13,7 @@ from typing import Any, Sequence
 import torch
 
 from utils import chat_format
+from utils.batching import length_batches
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,9 @@ def generate_replies(
 ) -> list[str]:
     """The model's reply to each conversation in ``prompts`` (each ending with a user turn).
 
-    Prompts are encoded with :func:`utils.chat_format.encode_prompt` and left-padded so every row of a
-    batch ends where generation starts. Batch ``i`` samples with seed ``seed + i``, inside a forked RNG,
+    Prompts are encoded with :func:`utils.chat_format.encode_prompt`, batched by length
+    (:func:`utils.batching.length_batches`) and left-padded so every row of a batch ends where generation
+    starts; the replies come back in the order of ``prompts``. Batch ``i`` samples with seed ``seed + i``, inside a forked RNG,
     so the same call gives the same replies and the caller's random state is untouched. A prompt longer
     than the model's context minus ``max_new_tokens`` keeps its last tokens (the latest turns), with a
     warning saying how many prompts were cut.
@@ -94,10 +96,10 @@ def generate_replies(
 
     was_training = model.training
     model.eval()
-    replies: list[str] = []
+    replies: list[str | None] = [None] * len(encoded)
     try:
-        for b, start in enumerate(range(0, len(encoded), batch_size)):
-            batch = encoded[start : start + batch_size]
+        for b, rows in enumerate(length_batches([len(ids) + sampling.max_new_tokens for ids in encoded], batch_size)):
+            batch = [encoded[i] for i in rows]
             width = max(len(ids) for ids in batch)
             input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], device=device)
             attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], device=device)
@@ -112,7 +114,8 @@ def generate_replies(
                     use_cache=True,
                     **sampling.generate_kwargs(),
                 )
-            replies += [chat_format.decode_reply(row[width:].tolist(), tokenizer) for row in out]
+            for i, row in zip(rows, out):
+                replies[i] = chat_format.decode_reply(row[width:].tolist(), tokenizer)
     finally:
         model.train(was_training)
     return replies

@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from utils import chat_format
+from utils.batching import length_batches
 from utils.modeling import default_device, pair_schedule_args, trainer_device_args
 from utils.notebook_params import FromParams
 from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
@@ -174,11 +175,11 @@ class RewardScorer:
                 encoded.append(tuple(encode_conversation(conv, self.tokenizer, self.max_length)))
             except ValueError as e:
                 raise ValueError(f"conversation {i}: {e}") from None
-        unique = sorted(set(encoded), key=len)
+        unique = list(dict.fromkeys(encoded))  # a reply scored twice is computed once
         scores: dict[tuple[int, ...], float] = {}
         pad_id = self.tokenizer.pad_token_id
-        for start in range(0, len(unique), batch_size):
-            batch = unique[start : start + batch_size]
+        for rows in length_batches([len(ids) for ids in unique], batch_size):
+            batch = [unique[i] for i in rows]
             width = max(len(ids) for ids in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
             attention_mask = torch.zeros((len(batch), width), dtype=torch.long)

@@ -310,7 +310,9 @@ def train(trainer: SFTTrainer) -> TrainStats:
     trainer.remove_callback(clock)
     if saving and trainer.is_world_process_zero():
         checkpoints.remove(trainer.args.output_dir)
-    after = trainer.evaluate()["eval_loss"]
+    # A periodic evaluation at the last step already measured the trained model on the same threads
+    last = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e and e.get("step") == trainer.state.global_step]
+    after = last[-1] if last else trainer.evaluate()["eval_loss"]
     curves = loss_curves(trainer.state.log_history)
     curves["eval"].insert(0, (0, before))  # train() starts a fresh log: the first evaluation is not in it
     if not curves["train"]:
