@@ -208,7 +208,7 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     dpo.check_same_split(p, reward_parameters, DPO)
     split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
                        on_error=p["on_error"])
-    train_pairs = dpo.training_pairs(split)[: p["max_train_pairs"]]
+    train_pairs = dpo.training_pairs(split, p["judge_fraction"], p["seed"])[: p["max_train_pairs"]]
     heldout_sets = dpo.heldout_pairs(split, p["max_eval_pairs"])
     reset_peak_memory()
     model, tokenizer, sft_adapter_dir = dpo.load_policy(run_dir, p["quantization"], state.device)

@@ -24,28 +24,34 @@ def split():
     return load_split(TRAIN, HELDOUT, lang=["en"], eval_fraction=0.1, seed=0)
 
 
-def test_dpo_trains_on_the_reward_models_training_pairs_and_no_evaluation_tree(split):
-    ours = dpo.training_pairs(split)
-    # Stage 03's own sets, built as its notebook and script build them: the proxy's and the judge's trees.
+def test_dpo_trains_on_the_proxys_pairs_and_on_no_tree_of_the_judge_or_of_evaluation(split):
+    ours = dpo.training_pairs(split, judge_fraction=0.5, seed=0)
+    # Stage 03's own sets, built as its notebook and script build them: the proxy's trees and the judge's.
     proxy_trees, judge_trees = reward_stage.split_for_judge(split.train, 0.5, 0)
-    reward_pairs = preference_pairs(rm_groups(proxy_trees)) + preference_pairs(rm_groups(judge_trees))
-    assert sorted(map(key, ours)) == sorted(map(key, reward_pairs)) and len(ours) > 500
+    assert sorted(map(key, ours)) == sorted(map(key, preference_pairs(rm_groups(proxy_trees)))) and len(ours) > 250
+    judge_messages = {m["message_id"] for t in judge_trees for m in iter_messages(t)}
     evaluation_messages = {m["message_id"] for t in split.eval + split.heldout for m in iter_messages(t)}
-    training_messages = {m["message_id"] for t in split.train for m in iter_messages(t)}
-    assert all(p.group in training_messages and p.group not in evaluation_messages for p in ours)
+    proxy_messages = {m["message_id"] for t in proxy_trees for m in iter_messages(t)}
+    assert judge_messages and all(p.group in proxy_messages and p.group not in judge_messages | evaluation_messages for p in ours)
     held = dpo.heldout_pairs(split)
     assert {p.group for ps in held.values() for p in ps} <= evaluation_messages
     assert not {key(p) for p in ours} & {key(p) for ps in held.values() for p in ps}
     assert [len(v) for v in dpo.heldout_pairs(split, 5).values()] == [5, 5]
+    # Without a judge the proxy has every training tree, and so has DPO.
+    everything = preference_pairs(rm_groups(split.train))
+    assert sorted(map(key, dpo.training_pairs(split, judge_fraction=0, seed=0))) == sorted(map(key, everything))
+    assert len(everything) > len(ours)
 
 
 def test_a_split_other_than_the_reward_stages_stops_in_one_line():
-    params = {"train_paths": TRAIN, "heldout_paths": HELDOUT, "lang": ["en"], "eval_fraction": 0.1, "seed": 0}
+    params = {"train_paths": TRAIN, "heldout_paths": HELDOUT, "lang": ["en"], "eval_fraction": 0.1, "judge_fraction": 0.5, "seed": 0}
     dpo.check_same_split(params, dict(params), "04_dpo")
     dpo.check_same_split(params, {}, "04_dpo")  # a stage 03 without a record: nothing to compare
     with pytest.raises(ValueError, match=r"^04_dpo splits the data with eval_fraction=0.2 but 03_reward ran with eval_fraction=0.1: "
                                          r"give both stages the same eval_fraction"):
         dpo.check_same_split({**params, "eval_fraction": 0.2}, params, "04_dpo")
+    with pytest.raises(ValueError, match=r"^04_dpo splits the data with judge_fraction=0 but 03_reward ran with judge_fraction=0.5"):
+        dpo.check_same_split({**params, "judge_fraction": 0}, params, "04_dpo")  # DPO would train on the judge's trees
 
 
 def test_trl_conversational_record_and_oa_tokens_by_hand():
@@ -95,7 +101,7 @@ def test_the_reference_is_the_sft_policy_and_the_held_out_figures_are_trls(micro
 
     split = load_split(TRAIN, HELDOUT, lang=["en"], eval_fraction=0.1, seed=0)
     model, tokenizer, sft_dir = dpo.load_policy(micro_run)
-    train_set = dpo.encode_pairs(dpo.training_pairs(split)[:8], tokenizer, 48)
+    train_set = dpo.encode_pairs(dpo.training_pairs(split, 0.5)[:8], tokenizer, 48)
     heldout = dpo.encode_pairs(dpo.heldout_pairs(split, 4)["eval split"], tokenizer, 48)
     settings = dpo.DPOSettings(max_length=48, batch_size=8, learning_rate=0.01, max_steps=1, warmup=0.0)
     trainer = dpo.make_trainer(model, tokenizer, train_set, settings, sft_dir, str(tmp_path))

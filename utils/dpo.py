@@ -11,9 +11,12 @@ the policy directly on the preference pairs:
 trl's ``DPOTrainer`` computes the loss; the kit writes none of it. This module supplies the data, the model
 and the reference, and measures the result. Implementation details worth naming:
 
-1. **The reward model's pairs**: every ranked pair of the training split's trees, the trees stage 03 divides
-   between its proxy and its judge (DPO is one policy and takes both parts); never a tree of the eval split
-   or of the held-out file (:func:`training_pairs`; the stage checks it splits the data as stage 03 did).
+1. **The proxy's pairs**: every ranked pair of the proxy's trees, the part of the training split stage 03's
+   proxy reward model (the one PPO optimises) learned from. Never a tree of the judge's part: the judge is stage
+   05's independent opinion, and a policy trained on its rankings would be judged by a model that shares its
+   training data. Never a tree of the eval split or of the held-out file either (:func:`training_pairs`; the
+   stage checks it splits the data as stage 03 did, ``judge_fraction`` included). HH-RLHF pairs that stage 03
+   mixed into the proxy (``hh_weight > 0``) are not given to DPO: trl's loss has no per-pair weight to honour.
 2. **trl's conversational preference format** (:func:`conversational_record`: ``prompt`` a conversation,
    ``chosen`` and ``rejected`` one assistant turn each), tokenized by the kit's chat format
    (:func:`encode_pairs`): trl 1.16 tokenizes conversations only through a chat template, and the tiny base
@@ -55,7 +58,7 @@ from utils.notebook_params import FromParams
 POLICY = "default"  # peft writes the adapter named "default" at the top of a folder: what stage 05 loads
 REFERENCE = "ref"  # the name trl gives the frozen copy of a PEFT model's adapter
 HELDOUT_SETS = ("eval split", "100-tree file")  # stage 03's names for the OASST pairs no model trained on
-DATA_PARAMETERS = ("train_paths", "heldout_paths", "lang", "eval_fraction", "seed")  # decide the split
+DATA_PARAMETERS = ("train_paths", "heldout_paths", "lang", "eval_fraction", "judge_fraction", "seed")  # decide the split
 
 
 @dataclass
@@ -79,11 +82,14 @@ class DPOSettings(FromParams):
 # ----------------------------------------------------------------------------------------------------- pairs
 
 
-def training_pairs(split) -> list:
-    """The preference pairs of the training split's trees: stage 03's proxy and judge training pairs together."""
+def training_pairs(split, judge_fraction: float, seed: int = 0) -> list:
+    """The preference pairs of the proxy's trees: what stage 03's proxy trained on (before its ``max_train_pairs``),
+    none of the judge's."""
     from utils.oasst import preference_pairs, rm_groups
+    from utils.reward_stage import split_for_judge
 
-    return preference_pairs(rm_groups(split.train))
+    proxy_trees, _ = split_for_judge(split.train, judge_fraction, seed)
+    return preference_pairs(rm_groups(proxy_trees))
 
 
 def heldout_pairs(split, max_pairs: int | None = None) -> dict[str, list]:
