@@ -130,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         profile = load_profile(args.profile)
-    except (FileNotFoundError, ValueError) as e:
+        from recipes.train import stage_parameters
+
+        stage_parameters(REWARD, args.profile, overrides_for(args.weights[0], args.share, args.overrides))  # a bad --set stops here
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if any(w < 0 for w in args.weights):

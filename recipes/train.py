@@ -54,7 +54,10 @@ def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dic
         key, sep, value = item.partition("=")
         if not sep:
             raise ParameterError(f"--set {item!r}: expected KEY=VALUE")
-        given[key] = yaml.safe_load(value)
+        try:
+            given[key] = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ParameterError(f"--set {item!r}: the value is not YAML ({getattr(e, 'problem', None) or e})") from None
     try:
         return effective_parameters(notebook_path(stage), given, root=REPO_ROOT)
     except ParameterError as e:
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = Path(args.run_dir or RUNS_DIR / load_profile(args.profile).name)
         if run_dir.exists() and not run_dir.is_dir():
             raise ParameterError(f"--run-dir {run_dir} is a file, not a folder")
-    except (ParameterError, FileNotFoundError, KeyError) as e:
+    except (ParameterError, ValueError, OSError, KeyError) as e:  # a bad profile, path or --set: one line, no traceback
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 1
 

@@ -289,6 +289,19 @@ def test_a_larger_kl_coefficient_keeps_the_policy_closer_to_the_reference(tokeni
     assert strong < weak / 1.5, (strong, weak)
 
 
+def test_the_adaptive_controller_moves_beta_in_training_by_each_updates_kl(tokenizer):
+    """β in a real run: fed each update's measured KL, it falls while the policy is closer than the target (the first
+    rollout is the reference's own, KL 0) and rises once it drifts past; horizon = batch size allows x1.2 an update."""
+    target = 0.05
+    history = learning_run(tokenizer, 6, target_kl=target, kl_horizon=16)
+    betas = [r["kl_coef"] for r in history]
+    for row, beta_next in zip(history, betas[1:]):
+        error = min(max(row["kl"] / target - 1.0, -0.2), 0.2)
+        assert beta_next == pytest.approx(row["kl_coef"] * (1.0 + error)), (betas, [r["kl"] for r in history])
+    assert betas[1] == pytest.approx(0.05 * 0.8)  # KL 0 at the first update: the largest step down
+    assert max(betas[2:]) > betas[1], (betas, [r["kl"] for r in history])  # the policy drifted past 0.05 nats: β rose
+
+
 def test_missing_eos_penalty_lowers_the_trained_objective_not_the_logged_reward(tokenizer):
     runs = {}
     for penalty in (0.0, 5.0):

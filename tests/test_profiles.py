@@ -103,3 +103,26 @@ def test_notebooks_never_reassign_a_parameter(stage: str):
         for node in ast.walk(ast.parse(source)):
             if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                 assert node.id not in params, f"{stage}: a cell assigns the parameter {node.id!r}"
+
+
+CHECKPOINTING = {"02_sft": "save_steps", "03_reward": "save_steps", "04_dpo": "save_steps", "04_ppo": "checkpoint_every"}
+
+
+@pytest.mark.parametrize("path", [p for p in PROFILES if not load_profile(p).offline], ids=lambda p: p.stem)
+def test_a_gpu_profile_checkpoints_every_training_stage(path: Path):
+    """A GPU run takes an hour or more and a Colab session ends without warning: no training stage may start over."""
+    profile = load_profile(path)
+    missing = [f"{stage}.{key}" for stage, key in CHECKPOINTING.items() if not profile.stage_params(stage)[key]]
+    assert not missing, f"{path.name} never checkpoints {missing}"
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_the_kl_controller_can_move_beta_within_the_run(path: Path):
+    """β moves by at most e^(0.2 n/horizon) over n replies: a horizon near the run's length pins it near its start."""
+    import math
+
+    p = load_profile(path).stage_params("04_ppo")
+    if p["target_kl"] is None:
+        return
+    reach = math.exp(0.2 * p["updates"] * p["batch_size"] / p["kl_horizon"])
+    assert reach >= 1.5, f"{path.name}: over {p['updates']} updates of {p['batch_size']} replies beta can move x{reach:.2f} at most"

@@ -475,3 +475,21 @@ def test_a_dpo_setting_changes_dpo_and_evaluation_fingerprints_only(tmp_path):
     after = expected_records(plan_stages(load_profile(changed)))
     differ = sorted(s for s in before if before[s].fingerprint != after[s].fingerprint)
     assert differ == ["04_dpo", "05_evaluate"]
+
+
+@pytest.mark.parametrize("case", ["profile is a folder", "duplicate key", "--set value is not YAML", "--set without ="])
+def test_recipes_train_bad_command_lines_are_one_line(tmp_path, capsys, case):
+    from recipes.train import main as train_main
+
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("name: dup\nstages:\n  03_reward:\n    seed: 1\n    seed: 2\n")
+    args, expected = {
+        "profile is a folder": (["--profile", str(tmp_path)], f"error: {tmp_path} is a folder, not a profile"),
+        "duplicate key": (["--profile", str(dup)], f"error: {dup}:5: invalid YAML: key 'seed' appears twice (lines 4 and 5)"),
+        "--set value is not YAML": (["--set", "lang=[en"], "error: --set 'lang=[en': the value is not YAML"),
+        "--set without =": (["--set", "lang"], "error: --set 'lang': expected KEY=VALUE"),
+    }[case]
+    assert train_main(["reward", *args, "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(expected) and "\n" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -70,10 +70,15 @@ class StageNotRun(FileNotFoundError):
     """
 
     def __init__(self, run_dir: str | Path, stage: str) -> None:
+        from utils.stages import upstream
+
         profile = Path(run_dir).name
+        # Every stage the missing one needs that has not run either, in order: one command runs them all.
+        missing = [s for s in upstream(stage) if not (stage_dir(run_dir, s) / METRICS_FILE).exists()] + [stage]
+        notebooks = ", ".join(f"notebooks/{s}.ipynb" for s in missing)
         super().__init__(
-            f"stage {stage} has not run in {run_dir}: run notebooks/{stage}.ipynb first, or "
-            f"python -m recipes.run --profile {profile} --from {stage.split('_', 1)[0]}"
+            f"stage {stage} has not run in {run_dir}: run {notebooks} first{' (in this order)' if len(missing) > 1 else ''}, "
+            f"or python -m recipes.run --profile {profile} --only {' '.join(missing)}"
         )
 
     def _render_traceback_(self) -> list[str]:  # IPython shows these lines instead of the traceback
