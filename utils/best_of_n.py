@@ -89,6 +89,31 @@ def best_of_n(
     return {n: pick_best(candidates, scores, n, answers_per_prompt) for n in ns}
 
 
+def best_of_n_players(models, prompts: Sequence[str], configs: Mapping[str, Any], ns: Sequence[int], judges: Mapping[str, Any],
+                      run_dir, answers_per_prompt: int = 1, batch_size: int = 8, score_batch_size: int = 16, seed: int = 0,
+                      log=print) -> tuple[dict[str, dict[str, list[str]]], dict[str, int]]:
+    """Stage 05's best-of-n players: ``(answers, {player: n})``, one per n and sampling preset, picked among the SFT
+    model's samples by the proxy (:func:`proxy_scorer`). A greedy preset is passed over (said in ``log``); nothing is
+    sampled when ``ns`` is empty or the run has no SFT model."""
+    from utils.evaluate import use
+
+    answers: dict[str, dict[str, list[str]]] = {}
+    best_of: dict[str, int] = {}
+    if not ns or "sft" not in models.names:
+        return answers, best_of
+    proxy = proxy_scorer(judges, run_dir)
+    with use(models, "sft") as model:
+        for preset, sampling in configs.items():
+            if not sampling.do_sample:
+                log(f"best-of-n skips the {preset} preset: it does not sample")
+                continue
+            picked = best_of_n(model, models.tokenizer, prompts, sampling, ns, proxy, answers_per_prompt=answers_per_prompt,
+                               batch_size=batch_size, score_batch_size=score_batch_size, seed=seed)
+            for n, chosen in picked.items():
+                answers[player_name(n, preset)], best_of[player_name(n, preset)] = chosen, n
+    return answers, best_of
+
+
 def proxy_scorer(judges: Mapping[str, Any], run_dir) -> Any:
     """The reward model best-of-n selects with: the judge PPO trains against, else stage 03's proxy loaded anew."""
     for judge in judges.values():

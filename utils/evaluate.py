@@ -132,6 +132,9 @@ def use(models: Models, name: str) -> Iterator[Any]:
 # ------------------------------------------------------------------------------------------ answers and rewards
 
 
+SAMPLE_SEED_STRIDE = 1000  # sample s of every prompt is drawn with seed + 1000 s: one stream per sample, shared by every player
+
+
 def generate_answers(
     model,
     tokenizer,
@@ -141,14 +144,15 @@ def generate_answers(
     batch_size: int = 8,
     seed: int = 0,
 ) -> dict[str, list[str]]:
-    """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + 1000 s``.
+    """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + SAMPLE_SEED_STRIDE · s``.
 
     A deterministic config (greedy, beams without sampling) is asked once whatever ``samples`` says.
     """
     n = samples if sampling.do_sample else 1
     out: dict[str, list[str]] = {prompt_key(p): [] for p in prompts}
     for s in range(n):
-        replies = generate_replies(model, tokenizer, [as_prompt(p) for p in prompts], sampling, batch_size=batch_size, seed=seed + 1000 * s)
+        replies = generate_replies(model, tokenizer, [as_prompt(p) for p in prompts], sampling, batch_size=batch_size,
+                                   seed=seed + SAMPLE_SEED_STRIDE * s)
         for p, r in zip(prompts, replies):
             out[prompt_key(p)].append(r)
     return out
@@ -206,6 +210,9 @@ class Sample:
     reply_ids: list[int]  # the stop token included when the reply ended with one
 
 
+KL_SAMPLING = {"temperature": 1.0, "top_k": 0, "top_p": 1.0, "repetition_penalty": 1.0}  # the model's own distribution, untruncated
+
+
 @torch.no_grad()
 def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_tokens: int, batch_size: int = 8, seed: int = 0) -> list[Sample]:
     """Replies drawn from the model's own distribution (temperature 1, nothing truncated), as token ids.
@@ -231,8 +238,7 @@ def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_to
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + b)
             gen = model.generate(
-                input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                repetition_penalty=1.0, min_new_tokens=0, max_new_tokens=max_new_tokens,
+                input_ids=ids, attention_mask=mask, do_sample=True, **KL_SAMPLING, min_new_tokens=0, max_new_tokens=max_new_tokens,
                 eos_token_id=stops, pad_token_id=pad_id,
             )
         for i, row in zip(rows, gen[:, width:].tolist()):
@@ -295,6 +301,26 @@ def monte_carlo_kl(
     """Per-sample estimates of KL(policy ‖ reference) for each reference, from one set of policy samples."""
     samples, own = policy_samples(models, policy, prompts, max_new_tokens, batch_size, seed)
     return {ref: kl_to(models, ref, samples, own, batch_size) for ref in references}
+
+
+KL_REFERENCES = {"sft": ("base",), "ppo": ("base", "sft"), "dpo": ("base", "sft")}  # each trained model against where it started
+
+
+def kl_estimates(models: Models, prompts: Sequence[Conversation], max_new_tokens: int, batch_size: int = 8, rounds: int = 1000,
+                 seed: int = 0) -> dict[str, dict[str, tuple[float, float, float]]]:
+    """``{model: {reference: (mean, lo, hi)}}``: KL per reply of each trained model of the run from the models it
+    started from (:data:`KL_REFERENCES`), a Monte-Carlo mean over its own samples with a bootstrap interval."""
+    kl = {}
+    for policy, references in KL_REFERENCES.items():
+        if policy in models.names:
+            per_sample = monte_carlo_kl(models, policy, references, prompts, max_new_tokens, batch_size=batch_size, seed=seed)
+            kl[policy] = {ref: bootstrap_mean_ci(v, rounds=rounds, seed=seed) for ref, v in per_sample.items()}
+    return kl
+
+
+def kl_rows(kl: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict[str, str]]:
+    """:func:`kl_estimates` as table rows."""
+    return [{"model": m, **{f"KL from {r}": f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for r, v in refs.items()}} for m, refs in kl.items()]
 
 
 # ------------------------------------------------------------------------------------------ reward against KL
@@ -430,6 +456,27 @@ def is_refusal(text: str) -> bool:
 
 def refusal_rate(texts: Sequence[str]) -> float:
     return float(np.mean([is_refusal(t) for t in texts])) if texts else float("nan")
+
+
+def harmless_answers(models: Models, prompts: Sequence[Conversation], sampling: SamplingConfig, judges: Mapping[str, Any],
+                     batch_size: int = 8, score_batch_size: int = 16, rounds: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """Every model's replies to HH-RLHF harmless prompts: ``{model: {"refusal_rate", "example", "rewards"}}``, the
+    example its reply to the first prompt, ``rewards[judge]`` the judge's mean reward ``(mean, lo, hi)``."""
+    hh = {}
+    for name in models.names:
+        with use(models, name) as model:
+            replies = generate_replies(model, models.tokenizer, prompts, sampling, batch_size=batch_size, seed=seed)
+        conversations = [list(c) + [{"role": "assistant", "content": r}] for c, r in zip(prompts, replies)]
+        hh[name] = {"refusal_rate": refusal_rate(replies), "example": replies[0] if replies else "",
+                    "rewards": {j: bootstrap_mean_ci(judge.scorer.score(conversations, batch_size=score_batch_size), rounds=rounds, seed=seed)
+                                for j, judge in judges.items()}}
+    return hh
+
+
+def harmless_rows(hh: Mapping[str, Mapping[str, Any]]) -> list[dict[str, str]]:
+    """:func:`harmless_answers` as table rows."""
+    return [{"model": n, **{f"reward ({j})": f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}]" for j, (m, lo, hi) in v["rewards"].items()},
+             "refusal rate": f"{v['refusal_rate']:.2f}", "answer to the first prompt": v["example"][:200]} for n, v in hh.items()]
 
 
 def fitting_prompts(convs: Sequence[Conversation], tokenizer, max_tokens: int, n: int) -> tuple[list[Conversation], int]:

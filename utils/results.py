@@ -128,6 +128,39 @@ def cost_columns(model_of: Mapping[str, str], best_of: Mapping[str, int], costs:
     return out
 
 
+def results_table(run_dir: str | Path, judges: Mapping[str, Judge], tournaments: Mapping[str, Any],
+                  summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], model_of: Mapping[str, str], best_of: Mapping[str, int],
+                  ppl: Mapping[str, float], kl: Mapping[str, Mapping[str, Sequence[float]]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Stage 05's table, ``(rows, costs)``: every player's Elo and reward under each judge (:func:`results_rows`), its
+    judge-free columns (KL, perplexity), and what its method cost to train (read from the run's training stages)."""
+    extras = {**player_extras(model_of, ppl, kl), **best_of_extras(best_of)}
+    costs = training_costs(run_dir)
+    for player, columns in cost_columns(model_of, best_of, costs).items():
+        extras.setdefault(player, {}).update(columns)
+    return results_rows(judges, tournaments, summaries, extras), costs
+
+
+def players_summary(players: Sequence[str], lead_summaries: Mapping[str, Mapping[str, Any]], model_of: Mapping[str, str],
+                    best_of: Mapping[str, int], ppl: Mapping[str, float], kl: Mapping[str, Mapping[str, Sequence[float]]],
+                    hh: Mapping[str, Mapping[str, Any]], costs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Stage 05's ``models`` metrics: per player its answers' length and count (under the lead judge), and for the
+    run's own models perplexity, KL to the base and to SFT, HH-RLHF refusals and rewards, training cost; for a
+    best-of-n player its n and the analytic KL bound."""
+    from utils.best_of_n import kl_bound
+
+    out = {}
+    for p in players:
+        row = {k: lead_summaries[p][k] for k in ("length_mean", "prompts", "answers")}
+        if m := model_of.get(p):
+            row.update({"ppl": ppl[m], "kl": kl.get(m, {}).get("base"), "kl_sft": kl.get(m, {}).get("sft"),
+                        "hh_refusal_rate": hh[m]["refusal_rate"], "hh_rewards": hh[m]["rewards"],
+                        "train_seconds": costs.get(m, {}).get("seconds"), "peak_memory_mb": costs.get(m, {}).get("peak_memory_mb")})
+        if p in best_of:
+            row.update({"best_of_n": best_of[p], "kl_sft_bound": kl_bound(best_of[p])})
+        out[p] = row
+    return out
+
+
 def against_baseline(tournaments: Mapping[str, Any], judges: Mapping[str, Judge], players: Sequence[str], baseline: str) -> list[dict[str, str]]:
     """Rows reading each player against ``baseline`` (SFT, the model every method starts from), per judge: the
     share of points it took in their games with its bootstrap interval, and what the interval allows one to say.

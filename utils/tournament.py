@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import combinations
+from pathlib import Path
 from typing import Literal, Mapping, Sequence
 
 import numpy as np
@@ -211,12 +212,15 @@ def draw_counts(drawn: np.ndarray, n_units: int) -> np.ndarray:
     return np.bincount(flat, minlength=rounds * n_units).reshape(rounds, n_units)
 
 
+REPLAY_SEED_OFFSET = 1  # added to the bootstrap's seed: the games' replay order is drawn apart from which units are drawn
+
+
 def replay_orders(units: list[np.ndarray], drawn: np.ndarray, seed: int) -> np.ndarray:
     """Each round's games in random order (every drawn unit's games, as often as it was drawn), the
     rounds padded at the end with -1 to one length."""
     if all(len(u) == 1 for u in units):  # games resampled one by one: the draws are already in random order
         return np.concatenate(units)[drawn]
-    rng = np.random.default_rng(seed + 1)  # its own stream, not the draws'
+    rng = np.random.default_rng(seed + REPLAY_SEED_OFFSET)  # its own stream, not the draws'
     rows = [np.concatenate([units[u] for u in row]) for row in drawn]
     orders = np.full((len(rows), max(len(r) for r in rows)), -1, dtype=np.int64)
     for i, games in enumerate(rows):
@@ -329,8 +333,9 @@ def run_tournament(
     )
 
 
-def plot_win_rates(rates: Mapping[str, Mapping[str, float]], players: Sequence[str], ax=None):
-    """Heat map: row player's win rate against column player, with the numbers written in."""
+def plot_win_rates(rates: Mapping[str, Mapping[str, float]], players: Sequence[str], ax=None,
+                   title: str = "win rate of row over column (reward model as judge)", path: str | Path | None = None):
+    """Heat map: row player's win rate against column player, with the numbers written in (saved to ``path``)."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(1.2 * len(players) + 2.5, 0.9 * len(players) + 1.5))[1]
@@ -343,8 +348,10 @@ def plot_win_rates(rates: Mapping[str, Mapping[str, float]], players: Sequence[s
                 ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color="white" if dark else "black")
     ax.set_xticks(range(len(players)), players, rotation=30, ha="right")
     ax.set_yticks(range(len(players)), players)
-    ax.set_title("win rate of row over column (reward model as judge)")
+    ax.set_title(title)
     ax.figure.colorbar(image, ax=ax, fraction=0.046)
+    if path is not None:
+        ax.figure.savefig(path, dpi=110, bbox_inches="tight")
     return ax
 
 
