@@ -193,7 +193,8 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
         tokenizer.save_pretrained(adapter_dir)
         snapshots = trainer.export_snapshots(out / "snapshots")
     return stage_metrics(trainer, out, adapter_dir=adapter_dir, snapshots=snapshots, reward_model_dir=reward_model_dir,
-                         peak_memory_mb=peak_memory_mb(), processes=state.num_processes, policy_checksums=checksums)
+                         data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_memory_mb(),
+                         processes=state.num_processes, policy_checksums=checksums)
 
 
 def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -227,8 +228,8 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     if state.is_main_process:
         dpo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
     return dpo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, train_set=train_set, heldout=heldout,
-                             heldout_sets=heldout_sets, parameters=parameters, peak_memory_mb=peak_mb,
-                             processes=state.num_processes, started=started)
+                             heldout_sets=heldout_sets, parameters=parameters, data_skipped=split.report.as_dict()["skipped"],
+                             peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
 
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo,

@@ -48,9 +48,9 @@ def test_pairs_that_part_early_are_read_as_trl_reads_them():
     report = Report()
     pairs = read_hh_pairs(QUIRKS, on_error="skip", report=report)
     raw = records(QUIRKS)
-    assert (report.read, report.kept, dict(report.skipped)) == (7, 6, {"no_shared_prompt": 1})
+    assert (report.read, report.kept, dict(report.skipped)) == (7, 5, {"no_shared_prompt": 1, "identical_replies": 1})
     assert report.notes == {"hh_parted_early": 3}
-    readable = [r for i, r in enumerate(raw) if i != 4]  # line 5 shares no turn: no prompt
+    readable = [r for i, r in enumerate(raw) if i not in (4, 6)]  # line 5 shares no turn: no prompt; line 7 is a tie
     for pair, rec in zip(pairs, readable):
         if not rec["chosen"].startswith("\n\n"):
             rec = {k: "\n\n" + v for k, v in rec.items()}  # trl's split needs the leading blank lines
@@ -60,8 +60,9 @@ def test_pairs_that_part_early_are_read_as_trl_reads_them():
 
 
 def test_the_quirks_one_by_one():
-    pairs = read_hh_pairs(QUIRKS, on_error="skip")
-    ordinary, runs_on, shorter, parts_at_human, no_blank_lines, identical = pairs
+    report = Report()
+    pairs = read_hh_pairs(QUIRKS, on_error="skip", report=report)
+    ordinary, runs_on, shorter, parts_at_human, no_blank_lines = pairs
     assert ordinary.prompt == [{"role": "user", "content": "Is it possible to download a car?"}]
     # A reply with "Human:" turns of its own: the prompt is the three shared turns, the reply keeps its tail.
     assert len(runs_on.prompt) == 3 and runs_on.chosen.endswith("\n\nHuman: Can you send it for me?\n\nAssistant: I can't send email, but I can help you write one.")
@@ -72,7 +73,8 @@ def test_the_quirks_one_by_one():
         assert len(pair.prompt) == 1 and pair.prompt[0]["role"] == "user"
         assert pair.chosen.split("\n\nHuman:")[0] == pair.rejected.split("\n\nHuman:")[0]
     assert no_blank_lines.prompt[0]["content"].startswith("Can you provide me the home address")
-    assert identical.chosen == identical.rejected
+    # Two identical replies state no preference: no pair (a tie, as in OASST's rankings), counted, never an error.
+    assert report.skipped == {"no_shared_prompt": 1, "identical_replies": 1} and report.balanced()
 
 
 def test_a_pair_without_a_shared_prompt_stops_a_strict_read_in_one_line():
@@ -92,7 +94,7 @@ def test_hh_files_are_told_from_their_content(tmp_path):
     (tmp_path / "hh.data").write_text(QUIRKS.read_text())
     assert is_hh_file(HH) and is_hh_file(QUIRKS) and is_hh_file(tmp_path / "hh.parquet") and is_hh_file(tmp_path / "hh.data")
     assert not is_hh_file(REPO / "data" / "oasst_en_100_trees.jsonl") and not is_hh_file(tmp_path / "missing.jsonl")
-    assert len(read_hh_pairs(tmp_path / "hh.parquet", on_error="skip")) == 6
+    assert len(read_hh_pairs(tmp_path / "hh.parquet", on_error="skip")) == 5
 
 
 def test_stats_counts_the_pairs_of_an_hh_file(capsys):
@@ -102,14 +104,14 @@ def test_stats_counts_the_pairs_of_an_hh_file(capsys):
     assert "trees" not in out  # no OASST export given, no OASST counts
     assert main(["stats", str(QUIRKS), "--on-error", "skip"]) == 0
     text = capsys.readouterr().out
-    assert "hh_pairs             6" in text and "read 7 = kept 6 + skipped 1 (pairs)" in text and "no_shared_prompt" in text
+    assert "hh_pairs             5" in text and "read 7 = kept 5 + skipped 2 (pairs)" in text and "no_shared_prompt" in text
 
 
 def test_stats_mixes_an_oasst_export_and_an_hh_file_each_in_its_own_unit(capsys):
     assert main(["stats", str(REPO / "data" / "oasst_en_100_trees.jsonl"), str(QUIRKS), "--on-error", "skip", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["trees"], out["messages"], out["read"]) == (100, 1167, 1167)
-    assert out["hh_rlhf"] == {"pairs": 6, "read": 7, "skipped": {"no_shared_prompt": 1}, "notes": {"hh_parted_early": 3}}
+    assert out["hh_rlhf"] == {"pairs": 5, "read": 7, "skipped": {"identical_replies": 1, "no_shared_prompt": 1}, "notes": {"hh_parted_early": 3}}
 
 
 def test_stats_on_an_hh_file_in_a_real_process():
@@ -118,4 +120,4 @@ def test_stats_on_an_hh_file_in_a_real_process():
     assert run.stderr == f"{QUIRKS}:5: 'chosen' and 'rejected' differ before any shared 'Human:' turn: no prompt to share\n"
     run = subprocess.run([sys.executable, "-m", "utils.oasst", "stats", str(QUIRKS), "--json", "--on-error", "skip"],
                          cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert run.returncode == 0 and json.loads(run.stdout)["hh_rlhf"]["pairs"] == 6
+    assert run.returncode == 0 and json.loads(run.stdout)["hh_rlhf"]["pairs"] == 5

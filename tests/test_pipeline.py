@@ -12,14 +12,15 @@ from utils.artifacts import read_metrics, stage_path
 REQUIRED = {
     "01_explore_trees": ["trees", "messages", "sft_threads", "rm_groups", "rm_pairs", "rl_prompts", "skipped"],
     "02_sft": ["eval_loss_before", "eval_loss_after", "train_loss_first", "train_loss_last", "quantization",
-               "trainable_params", "total_params", "tokens_per_second", "peak_memory_mb", "adapter_dir", "base_model_dir"],
+               "trainable_params", "total_params", "tokens_per_second", "peak_memory_mb", "adapter_dir", "base_model_dir",
+               "data_skipped"],
     "03_reward": ["eval_accuracy", "length_baseline_accuracy", "hh_accuracy", "reward_length_corr", "pairs_train",
-                  "pairs_eval", "model_dir"],
+                  "pairs_eval", "model_dir", "data_skipped"],
     "04_dpo": ["seconds", "peak_memory_mb", "train_seconds", "heldout_accuracy_before", "heldout_accuracy_after",
-               "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir"],
+               "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir", "data_skipped"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
-               "adapter_dir"],
-    "05_evaluate": ["models", "judges", "kl_curve", "table"],
+               "adapter_dir", "data_skipped"],
+    "05_evaluate": ["models", "judges", "kl_curve", "table", "data_read"],
 }
 
 

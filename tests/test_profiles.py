@@ -126,3 +126,20 @@ def test_the_kl_controller_can_move_beta_within_the_run(path: Path):
         return
     reach = math.exp(0.2 * p["updates"] * p["batch_size"] / p["kl_horizon"])
     assert reach >= 1.5, f"{path.name}: over {p['updates']} updates of {p['batch_size']} replies beta can move x{reach:.2f} at most"
+
+
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_draws_a_reward_against_kl_curve_of_at_least_4_points(path: Path):
+    """Stage 05 fits reward against sqrt(KL): fewer than 4 snapshots (few updates round points together) fit nothing."""
+    from utils.ppo import snapshot_schedule
+
+    p = load_profile(path).stage_params("04_ppo")
+    points = snapshot_schedule(p["updates"], p["kl_curve_points"])
+    assert len(points) >= 4 and points[0] == 0 and points[-1] == p["updates"], f"{path.name}: snapshots at {points}"
+
+
+@pytest.mark.parametrize("path", [p for p in PROFILES if not yaml.safe_load(p.read_text()).get("offline")], ids=lambda p: p.stem)
+def test_every_online_profile_has_a_judge_from_outside_the_kit(path: Path):
+    """Where the hub can be reached, OpenAssistant's released reward model judges too: trained on none of the kit's data."""
+    judges = load_profile(path).stage_params("05_evaluate")["judges"]
+    assert "judge" in judges and any("/" in j for j in judges), f"{path.name}: judges {judges}"

@@ -390,18 +390,19 @@ def test_cli_reports_accuracy_on_hh_rlhf_pairs(trained, tmp_path, run_cli):
 
 def test_cli_scores_published_hh_quirks_and_says_what_it_skipped(trained, run_cli):
     """Transcripts that part before the final reply are scored (read as trl reads them); the one pair with
-    no shared prompt stops a strict run in one line, and ``--on-error skip`` skips it and says so."""
+    no shared prompt stops a strict run in one line, and ``--on-error skip`` skips it and says so. The pair
+    of identical replies is a tie: no pair, counted."""
     quirks = REPO_ROOT / "tests" / "data" / "hh_rlhf_quirks.jsonl"
     strict = run_cli("eval", "--model", trained.model_dir, "--pairs", quirks)
     assert strict.returncode == 2 and strict.stdout == ""
     assert strict.stderr == f"error: {quirks}:5: 'chosen' and 'rejected' differ before any shared 'Human:' turn: no prompt to share\n"
     proc = run_cli("eval", "--model", trained.model_dir, "--pairs", quirks, "--on-error", "skip")
     assert proc.returncode == 0, proc.stderr
-    assert "on 6 pairs" in proc.stdout
-    assert "skipped 1 of 7 records read (1 no_shared_prompt)" in proc.stdout
+    assert "on 5 pairs" in proc.stdout
+    assert "skipped 2 of 7 records read (1 identical_replies, 1 no_shared_prompt)" in proc.stdout
     assert "3 pairs part before their final reply" in proc.stdout
     out = json.loads(run_cli("eval", "--model", trained.model_dir, "--pairs", quirks, "--on-error", "skip", "--json").stdout)
-    assert (out["n"], out["read"], out["skipped"], out["notes"]) == (6, 7, {"no_shared_prompt": 1}, {"hh_parted_early": 3})
+    assert (out["n"], out["read"], out["skipped"], out["notes"]) == (5, 7, {"identical_replies": 1, "no_shared_prompt": 1}, {"hh_parted_early": 3})
 
 
 def test_cli_derives_pairs_from_an_oasst_export(trained, tmp_path, run_cli):

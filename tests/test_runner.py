@@ -223,6 +223,16 @@ def test_stage_04_fingerprint_changes_with_stage_03s_parameters(tmp_path):
     assert after["04_ppo"].differences(before["04_ppo"]) == "03_reward changed"
 
 
+def test_a_stage_01_parameter_redoes_stage_01_only(tmp_path):
+    """Which tree 01 draws must not retrain SFT and the reward models (hours on a GPU profile)."""
+    micro = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
+    changed = tmp_path / "micro.yaml"
+    changed.write_text(micro.read_text().replace("  01_explore_trees:\n", "  01_explore_trees:\n    example_tree_id: some-tree\n"))
+    before = expected_records(plan_stages(load_profile(micro)))
+    after = expected_records(plan_stages(load_profile(changed)))
+    assert [s for s in before if before[s].fingerprint != after[s].fingerprint] == ["01_explore_trees"]
+
+
 # ------------------------------------------------------------------------------------------------ lock
 
 
@@ -288,6 +298,16 @@ def test_micro_profile_with_max_steps_six_fails_before_any_stage_in_one_line(tmp
     assert "\n" not in err and "stage 02_sft: max_steps: expected an int" in err and "'six'" in err, err
     assert not (tmp_path / "run").exists()
     assert time.time() - started < 30  # refused while reading the profile, not after stage 01 ran
+
+
+def test_a_misspelt_choice_is_caught_before_any_stage_runs(tmp_path, capsys):
+    profile = tmp_path / "micro.yaml"
+    text = (REPO_ROOT / "tests" / "profiles" / "micro.yaml").read_text()
+    profile.write_text(text.replace("  04_ppo:\n", "  04_ppo:\n    on_error: skipp\n"))
+    assert main(["--profile", str(profile), "--run-dir", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "stage 04_ppo: on_error: 'skipp' is not one of raise, skip" in err and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_missing_file_is_caught_before_sft_runs(tmp_path, capsys):
@@ -449,14 +469,15 @@ def test_list_of_alternative_stages_says_which_changed(tmp_path, capsys):
 def test_the_kits_stage_graph():
     from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT, STAGES, downstream, upstream
 
-    assert upstream(PPO) == upstream(DPO) == [EXPLORE, SFT, REWARD]  # neither alternative reads the other
-    assert upstream(EVALUATE) == [EXPLORE, SFT, REWARD, DPO, PPO]
+    assert upstream(PPO) == upstream(DPO) == [SFT, REWARD]  # neither alternative reads the other
+    assert upstream(EVALUATE) == [SFT, REWARD, DPO, PPO]
+    assert downstream(EXPLORE) == [EXPLORE]  # SFT and the reward models read the data, not 01's tables
     assert downstream(PPO) == [PPO, EVALUATE] and downstream(DPO) == [DPO, EVALUATE]
     assert downstream(REWARD) == [REWARD, DPO, PPO, EVALUATE]
     assert downstream(SFT) == [SFT, DPO, PPO, EVALUATE]  # a new SFT model leaves the reward models as they are
     # A profile without DPO: PPO and the evaluation keep the dependencies they had before DPO existed.
     without = [s for s in STAGES if s != DPO]
-    assert upstream(EVALUATE, without) == [EXPLORE, SFT, REWARD, PPO]
+    assert upstream(EVALUATE, without) == [SFT, REWARD, PPO]
     assert resolve_stage("ppo", list(STAGES)) == PPO and resolve_stage("04_dpo", list(STAGES)) == DPO
     with pytest.raises(StageError, match="ambiguous: 04_dpo or 04_ppo"):
         resolve_stage("4", list(STAGES))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import papermill
+import pytest
 
 from recipes.run import expected_records, plan_stages, run_profile, stage_states
 from utils.profile import REPO_ROOT, load_profile
@@ -37,6 +38,15 @@ def test_a_notebook_run_by_hand_is_a_finished_stage_for_the_runner(tmp_path):
     logs: list[str] = []
     results = run_profile(tiny, run_dir, only=[EXPLORE], progress=False, log=logs.append)
     assert [(r.stage, r.status) for r in results] == [(EXPLORE, "skipped")], logs
+    # Run again by hand and stop half way (a file that is not there): the old record no longer vouches for the folder.
+    with pytest.raises(papermill.PapermillExecutionError, match="no_such_file"):
+        papermill.execute_notebook(
+            str(notebook_path(EXPLORE)), str(tmp_path / "stopped.ipynb"),
+            parameters={"run_dir": str(run_dir), "out_dir": str(run_dir / EXPLORE), "train_paths": ["data/no_such_file.jsonl"]},
+            cwd=str(REPO_ROOT), progress_bar=False, kernel_name="python3",
+        )  # fmt: skip
+    assert read_record(run_dir / EXPLORE) is None and not (run_dir / EXPLORE / "metrics.json").exists()
+    assert dict(stage_states(tiny, run_dir))[EXPLORE] == "not run"
 
 
 def test_a_script_run_is_recorded_and_the_runner_sees_it(micro_run, tmp_path):

@@ -62,22 +62,27 @@ def stage_dir(run_dir: str | Path, stage: str) -> Path:
     return Path(run_dir) / stage
 
 
+def has_run(run_dir: str | Path, stage: str) -> bool:
+    return (stage_dir(run_dir, stage) / METRICS_FILE).exists()
+
+
 class StageNotRun(FileNotFoundError):
     """A stage needs the results of one that has not run (in this run folder).
 
     In a notebook it shows as its one-line message, not a traceback: what a student meets who opens
-    ``04_ppo`` in JupyterLab before running 02 and 03 is the stage to run and how.
+    ``04_ppo`` in JupyterLab before running 02 and 03 is every stage still to run and one command for them.
     """
 
-    def __init__(self, run_dir: str | Path, stage: str) -> None:
+    def __init__(self, run_dir: str | Path, missing: str | list[str], needed_by: str | None = None) -> None:
         from utils.stages import upstream
 
+        if isinstance(missing, str):  # one stage's results were asked for: it and every stage it needs still to run
+            missing = [s for s in upstream(missing) if not has_run(run_dir, s)] + [missing]
         profile = Path(run_dir).name
-        # Every stage the missing one needs that has not run either, in order: one command runs them all.
-        missing = [s for s in upstream(stage) if not (stage_dir(run_dir, s) / METRICS_FILE).exists()] + [stage]
         notebooks = ", ".join(f"notebooks/{s}.ipynb" for s in missing)
+        what = f"stage {needed_by} needs {' and '.join(missing)}: not run" if needed_by else f"stage {missing[-1]} has not run"
         super().__init__(
-            f"stage {stage} has not run in {run_dir}: run {notebooks} first{' (in this order)' if len(missing) > 1 else ''}, "
+            f"{what} in {run_dir}: run {notebooks} first{' (in this order)' if len(missing) > 1 else ''}, "
             f"or python -m recipes.run --profile {profile} --only {' '.join(missing)}"
         )
 
@@ -85,11 +90,34 @@ class StageNotRun(FileNotFoundError):
         return [f"{type(self).__name__}: {self}"]
 
 
+def begin_stage(run_dir: str | Path, out_dir: str | Path, stage: str, optional: tuple[str, ...] = ()) -> Path:
+    """The first call of every stage notebook: its inputs are there, and its folder no longer says "finished".
+
+    Every stage ``stage`` depends on, but those it can do without (``optional``: the evaluation compares
+    whichever of DPO and PPO ran), must have run in ``run_dir``; else :class:`StageNotRun` names them
+    all and one command that runs them. A notebook run by hand writes straight into ``<run_dir>/<stage>``:
+    the old ``metrics.json`` and ``stage.json`` go first, so a run that stops half way leaves a stage that
+    reads "not run", never new files under the old record. Under the runner ``out_dir`` is a fresh
+    temporary folder.
+    """
+    from utils.stage_record import STAGE_FILE
+    from utils.stages import upstream
+
+    missing = [s for s in upstream(stage) if s not in optional and not has_run(run_dir, s)]
+    if missing:
+        raise StageNotRun(run_dir, missing, needed_by=stage)
+    out = Path(out_dir)
+    for name in (STAGE_FILE, METRICS_FILE):
+        (out / name).unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
 def read_metrics(run_dir: str | Path, stage: str) -> dict[str, Any]:
     """A finished stage's ``metrics.json``; :class:`StageNotRun` when the stage has not run in ``run_dir``."""
-    path = stage_dir(run_dir, stage) / METRICS_FILE
-    if not path.exists():
+    if not has_run(run_dir, stage):
         raise StageNotRun(run_dir, stage)
+    path = stage_dir(run_dir, stage) / METRICS_FILE
     return json.loads(path.read_text())
 
 

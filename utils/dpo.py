@@ -437,6 +437,7 @@ def stage_metrics(
     heldout: EncodedPairs,
     heldout_sets: Mapping[str, Sequence],
     parameters: tuple[int, int],
+    data_skipped: Mapping[str, int] | None = None,
     peak_memory_mb: float | None = None,
     processes: int = 1,
     started: float | None = None,
@@ -460,6 +461,7 @@ def stage_metrics(
         "heldout_by_set": by_set,
         "length_baseline_accuracy": length_baseline_accuracy([p for ps in heldout_sets.values() for p in ps]),
         "train_pairs": len(train_set),
+        "data_skipped": dict(data_skipped or {}),  # records the readers skipped (on_error: skip), by reason
         "train_encoding": train_set.summary(),
         "heldout_encoding": heldout.summary(),
         "train_seconds": stats.train_seconds,

@@ -32,6 +32,9 @@ from typing import Any
 
 RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile
 HUB_PREFIX = "hf:"
+# Parameters whose value is one of a few words, whichever stage declares them: a typo ("skipp") stops the
+# run before any stage, not hours later in the stage that reads it.
+CHOICES: dict[str, tuple[str, ...]] = {"on_error": ("raise", "skip"), "pair_weighting": ("group", "flat")}
 
 
 class ParameterError(ValueError):
@@ -189,6 +192,9 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
     for key, value in overrides.items():
         p = declared[key]
         params[key] = fit_value(value, p.default, p.nullable, p.takes_a_list, key=key)
+    for key, allowed in CHOICES.items():
+        if key in params and params[key] not in allowed:
+            raise ParameterError(f"{key}: {params[key]!r} is not one of {', '.join(allowed)}")
     if root is not None:
         check_paths(params, Path(root))
     return params

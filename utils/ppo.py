@@ -557,6 +557,7 @@ def stage_metrics(
     adapter_dir: str | Path,
     snapshots: dict[int, Path],
     reward_model_dir: str | Path,
+    data_skipped: Mapping[str, int] | None = None,
     peak_memory_mb: float | None = None,
     processes: int = 1,
     policy_checksums: Sequence[float] | None = None,
@@ -573,6 +574,7 @@ def stage_metrics(
         "reward_norm": list(trainer.reward_norm) if trainer.reward_norm else None,
         "prompts": len(trainer.prompts),
         "prompts_too_long": trainer.prompts_too_long,
+        "data_skipped": dict(data_skipped or {}),  # records the readers skipped (on_error: skip), by reason
         "adapter_dir": record_path(out_dir, adapter_dir),
         "snapshots": {update: record_path(out_dir, path) for update, path in snapshots.items()},
         "reward_model_dir": str(Path(reward_model_dir).resolve()),

@@ -26,13 +26,14 @@ PPO = "04_ppo"
 EVALUATE = "05_evaluate"
 STAGES = (EXPLORE, SFT, REWARD, DPO, PPO, EVALUATE)
 
-# Each stage's direct dependencies. The reward models read text, not the policy: a new SFT model does not
-# retrain them. DPO and PPO are alternatives: both start from the SFT model and the reward stage's pairs,
+# Each stage's direct dependencies. SFT and the reward models read the data themselves, not stage 01's
+# output: a change to 01 (which tree to draw) must not retrain hours of SFT on a GPU profile. The reward
+# models read text, not the policy: a new SFT model does not retrain them. DPO and PPO are alternatives: both start from the SFT model and the reward stage's pairs,
 # neither reads the other; the evaluation compares them, so it depends on both.
 DEPENDS_ON: dict[str, tuple[str, ...]] = {
     EXPLORE: (),
-    SFT: (EXPLORE,),
-    REWARD: (EXPLORE,),
+    SFT: (),
+    REWARD: (),
     DPO: (SFT, REWARD),
     PPO: (SFT, REWARD),
     EVALUATE: (DPO, PPO),

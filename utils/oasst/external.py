@@ -46,6 +46,9 @@ def read_hh_pairs(path: Source, on_error: OnError = "raise", report: Report | No
         except _BadRecord as e:
             policy(DataError(f"{name}:{line}", str(e), e.reason))
             continue
+        if pair.chosen == pair.rejected:  # a tie states no preference: no pair, as OASST's tied ranks make none
+            report.skip("identical_replies")
+            continue
         pairs.append(pair)
         parted += parted_early
     report.kept += len(pairs)
