@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--share", type=float, help="hh_share for every run (default: the profile's)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="another stage-03 parameter")
     ap.add_argument("--out", type=Path, help="default runs/<profile>-hh-sweep")
+    ap.add_argument("--on-error", choices=["raise", "skip"], help="stage 03's on_error (the same as --set on_error=...)")
     args = ap.parse_args(argv)
+    if args.on_error:
+        args.overrides.append(f"on_error={args.on_error}")
     try:
         profile = load_profile(args.profile)
         from recipes.train import stage_parameters

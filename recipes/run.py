@@ -293,11 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="STAGE", help="run just these stages")
     ap.add_argument("--force", action="store_true", help="rerun stages even when unchanged, their checkpoints deleted")
     ap.add_argument("--list", action="store_true", help="list the profile's stages and their state, run nothing")
+    ap.add_argument("--on-error", choices=["raise", "skip"],
+                    help="every stage's on_error: 'skip' skips bad records (counted in each stage's metrics) instead of stopping")
     ap.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the stage notebooks are (default notebooks/)")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
         profile = load_profile(args.profile)
+        if args.on_error:
+            profile = profile.with_everywhere("on_error", args.on_error, args.notebooks_dir)
         run_dir = args.run_dir or RUNS_DIR / profile.name
         if run_dir.exists() and not run_dir.is_dir():
             raise StageError(f"--run-dir {run_dir} is a file, not a folder")

@@ -254,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-dir", type=Path, help="default runs/<profile>")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override one parameter (YAML value), e.g. --set max_steps=10")
+    ap.add_argument("--on-error", choices=["raise", "skip"], help="the stage's on_error (the same as --set on_error=...)")
     ap.add_argument("--force", action="store_true", help="start fresh: delete the stage's checkpoints first")
     ap.add_argument("--max-gpu-memory-gib", type=float, metavar="GIB",
                     help="let torch allocate at most this much GPU memory: emulates a smaller card (15 for a 16 GB T4)")
     args = ap.parse_args(argv)
     stage = STAGES[args.stage]
+    if args.on_error:
+        args.overrides.append(f"on_error={args.on_error}")
     try:
         params = stage_parameters(stage, args.profile, args.overrides)
         run_dir = Path(args.run_dir or RUNS_DIR / load_profile(args.profile).name)

@@ -514,3 +514,14 @@ def test_recipes_train_bad_command_lines_are_one_line(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip()
     assert err.startswith(expected) and "\n" not in err, err
     assert not (tmp_path / "run").exists()
+
+
+def test_on_error_skip_on_the_command_line_reaches_every_stage_that_reads_data(capsys):
+    """`recipes.run --on-error skip`: every stage reads with on_error skip, and its fingerprint says so (its results may differ)."""
+    micro = load_profile(REPO_ROOT / "tests" / "profiles" / "micro.yaml")
+    strict, skipping = expected_records(plan_stages(micro)), expected_records(plan_stages(micro.with_everywhere("on_error", "skip")))
+    assert {s: r.parameters["on_error"] for s, r in skipping.items()} == {s: "skip" for s in strict}
+    assert all(strict[s].fingerprint != skipping[s].fingerprint for s in strict)
+    with pytest.raises(SystemExit) as e:
+        main(["--profile", "tiny", "--on-error", "skipp", "--list"])
+    assert e.value.code == 2 and "invalid choice: 'skipp'" in capsys.readouterr().err

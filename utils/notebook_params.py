@@ -28,7 +28,7 @@ import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile
 HUB_PREFIX = "hf:"
@@ -215,9 +215,17 @@ class FromParams:
     """A config dataclass built from a stage's parameters (a notebook's ``globals()``, a script's dict).
 
     The fields of the same names are taken, so the stage's values are the ones that apply and a library
-    default never silently stands in for the notebook's.
+    default never silently stands in for the notebook's: a field the parameters lack is an error, unless the
+    class lists it in ``LIBRARY_ONLY`` (a setting no stage exposes, whose default is the one that applies).
+    The dataclass defaults serve direct use from Python (tests, benchmarks); a stage's values are its notebook's.
     """
+
+    LIBRARY_ONLY: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     def from_params(cls, params: dict[str, Any]):
-        return cls(**{name: params[name] for name in cls.__dataclass_fields__ if name in params})  # type: ignore[attr-defined]
+        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
+        missing = [name for name in fields if name not in params and name not in cls.LIBRARY_ONLY]
+        if missing:
+            raise ParameterError(f"{cls.__name__}: no value for {', '.join(missing)} (declare it in the stage's parameters cell)")
+        return cls(**{name: params[name] for name in fields if name in params})

@@ -51,6 +51,8 @@ RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
 
 @dataclass
 class PPOConfig(FromParams):
+    LIBRARY_ONLY = ("whiten_advantages",)  # on in every stage run (an ablation switch for tests and readers)
+
     # Rollouts
     batch_size: int = 16  # prompts, and so replies, per update
     max_new_tokens: int = 32

@@ -46,6 +46,16 @@ class Profile:
             raise KeyError(f"profile {self.name!r} ({self.path}) has no stage {stage!r}; it has {sorted(self.stages)}")
         return dict(self.stages[stage] or {})
 
+    def with_everywhere(self, key: str, value: Any, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> "Profile":
+        """This profile with ``key: value`` in every stage whose notebook declares ``key`` (``--on-error skip``)."""
+        from dataclasses import replace
+
+        from utils.notebook_params import declared_parameters
+
+        stages = {stage: ({**(given or {}), key: value} if key in declared_parameters(notebook_path(stage, notebooks_dir)) else given)
+                  for stage, given in self.stages.items()}
+        return replace(self, stages=stages)
+
     def stage_params(self, stage: str, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> dict[str, Any]:
         """Every parameter ``stage`` runs with: the notebook's defaults, then this profile's values, checked.
 

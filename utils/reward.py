@@ -199,6 +199,8 @@ class RewardScorer:
 class RewardTrainingConfig(FromParams):
     """How to train a reward model; the notebook's parameters of the same names."""
 
+    LIBRARY_ONLY = ("logging_steps", "trust_remote_code")  # no stage exposes them: these defaults apply
+
     base_model: str
     max_length: int = 256  # tokens per conversation (context cut from the left)
     lora_r: int = 8

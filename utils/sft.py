@@ -43,6 +43,9 @@ MERGED_DIR = "merged"
 class SFTSettings(FromParams):
     """The knobs of a QLoRA SFT run; the notebook's parameters of the same names fill them."""
 
+    # Settings no profile has needed to change: these defaults apply to every stage run.
+    LIBRARY_ONLY = ("train_chat_token_embeddings", "warmup_steps", "lr_scheduler_type", "weight_decay")
+
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
