@@ -7,7 +7,8 @@ import math
 
 import pytest
 
-from test_chat_format import CONVERSATION, chatml, word_tokenizer  # noqa: F401 (chatml is a fixture)
+from fixtures import CONVERSATION, word_tokenizer
+from test_chat_format import chatml  # noqa: F401 (a fixture)
 from utils import chat_format, dpo, reward_stage
 from utils.oasst import Pair, load_split, preference_pairs, rm_groups
 from utils.oasst.trees import iter_messages

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from fixtures import tiny_gpt_neox
 
 from utils import chat_format
 from utils.evaluate import (
@@ -44,10 +46,7 @@ def tokenizer():
 
 
 def tiny_lm(tokenizer, seed: int, sharpen: float = 1.0):
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                           max_position_embeddings=128, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = GPTNeoXForCausalLM(config).eval()
+    model = tiny_gpt_neox(len(tokenizer), seed, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id).eval()
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(sharpen)  # sharper next-token distributions: models that differ measurably
     return model

@@ -10,7 +10,9 @@ import bitsandbytes as bnb
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from fixtures import tiny_gpt_neox
 
 from utils import chat_format, modeling
 from utils.generation import PRESETS, generate_replies, sampling_preset
@@ -21,10 +23,7 @@ CORPUS = ["Hello there! How are you today?", "Fine, thanks. And you?", "The cat 
 
 
 def tiny_model(vocab_size: int, max_positions: int = 64) -> GPTNeoXForCausalLM:
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=max_positions, tie_word_embeddings=False)
-    return GPTNeoXForCausalLM(cfg)
+    return tiny_gpt_neox(vocab_size, 0, max_position_embeddings=max_positions, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")

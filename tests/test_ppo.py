@@ -13,7 +13,9 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
+
+from fixtures import tiny_gpt_neox
 
 from utils.chat_format import add_special_tokens, encode_prompt, stop_token_ids
 from utils.ppo import (
@@ -53,10 +55,7 @@ def tokenizer():
 def tiny_lm(tokenizer, seed: int = 0) -> GPTNeoXForCausalLM:
     # A larger init than the default 0.02 gives a random model with peaked next-token distributions, which a
     # LoRA adapter can move within a few updates (a 0.02 init is nearly uniform and learns slowly).
-    torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=64, max_position_embeddings=128, initializer_range=0.2)
-    return GPTNeoXForCausalLM(config)
+    return tiny_gpt_neox(len(tokenizer), seed, num_attention_heads=4, initializer_range=0.2)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, TrainerCallback
 
-from test_chat_format import CONVERSATION, word_tokenizer
+from fixtures import CONVERSATION, word_tokenizer
 from test_reward import MINILM, TOPICS_TRAIN, synthetic_pairs
 from test_sft import FAST
 from utils import sft

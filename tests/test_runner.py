@@ -212,12 +212,16 @@ def test_checkpoints_resume_only_the_run_that_made_them(toy):
     assert (ckpt / "update-000001.pt").read_text() == "progress"
 
 
-def test_stage_04_fingerprint_changes_with_stage_03s_parameters(tmp_path):
+def micro_records_before_and_after(tmp_path, stage: str, line: str):
+    """The micro profile's expected records, as it is and with ``line`` added under ``stage``."""
     micro = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
     changed = tmp_path / "micro.yaml"
-    changed.write_text(micro.read_text().replace("  03_reward:\n", "  03_reward:\n    learning_rate: 0.002\n"))
-    before = expected_records(plan_stages(load_profile(micro)))
-    after = expected_records(plan_stages(load_profile(changed)))
+    changed.write_text(micro.read_text().replace(f"  {stage}:\n", f"  {stage}:\n    {line}\n"))
+    return expected_records(plan_stages(load_profile(micro))), expected_records(plan_stages(load_profile(changed)))
+
+
+def test_stage_04_fingerprint_changes_with_stage_03s_parameters(tmp_path):
+    before, after = micro_records_before_and_after(tmp_path, "03_reward", "learning_rate: 0.002")
     same = [s for s in before if before[s].fingerprint == after[s].fingerprint]
     assert same == ["01_explore_trees", "02_sft"]
     assert after["04_ppo"].differences(before["04_ppo"]) == "03_reward changed"
@@ -225,11 +229,7 @@ def test_stage_04_fingerprint_changes_with_stage_03s_parameters(tmp_path):
 
 def test_a_stage_01_parameter_redoes_stage_01_only(tmp_path):
     """Which tree 01 draws must not retrain SFT and the reward models (hours on a GPU profile)."""
-    micro = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
-    changed = tmp_path / "micro.yaml"
-    changed.write_text(micro.read_text().replace("  01_explore_trees:\n", "  01_explore_trees:\n    example_tree_id: some-tree\n"))
-    before = expected_records(plan_stages(load_profile(micro)))
-    after = expected_records(plan_stages(load_profile(changed)))
+    before, after = micro_records_before_and_after(tmp_path, "01_explore_trees", "example_tree_id: some-tree")
     assert [s for s in before if before[s].fingerprint != after[s].fingerprint] == ["01_explore_trees"]
 
 
@@ -300,23 +300,17 @@ def test_micro_profile_with_max_steps_six_fails_before_any_stage_in_one_line(tmp
     assert time.time() - started < 30  # refused while reading the profile, not after stage 01 ran
 
 
-def test_a_misspelt_choice_is_caught_before_any_stage_runs(tmp_path, capsys):
+@pytest.mark.parametrize("stage, line, expected", [
+    ("04_ppo", "on_error: skipp", "stage 04_ppo: on_error: 'skipp' is not one of raise, skip"),  # a misspelt choice
+    ("03_reward", "hh_path: data/no-such-file.jsonl.gz", "stage 03_reward: hh_path: data/no-such-file.jsonl.gz does not exist"),
+])
+def test_a_bad_value_is_caught_before_any_stage_runs(tmp_path, capsys, stage, line, expected):
     profile = tmp_path / "micro.yaml"
     text = (REPO_ROOT / "tests" / "profiles" / "micro.yaml").read_text()
-    profile.write_text(text.replace("  04_ppo:\n", "  04_ppo:\n    on_error: skipp\n"))
+    profile.write_text(text.replace(f"  {stage}:\n", f"  {stage}:\n    {line}\n"))
     assert main(["--profile", str(profile), "--run-dir", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip()
-    assert "stage 04_ppo: on_error: 'skipp' is not one of raise, skip" in err and "\n" not in err, err
-    assert not (tmp_path / "run").exists()
-
-
-def test_a_missing_file_is_caught_before_sft_runs(tmp_path, capsys):
-    profile = tmp_path / "micro.yaml"
-    text = (REPO_ROOT / "tests" / "profiles" / "micro.yaml").read_text()
-    profile.write_text(text.replace("  03_reward:\n", "  03_reward:\n    hh_path: data/no-such-file.jsonl.gz\n"))
-    assert main(["--profile", str(profile), "--run-dir", str(tmp_path / "run")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert "stage 03_reward: hh_path: data/no-such-file.jsonl.gz does not exist" in err and "\n" not in err
+    assert expected in err and "\n" not in err, err
     assert not (tmp_path / "run").exists()
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from benchmarks.bench_padding import count_tokens, padding_share
-from test_chat_format import CONVERSATION, word_tokenizer
+from fixtures import CONVERSATION, word_tokenizer
 from test_sft import FAST, word_model_dir
 from utils import chat_format, sft
 from utils.modeling import load_causal_lm, load_tokenizer
