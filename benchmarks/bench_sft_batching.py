@@ -1,6 +1,7 @@
 """SFT real tokens/s with today's padded batches beside length-grouped and padding-free ones, in one run.
 
-Run: ``python -m benchmarks.bench_sft_batching [--profile tiny] [--conversations 96] [--rounds 2] [--threads 1] [--json]``.
+Run: ``python -m benchmarks.bench_sft_batching [--profile tiny] [--conversations 96] [--rounds 2] [--threads 1] [--json]``;
+on a GPU without the hub: ``python -m benchmarks.bench_sft_batching --profile colab-t4 --random-weights --device cuda``.
 
 Every side runs stage 02's code (``utils.sft``: ``encode_conversations``, ``add_lora``, ``make_trainer``,
 ``train``) with the profile's 02_sft settings for one epoch over the same ``--conversations`` threads of the
@@ -9,7 +10,9 @@ differ only in ``group_by_length`` and ``padding_free`` (``benchmarks.bench_padd
 number of steps would not do: length-grouped batches come longest first, so their first steps hold other
 conversations than random batches' first steps.) For
 ``tiny`` the base has the tiny base's shape and tokenizer with random weights (as ``bench_sft``); for ``smol``
-it is SmolLM2-135M itself. Each side runs in its own subprocess, the sides alternating ``--rounds`` times so
+it is SmolLM2-135M itself; for a GPU profile under ``--random-weights`` it is the profile's architecture with
+random weights and the vendored OASST sample as data (``benchmarks.bench_gpu_profile``: speed and memory
+depend on the shapes, not the weights). Each side runs in its own subprocess, the sides alternating ``--rounds`` times so
 that a change of load on a shared machine hits all of them; the best round of each side is kept.
 
 Measured per side:
@@ -71,7 +74,7 @@ class CpuClock(TrainerCallback):
             self._t = None
 
 
-def worker(profile: str, side: str, conversations: int, threads: int) -> dict:
+def worker(profile: str, side: str, conversations: int, threads: int, device: str = "cpu", random_weights: bool = False) -> dict:
     import torch
 
     from benchmarks.bench_padding import sft_settings
@@ -82,21 +85,34 @@ def worker(profile: str, side: str, conversations: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     params = load_profile(profile).stage_params("02_sft")
+    train_paths = params["train_paths"]
+    if random_weights:  # no hub: the vendored sample, and the base's shape with random weights
+        from benchmarks.bench_gpu_profile import OFFLINE_TRAIN_PATHS
+
+        train_paths = OFFLINE_TRAIN_PATHS
+    split = load_split(train_paths, params["heldout_paths"], params["lang"], params["eval_fraction"], params["seed"])
     if params["base_model"] == "tiny":
         from benchmarks.bench_sft import build_base
 
         base = build_base()
+    elif random_weights:
+        from benchmarks.bench_gpu_profile import build_random_model
+        from utils.oasst import message_texts
+        from utils.tiny_base import train_tokenizer
+
+        name = params["base_model"]
+        base = BENCH_DIR / "models" / name.replace("/", "--")
+        build_random_model(name, train_tokenizer(message_texts(split.train), vocab_size=8192), base, device)
     else:
         base = params["base_model"]
     settings = sft_settings(params)
     settings.__dict__.update(SFT_VARIANTS[side], max_steps=-1, num_train_epochs=1, logging_steps=1, eval_steps=0, save_steps=0)
-    split = load_split(params["train_paths"], params["heldout_paths"], params["lang"], params["eval_fraction"], params["seed"])
     tokenizer = load_tokenizer(base)
     threads_ = sft_conversations(split.train)
     sample = random.Random(0).sample(threads_, min(conversations, len(threads_)))
     train = sft.encode_conversations(sample, tokenizer, settings.max_length).dataset
     evals = sft.encode_conversations(sft_conversations(split.eval)[:2], tokenizer, settings.max_length).dataset
-    model = sft.add_lora(load_causal_lm(base, params["quantization"], "cpu", tokenizer=tokenizer), tokenizer, settings)
+    model = sft.add_lora(load_causal_lm(base, params["quantization"], device, tokenizer=tokenizer), tokenizer, settings)
     trainer = sft.make_trainer(model, tokenizer, train, evals, settings, BENCH_DIR / f"out-{side}")
     counter = BatchCounter(trainer)
     cpu = CpuClock()
@@ -105,17 +121,20 @@ def worker(profile: str, side: str, conversations: int, threads: int) -> dict:
     return {"side": side, "tokens_per_second": stats.tokens_per_second, "tokens": stats.tokens_seen,
             "counted_tokens": counter.real, "padding_share": 1 - counter.real / counter.computed,
             "seconds": stats.train_seconds, "cpu_seconds": cpu.seconds,
-            "cpu_tokens_per_second": stats.tokens_seen / cpu.seconds, "threads": torch.get_num_threads()}
+            "cpu_tokens_per_second": stats.tokens_seen / cpu.seconds, "threads": torch.get_num_threads(), "device": device,
+            "peak_gpu_memory_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None}
 
 
-def run_side(profile: str, side: str, conversations: int, threads: int) -> dict:
+def run_side(profile: str, side: str, conversations: int, threads: int, device: str = "cpu", random_weights: bool = False) -> dict:
     return run_worker("benchmarks.bench_sft_batching", side, "--profile", profile, "--conversations", str(conversations),
-                      "--threads", str(threads))
+                      "--threads", str(threads), "--device", device, *(["--random-weights"] if random_weights else []))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_sft_batching", description=__doc__.split("\n")[0])
-    parser.add_argument("--profile", default="tiny", help="a CPU profile: tiny or smol")
+    parser.add_argument("--profile", default="tiny", help="tiny or smol; a GPU profile with --random-weights")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--random-weights", action="store_true", help="no model hub: random weights of the profile's base, vendored data")
     parser.add_argument("--conversations", type=int, default=96, help="threads trained on, one epoch, the same on every side")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per side (1: least disturbed by other jobs)")
@@ -124,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", choices=list(SFT_VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.profile, args.worker, args.conversations, args.threads)))
+        print(json.dumps(worker(args.profile, args.worker, args.conversations, args.threads, args.device, args.random_weights)))
         return 0
 
     if "padded" not in args.sides:
@@ -132,22 +151,23 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, list[dict]] = {side: [] for side in args.sides}
     for _ in range(args.rounds):
         for side in args.sides:
-            runs[side].append(run_side(args.profile, side, args.conversations, args.threads))
+            runs[side].append(run_side(args.profile, side, args.conversations, args.threads, args.device, args.random_weights))
     best = {side: max(r, key=lambda x: x["tokens_per_second"]) for side, r in runs.items()}
     best_cpu = {side: max(x["cpu_tokens_per_second"] for x in r) for side, r in runs.items()}
     result = {"profile": args.profile, "conversations": args.conversations, "tokens": best["padded"]["tokens"],
-              "rounds": args.rounds, "threads": args.threads,
+              "rounds": args.rounds, "threads": args.threads, "device": args.device, "random_weights": args.random_weights,
               "sides": {side: {"tokens_per_second": b["tokens_per_second"], "padding_share": b["padding_share"],
                                "all_rounds_tokens_per_second": [x["tokens_per_second"] for x in runs[side]],
                                "ratio_to_padded": b["tokens_per_second"] / best["padded"]["tokens_per_second"],
                                "cpu_tokens_per_second": best_cpu[side],
-                               "cpu_ratio_to_padded": best_cpu[side] / best_cpu["padded"]}
+                               "cpu_ratio_to_padded": best_cpu[side] / best_cpu["padded"],
+                               "peak_gpu_memory_mb": b["peak_gpu_memory_mb"]}
                         for side, b in best.items()}}
     if args.json:
         print(json.dumps(result))
         return 0
     print(f"SFT on the {args.profile} profile's settings, one epoch of {args.conversations} threads ({result['tokens']:,} tokens) "
-          f"x {args.rounds} rounds, {args.threads} thread(s)\n")
+          f"x {args.rounds} rounds, {args.threads} thread(s), {args.device}{' (random weights)' if args.random_weights else ''}\n")
     print("| batching | padding share | real tokens/s, wall (best round) | every round | ratio | real tokens per CPU second (best) | ratio |")
     print("|---|---|---|---|---|---|---|")
     for side, s in result["sides"].items():

@@ -291,9 +291,14 @@ def main(argv: list[str] | None = None) -> int:
         except RunFolderInUse as e:
             print(f"error: {e}", file=sys.stderr)
             return 1
+        try:
+            claim_checkpoints(folder, record.fingerprint, args.force, default_location)
+        except ValueError as e:
+            lock.release()
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        claim_checkpoints(folder, record.fingerprint, args.force, default_location)
         old = read_record(final)
         print(f"{stage}: {'--force' if args.force else record.differences(old) or 'unchanged, run again'}", flush=True)
     state.wait_for_everyone()

@@ -17,7 +17,7 @@ import pytest
 from recipes.run import StageError, expected_records, main, plan_stages, resolve_stage, run_profile, stage_states
 from utils.profile import REPO_ROOT, load_profile
 from utils.run_lock import LOCK_FILE, lock_holder
-from utils.stage_record import CHECKPOINT_MARK, read_record
+from utils.stage_record import CHECKPOINT_MARK, claim_checkpoints, read_record
 
 
 def make_notebook(path: Path, params: str, body: str) -> None:
@@ -184,6 +184,18 @@ def test_force_starts_fresh_deleting_the_stages_checkpoints(toy):
     assert status == {"01_make": "ran"}
     assert not (ckpt / "update-000002.pt").exists()
     assert any("removed the checkpoints" in line and "--force" in line for line in logs)
+
+
+def test_force_never_resumes_nor_deletes_files_in_a_users_checkpoint_dir(tmp_path):
+    """A checkpoint_dir named in a profile may hold the user's own files: --force stops in one line instead of
+    resuming them (it used to leave them, and PPO with resume: true could pick them up)."""
+    folder = tmp_path / "my-checkpoints"
+    folder.mkdir()
+    (folder / "update-000003.pt").write_text("someone's")
+    with pytest.raises(ValueError, match=r"^--force: the checkpoint_dir .* holds files the runner did not write"):
+        claim_checkpoints(folder, "fp", force=True, default_location=False)
+    assert "did not write" in claim_checkpoints(folder, "fp", force=False, default_location=False)
+    assert (folder / "update-000003.pt").read_text() == "someone's"
 
 
 def test_checkpoints_resume_only_the_run_that_made_them(toy):

@@ -218,7 +218,7 @@ def claim_checkpoints(folder: Path, fp: str, force: bool, default_location: bool
 
     A checkpoint resumes only the very run that made it: ``--force`` or another fingerprint (other
     parameters, notebook or upstream stages) empties the folder first. A folder given as a parameter and
-    not marked by the runner may hold anything: it is left alone.
+    not marked by the runner may hold anything: it is left alone, and ``--force`` refuses to start on it.
     """
     mark = folder / CHECKPOINT_MARK
     note = None
@@ -226,6 +226,9 @@ def claim_checkpoints(folder: Path, fp: str, force: bool, default_location: bool
         recorded = mark.read_text().strip() if mark.is_file() else None
         if force or recorded != fp:
             if recorded is None and not default_location:
+                if force:  # a fresh start was asked for, and these files could be resumed: never delete a user's files
+                    raise ValueError(f"--force: the checkpoint_dir {folder} holds files the runner did not write; "
+                                     "empty it or name another checkpoint_dir")
                 return f"{folder} holds files the runner did not write: left as they are"
             shutil.rmtree(folder)
             note = f"removed the checkpoints in {folder} ({'--force' if force else 'another configuration made them'})"
