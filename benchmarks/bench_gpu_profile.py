@@ -37,6 +37,7 @@ from typing import Any
 from benchmarks.run import machine, write_table
 from recipes.train import STAGES
 from utils.profile import REPO_ROOT, load_profile
+from utils.stages import DPO, PPO, REWARD, SFT
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 
@@ -94,14 +95,14 @@ def build_random_model(name: str, tokenizer, out_dir: Path, device: str) -> Path
 def stage_overrides(profile, args, models: dict[str, Path]) -> dict[str, list[str]]:
     """``--set`` arguments per stage: the shortened run, and the local models and data under --random-weights."""
     short = {
-        "02_sft": [f"max_steps={args.sft_steps}", "logging_steps=1", "eval_steps=0", "max_eval_conversations=16",
+        SFT: [f"max_steps={args.sft_steps}", "logging_steps=1", "eval_steps=0", "max_eval_conversations=16",
                    "sample_prompts=1"],
-        "03_reward": [f"max_train_pairs={args.reward_pairs}", "max_eval_pairs=64", "max_hh_pairs=64"],
-        "04_ppo": [f"updates={args.ppo_updates}", "checkpoint_every=0", "resume=false", "n_compare_prompts=1"],
-        "04_dpo": [f"max_train_pairs={args.dpo_pairs}", "max_eval_pairs=32", "save_steps=0", "n_compare_prompts=1"],
+        REWARD: [f"max_train_pairs={args.reward_pairs}", "max_eval_pairs=64", "max_hh_pairs=64"],
+        PPO: [f"updates={args.ppo_updates}", "checkpoint_every=0", "resume=false", "n_compare_prompts=1"],
+        DPO: [f"max_train_pairs={args.dpo_pairs}", "max_eval_pairs=32", "save_steps=0", "n_compare_prompts=1"],
     }
     if args.random_weights:
-        for stage, key in (("02_sft", "base_model"), ("03_reward", "base_model")):
+        for stage, key in ((SFT, "base_model"), (REWARD, "base_model")):
             short[stage].append(f"{key}={models[profile.stage_params(stage)[key]]}")
         for stage in short:
             short[stage].append(f"train_paths={json.dumps(OFFLINE_TRAIN_PATHS)}")
@@ -127,29 +128,29 @@ def run_stage(stage: str, profile_name: str, run_dir: Path, overrides: list[str]
 
 
 def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[str, Any]]:
-    sft, reward, ppo, dpo = (dict(profile.stage_params(s)) for s in ("02_sft", "03_reward", "04_ppo", "04_dpo"))
-    for stage, params in (("02_sft", sft), ("03_reward", reward), ("04_ppo", ppo), ("04_dpo", dpo)):
+    sft, reward, ppo, dpo = (dict(profile.stage_params(s)) for s in (SFT, REWARD, PPO, DPO))
+    for stage, params in ((SFT, sft), (REWARD, reward), (PPO, ppo), (DPO, dpo)):
         params.update(metrics.get(stage, {}).get("parameters", {}))  # what the stage ran with, --set included
     rows = []
-    if "02_sft" in metrics:
-        m = metrics["02_sft"]
+    if SFT in metrics:
+        m = metrics[SFT]
         batch, accum = sft.get("per_device_train_batch_size"), sft.get("gradient_accumulation_steps")
         rows.append({"stage": "02 SFT", "model": f"{profile.stage_params('02_sft')['base_model']} ({m['quantization']}) + LoRA",
                      "ran": f"{args.sft_steps} steps of {batch} × {accum} threads ≤ {sft.get('max_length')} tokens",
                      "speed": f"{m['tokens_per_second']:,.0f} tokens/s; {m['train_seconds'] / args.sft_steps:.2f} s/step",
                      "m": m})
-    if "03_reward" in metrics:
-        m = metrics["03_reward"]
+    if REWARD in metrics:
+        m = metrics[REWARD]
         rows.append({"stage": "03 reward", "model": f"{profile.stage_params('03_reward')['base_model']} + LoRA",
                      "ran": f"{m['pairs_train']} pairs ≤ {reward.get('max_length')} tokens, batch {reward.get('batch_size')}",
                      "speed": f"{m['pairs_train'] / m['train_seconds']:,.1f} pairs/s", "m": m})
-    if "04_ppo" in metrics:
-        m = metrics["04_ppo"]
+    if PPO in metrics:
+        m = metrics[PPO]
         rows.append({"stage": "04 PPO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + value head",
                      "ran": f"{m['updates']} updates of {ppo.get('batch_size')} prompts, ≤ {ppo.get('max_new_tokens')} new tokens",
                      "speed": f"{m['seconds_per_update']:,.1f} s/update", "m": m})
-    if "04_dpo" in metrics:
-        m = metrics["04_dpo"]
+    if DPO in metrics:
+        m = metrics[DPO]
         rows.append({"stage": "04 DPO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + reference adapter",
                      "ran": f"{m['train_pairs']} pairs in {m['steps']} steps of {dpo.get('batch_size')} × {dpo.get('grad_accum')} "
                             f"pairs ≤ {dpo.get('max_length')} tokens",
@@ -195,12 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         from utils.oasst import load_split, message_texts
         from utils.tiny_base import train_tokenizer
 
-        data = profile.stage_params("02_sft")
+        data = profile.stage_params(SFT)
         split = load_split(OFFLINE_TRAIN_PATHS, data["heldout_paths"], lang=data["lang"],
                            eval_fraction=data["eval_fraction"], seed=data["seed"])
         tokenizer = train_tokenizer(message_texts(split.train), vocab_size=8192)
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        for stage in ("02_sft", "03_reward"):
+        for stage in (SFT, REWARD):
             name = profile.stage_params(stage)["base_model"]
             models[name] = build_random_model(name, tokenizer, run_dir / "models" / name.replace("/", "--"), device)
     overrides = stage_overrides(profile, args, models)

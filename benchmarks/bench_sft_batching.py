@@ -40,6 +40,8 @@ from transformers import TrainerCallback
 from benchmarks import ROOT, run_worker
 from benchmarks.bench_padding import SFT_VARIANTS, count_tokens
 
+from utils.stages import SFT
+
 BENCH_DIR = ROOT / "runs" / "bench" / "sft_batching"
 
 
@@ -84,7 +86,7 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     from utils.profile import load_profile
 
     torch.set_num_threads(threads)
-    params = load_profile(profile).stage_params("02_sft")
+    params = load_profile(profile).stage_params(SFT)
     train_paths = params["train_paths"]
     if random_weights:  # no hub: the vendored sample, and the base's shape with random weights
         from benchmarks.bench_gpu_profile import OFFLINE_TRAIN_PATHS

@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from utils.profile import REPO_ROOT, load_profile
+from utils.stages import PPO, REWARD, SFT
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 
 # What each stage's throughput is, from its own metrics: (column text, function of metrics).
 THROUGHPUT = {
-    "02_sft": ("tokens/s (training)", lambda m: m.get("tokens_per_second")),
-    "03_reward": ("pairs/s (training)", lambda m: m["pairs_train"] / m["train_seconds"] if m.get("train_seconds") else None),
-    "04_ppo": ("s/update", lambda m: m.get("seconds_per_update")),
+    SFT: ("tokens/s (training)", lambda m: m.get("tokens_per_second")),
+    REWARD: ("pairs/s (training)", lambda m: m["pairs_train"] / m["train_seconds"] if m.get("train_seconds") else None),
+    PPO: ("s/update", lambda m: m.get("seconds_per_update")),
 }
 
 

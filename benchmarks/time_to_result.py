@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.profile import REPO_ROOT, load_profile
+from utils.stages import PPO, REWARD, SFT
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 OASST1_SCALE = 88_838 / 4_401  # OpenAssistant/oasst1 on the hub: all messages over its validation split's
@@ -95,7 +96,7 @@ def work(profile_name: str) -> dict[str, Any]:
     from utils.oasst import load_split, preference_pairs, rm_groups, sft_conversations
 
     profile = load_profile(profile_name)
-    sft, reward, ppo = (profile.stage_params(s) for s in ("02_sft", "03_reward", "04_ppo"))
+    sft, reward, ppo = (profile.stage_params(s) for s in (SFT, REWARD, PPO))
     rates, source = _rates(sft, reward, ppo)
     split = load_split(OFFLINE_TRAIN_PATHS, sft["heldout_paths"], lang=sft["lang"], eval_fraction=sft["eval_fraction"], seed=sft["seed"])
     per_step = sft["per_device_train_batch_size"] * sft["gradient_accumulation_steps"]
@@ -121,8 +122,8 @@ def estimate(profile_name: str, card: Card | None = None) -> dict[str, Any]:
     w = work(profile_name)
     r = w["rates"]
     h100 = {"02_sft": w["sft_steps"] * r["sft_seconds_per_step"] / 60,
-            "03_reward": w["reward_pairs"] / r["reward_pairs_per_second"] / 60,
-            "04_ppo": w["ppo_updates"] * r["ppo_seconds_per_update"] / 60}
+            REWARD: w["reward_pairs"] / r["reward_pairs_per_second"] / 60,
+            PPO: w["ppo_updates"] * r["ppo_seconds_per_update"] / 60}
     h100["total"] = sum(h100.values())
     out: dict[str, Any] = {"profile": profile_name, "work": {k: v for k, v in w.items() if k != "rates"}, "h100": h100}
     if card is not None:

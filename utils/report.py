@@ -20,31 +20,32 @@ from typing import Any, Iterable, Union
 
 from utils.artifacts import METRICS_FILE
 from utils.profile import REPO_ROOT, load_profile, profile_path
+from utils.stage_record import STAGE_FILE  # the runner's record of a finished stage
+from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT
 
 STAGE_DIR = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
-STAGE_FILE = "stage.json"  # the runner's record of a finished stage
 EMBED_LIMIT = 3_000_000  # bytes: bigger plots are linked from the HTML rather than embedded
 
 # A few figures worth seeing before anything else, where the stage wrote them: (stage, key, label).
 GLANCE = [
-    ("01_explore_trees", "trees", "trees read"),
-    ("01_explore_trees", "sft_threads", "SFT threads"),
-    ("01_explore_trees", "rm_pairs", "reward-model pairs"),
-    ("02_sft", "eval_loss_before", "SFT held-out loss before"),
-    ("02_sft", "eval_loss_after", "SFT held-out loss after"),
-    ("03_reward", "eval_accuracy", "reward model pairwise accuracy"),
-    ("03_reward", "length_baseline_accuracy", "length baseline accuracy"),
-    ("03_reward", "hh_accuracy", "HH-RLHF harmless accuracy"),
-    ("03_reward", "judge_eval_accuracy", "judge (second reward model) pairwise accuracy"),
-    ("03_reward", "proxy_judge_agreement", "proxy and judge agree on held-out pairs"),
-    ("03_reward", "hh_weight", "weight of HH-RLHF harmless pairs in reward training"),
-    ("04_dpo", "heldout_accuracy_after", "DPO implicit-reward accuracy on held-out pairs (0.5 before)"),
-    ("04_dpo", "heldout_margin_after", "DPO implicit-reward margin on held-out pairs (0 before)"),
-    ("04_dpo", "train_seconds", "DPO training seconds"),
-    ("04_ppo", "reward_mean_first", "PPO reward, first update"),
-    ("04_ppo", "reward_mean_last", "PPO reward, last update"),
-    ("04_ppo", "kl_last", "PPO KL, last update"),
-    ("04_ppo", "kl_coef_last", "PPO KL coefficient β, last update"),
+    (EXPLORE, "trees", "trees read"),
+    (EXPLORE, "sft_threads", "SFT threads"),
+    (EXPLORE, "rm_pairs", "reward-model pairs"),
+    (SFT, "eval_loss_before", "SFT held-out loss before"),
+    (SFT, "eval_loss_after", "SFT held-out loss after"),
+    (REWARD, "eval_accuracy", "reward model pairwise accuracy"),
+    (REWARD, "length_baseline_accuracy", "length baseline accuracy"),
+    (REWARD, "hh_accuracy", "HH-RLHF harmless accuracy"),
+    (REWARD, "judge_eval_accuracy", "judge (second reward model) pairwise accuracy"),
+    (REWARD, "proxy_judge_agreement", "proxy and judge agree on held-out pairs"),
+    (REWARD, "hh_weight", "weight of HH-RLHF harmless pairs in reward training"),
+    (DPO, "heldout_accuracy_after", "DPO implicit-reward accuracy on held-out pairs (0.5 before)"),
+    (DPO, "heldout_margin_after", "DPO implicit-reward margin on held-out pairs (0 before)"),
+    (DPO, "train_seconds", "DPO training seconds"),
+    (PPO, "reward_mean_first", "PPO reward, first update"),
+    (PPO, "reward_mean_last", "PPO reward, last update"),
+    (PPO, "kl_last", "PPO KL, last update"),
+    (PPO, "kl_coef_last", "PPO KL coefficient β, last update"),
 ]
 
 
@@ -215,14 +216,14 @@ def glance_blocks(run_dir: Path) -> list[Block]:
         metrics, _ = _read_json(path) if path.exists() else (None, None)
         if metrics and key in metrics and _is_scalar(metrics[key]):
             rows.append([label, fmt(metrics[key]), stage])
-    elo_path = run_dir / "05_evaluate" / METRICS_FILE
+    elo_path = run_dir / EVALUATE / METRICS_FILE
     evaluation, _ = _read_json(elo_path) if elo_path.exists() else (None, None)
     for name, judge in ((evaluation or {}).get("judges") or {}).items():
         elo = judge.get("elo") if isinstance(judge, dict) else None
         if isinstance(elo, dict) and elo and all(isinstance(v, dict) and v.get("rating") is not None for v in elo.values()):
             best = max(elo, key=lambda p: elo[p]["rating"])
             role = "PPO trained against it" if judge.get("trained_against") else "independent"
-            rows.append([f"highest Elo, judge {name} ({role})", f"{best}: {fmt(elo[best]['rating'])}", "05_evaluate"])
+            rows.append([f"highest Elo, judge {name} ({role})", f"{best}: {fmt(elo[best]['rating'])}", EVALUATE])
     return [Heading(2, "At a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
 
 
