@@ -138,7 +138,13 @@ def test_peak_memory_sees_a_large_allocation():
         if resident is None:
             pytest.skip("no /proc here: the peak counts from process start and what is resident is unknown")
         extra_mb += before - resident
-    block = torch.ones(int(extra_mb * 2**18), device=modeling.default_device())
+    if modeling.default_device().type == "cuda":
+        block = torch.ones(int(extra_mb * 2**18), device="cuda")
+    else:  # fresh pages: freed heap memory that is still resident (earlier tests' tensors) would not raise the peak
+        import mmap
+
+        block = torch.frombuffer(mmap.mmap(-1, int(extra_mb * 2**20)), dtype=torch.uint8)
+        block.fill_(1)
     after = modeling.peak_memory_mb()
     del block
     assert after - before > 200
