@@ -47,19 +47,25 @@ def test_labels_are_the_assistant_tokens_only(tmp_path):
     assert [label != -100 for label in row["labels"]] == [bool(m) for m in EXPECTED_MASK]
 
 
-def test_packing_keeps_the_mask(tmp_path):
+def test_packing_keeps_each_conversation_whole_and_its_mask(tmp_path):
     base = word_model_dir(tmp_path)
     tok = load_tokenizer(base)
     data = sft.encode_conversations([CONVERSATION] * 5, tok, max_length=64)
-    settings = replace(FAST, packing=True, max_length=32)
+    settings = replace(FAST, packing=True, padding_free=True, max_length=32)
     model = sft.add_lora(load_causal_lm(base, "nf4", "cpu", tokenizer=tok), tok, settings)
     trainer = sft.make_trainer(model, tok, data.dataset, data.dataset, settings, tmp_path / "out")
     rows = trainer.train_dataset
-    assert len(rows) == 4 and all(len(r["input_ids"]) <= 32 for r in rows)  # 5 x 20 tokens in rows of 32
+    assert len(rows) == 5 and all(len(r["input_ids"]) == 20 for r in rows)  # 20-token conversations: none fits beside another in 32
     for r in rows:
         for token, label in zip(r["input_ids"], r["labels"]):
             assert label in (-100, token)
     assert sum(label != -100 for r in rows for label in r["labels"]) == 5 * sum(EXPECTED_MASK)
+
+
+def test_packing_that_would_run_conversations_together_is_refused():
+    """trl's packing without padding_free wraps: one conversation attends to the last and rows cut them."""
+    with pytest.raises(ValueError, match="packing: true needs padding_free: true"):
+        replace(FAST, packing=True, padding_free=False)
 
 
 def test_truncation_and_drops_are_counted():

@@ -75,6 +75,13 @@ class SFTSettings(FromParams):
     seed: int = 0
     save_steps: int = 0  # > 0: a checkpoint every save_steps steps (with a checkpoint_dir), resumed after a kill
 
+    def __post_init__(self) -> None:
+        # trl's packing without padding_free is its "wrapped" strategy: conversations run into each other (one
+        # attends to the last) and are cut at row ends, so the assistant-only loss no longer means what it says.
+        if self.packing and not self.padding_free:
+            raise ValueError("packing: true needs padding_free: true (packing alone lets conversations attend to each other "
+                             "and cuts them at row ends)")
+
 
 @dataclass
 class EncodedSet:
