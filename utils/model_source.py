@@ -34,6 +34,13 @@ def is_gguf(source: str | Path) -> bool:
     return text.startswith(GGUF_PREFIX) or text.endswith(GGUF_SUFFIX)
 
 
+def refuse_gguf(source: str | Path, role: str) -> None:
+    """GGUF files hold causal language models: a reward model or judge named as one gets one line saying so."""
+    if is_gguf(source):
+        raise ValueError(f"{source}: a GGUF file holds a causal language model, and the {role} is a sequence "
+                         "classifier: name a hub model or a local folder (GGUF works for the policy's base_model)")
+
+
 def gguf_path(source: str | Path) -> Path:
     """The file a GGUF source names; one-line errors for a missing file or package."""
     text = str(source)

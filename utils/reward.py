@@ -74,6 +74,9 @@ Conversation = Sequence[dict[str, str]]
 
 def resolve_backbone(name_or_path: str) -> str:
     """A local directory for the packaged backbones (see ``PACKAGED_BACKBONES``), else the name as given."""
+    from utils.model_source import refuse_gguf
+
+    refuse_gguf(name_or_path, "reward model's backbone")
     package = PACKAGED_BACKBONES.get(name_or_path)
     if package is None or Path(name_or_path).exists():
         return name_or_path
