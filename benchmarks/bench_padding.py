@@ -162,7 +162,12 @@ def measure(profile_name: str) -> dict[str, Any]:
 
 def markdown(results: list[dict[str, Any]]) -> str:
     head = ["profile", "SFT batch × max_length", *(f"SFT {v}" for v in SFT_VARIANTS), "reward batch × max_length", "reward random", "reward grouped"]
-    lines = ["### Padding share of the training batches (vendored English OASST sample)", "",
+    import datetime
+
+    lines = [f"### Padding share of the training batches (vendored English OASST sample), measured {datetime.date.today()}", "",
+             "`python -m benchmarks.bench_padding`. \"(profile)\" marks each profile's own setting. The GPU profiles' "
+             "tokenizers are stood in for offline (Pythia's by SmolLM2's, DeBERTa-v3's by MiniLM's), and their data by the "
+             "vendored sample: the whole of OASST1 may pad differently.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         s, w = r["settings"]["sft"], r["settings"]["reward"]
