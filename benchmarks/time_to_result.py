@@ -149,7 +149,7 @@ def _hm(minutes: float) -> str:
 
 def markdown(estimates: list[dict[str, Any]], cpu_runs: dict[str, dict[str, float]]) -> str:
     lines = ["### Time to result per profile", "",
-             "GPU profiles: **estimates** of the training loops (SFT, both reward models, PPO; evaluations not included),",
+             "GPU profiles: **estimates** of the training loops (SFT, both reward models, PPO; DPO and evaluations not included),",
              "from the H100 rates measured by `bench_gpu_profile`, scaled to the target card by memory bandwidth",
              "(pessimistic end: by dense fp16/bf16 tensor throughput). Method: `benchmarks/time_to_result.py`.", "",
              "| profile | target card | SFT | reward | PPO | training total on the card (estimate) | pessimistic | H100, from measured rates | rates |",
