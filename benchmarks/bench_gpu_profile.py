@@ -3,10 +3,10 @@
     python -m benchmarks.bench_gpu_profile --profile colab-t4 --max-gpu-memory-gib 15
     python -m benchmarks.bench_gpu_profile --profile rtx-24gb --max-gpu-memory-gib 23 --random-weights
 
-Stages 02 (SFT), 03 (reward model), 04 (PPO) and 04 (DPO) run as ``python -m recipes.train <stage>``, one after
+Stages 02 (SFT), 03 (reward model), 04 (PPO), 04 (DPO) and 04 (RLOO) run as ``python -m recipes.train <stage>``, one after
 the other into ``runs/bench/<profile>-gpu/``, with the profile's own settings (batch sizes, sequence lengths,
 LoRA, quantization, gradient checkpointing) but shortened: ``--sft-steps`` optimizer steps, ``--reward-pairs``
-training pairs, ``--ppo-updates`` updates, ``--dpo-pairs`` DPO training pairs, small held-out sets. Speed per step and peak memory are those of
+training pairs, ``--ppo-updates`` updates, ``--dpo-pairs`` DPO training pairs, ``--rloo-updates`` RLOO updates, small held-out sets. Speed per step and peak memory are those of
 the full run; a full run's time is its number of steps times the seconds per step.
 
 ``--max-gpu-memory-gib`` caps torch's allocator (``torch.cuda.set_per_process_memory_fraction``), so a
@@ -37,7 +37,7 @@ from typing import Any
 from benchmarks.run import machine, write_table
 from recipes.train import STAGES
 from utils.profile import REPO_ROOT, load_profile
-from utils.stages import DPO, PPO, REWARD, SFT
+from utils.stages import DPO, PPO, REWARD, RLOO, SFT
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 
@@ -100,6 +100,7 @@ def stage_overrides(profile, args, models: dict[str, Path]) -> dict[str, list[st
         REWARD: [f"max_train_pairs={args.reward_pairs}", "max_eval_pairs=64", "max_hh_pairs=64"],
         PPO: [f"updates={args.ppo_updates}", "checkpoint_every=0", "resume=false", "n_compare_prompts=1"],
         DPO: [f"max_train_pairs={args.dpo_pairs}", "max_eval_pairs=32", "save_steps=0", "n_compare_prompts=1"],
+        RLOO: [f"updates={args.rloo_updates}", "kl_curve_points=2", "save_steps=0", "n_compare_prompts=1"],
     }
     if args.random_weights:
         for stage, key in ((SFT, "base_model"), (REWARD, "base_model")):
@@ -128,8 +129,8 @@ def run_stage(stage: str, profile_name: str, run_dir: Path, overrides: list[str]
 
 
 def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[str, Any]]:
-    sft, reward, ppo, dpo = (dict(profile.stage_params(s)) for s in (SFT, REWARD, PPO, DPO))
-    for stage, params in ((SFT, sft), (REWARD, reward), (PPO, ppo), (DPO, dpo)):
+    sft, reward, ppo, dpo, rloo = (dict(profile.stage_params(s)) for s in (SFT, REWARD, PPO, DPO, RLOO))
+    for stage, params in ((SFT, sft), (REWARD, reward), (PPO, ppo), (DPO, dpo), (RLOO, rloo)):
         params.update(metrics.get(stage, {}).get("parameters", {}))  # what the stage ran with, --set included
     rows = []
     if SFT in metrics:
@@ -155,6 +156,12 @@ def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[s
                      "ran": f"{m['train_pairs']} pairs in {m['steps']} steps of {dpo.get('batch_size')} × {dpo.get('grad_accum')} "
                             f"pairs ≤ {dpo.get('max_length')} tokens",
                      "speed": f"{m['train_pairs'] / m['train_seconds']:,.2f} pairs/s", "m": m})
+    if RLOO in metrics:
+        m = metrics[RLOO]
+        rows.append({"stage": "04 RLOO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + reference adapter",
+                     "ran": f"{m['updates']} updates of {rloo.get('prompts_per_update')} prompts × {rloo.get('replies_per_prompt')} "
+                            f"replies, ≤ {rloo.get('max_new_tokens')} new tokens",
+                     "speed": f"{m['seconds_per_update']:,.1f} s/update", "m": m})
     return rows
 
 
@@ -181,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reward-pairs", type=int, default=256)
     ap.add_argument("--ppo-updates", type=int, default=3)
     ap.add_argument("--dpo-pairs", type=int, default=64)
+    ap.add_argument("--rloo-updates", type=int, default=3)
     ap.add_argument("--set", dest="extra", action="append", default=[], metavar="STAGE:KEY=VALUE",
                     help="try a setting before writing it into the profile, e.g. 02_sft:per_device_train_batch_size=8")
     ap.add_argument("--stages", nargs="+", default=list(STAGES.values()), choices=list(STAGES.values()))

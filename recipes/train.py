@@ -2,6 +2,7 @@
 
     python -m recipes.train sft --profile tiny
     python -m recipes.train dpo --profile tiny          # after 02 and 03 (DPO trains on stage 03's pairs)
+    python -m recipes.train rloo --profile tiny         # after 02 and 03
     accelerate launch --config_file recipes/accelerate/ddp.yaml -m recipes.train sft --profile colab-t4
     accelerate launch --config_file recipes/accelerate/multi_cpu.yaml -m recipes.train sft --profile tiny
 
@@ -41,9 +42,9 @@ from utils.stage_record import (
     tidy_checkpoints,
     upstream_on_disk,
 )
-from utils.stages import DPO, PPO, REWARD, SFT, checkpoint_dir, notebook_path
+from utils.stages import DPO, PPO, REWARD, RLOO, SFT, checkpoint_dir, notebook_path
 
-STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO, "dpo": DPO}  # the script's name for a stage -> the stage
+STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO, "dpo": DPO, "rloo": RLOO}  # the script's name for a stage -> the stage
 
 
 def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dict[str, Any]:
@@ -232,8 +233,47 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
                              peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
 
+def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 04_rloo without the narrative: the calls of notebooks/04_rloo.ipynb, in its order (plot and replies left out).
+
+    Under accelerate launch each process samples its share of every update's prompts (trl gathers the rewards, so
+    each prompt's k replies still share one leave-one-out baseline).
+    """
+    from accelerate import PartialState
+
+    from utils import rloo
+    from utils.modeling import peak_memory_mb, reset_peak_memory
+    from utils.oasst import load_split, rl_prompts
+    from utils.ppo import snapshot_schedule
+    from utils.reward_functions import stage_reward
+
+    state = PartialState()
+    started = time.time()
+    run_dir = out.parent
+    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
+                       on_error=p["on_error"])
+    train_prompts = rl_prompts(split.train)
+    reset_peak_memory()
+    model, tokenizer, sft_adapter_dir = rloo.load_policy(run_dir, p["quantization"], state.device)
+    prompt_set = rloo.encode_prompts(train_prompts, tokenizer, p["max_prompt_tokens"])
+    reward_fn, reward_source = stage_reward(run_dir, p["reward_function"], prompt_set.conversations, p["reward_batch_size"],
+                                            device=state.device)
+    settings = rloo.RLOOSettings.from_params(p)
+    trainer, stats = rloo.run_training(model, tokenizer, prompt_set, reward_fn, settings, sft_adapter_dir, out,
+                                       snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]),
+                                       checkpoint_root=checkpoint_dir(run_dir, RLOO), save_steps=p["save_steps"],
+                                       log=print if state.is_main_process else None)
+    peak_mb = peak_memory_mb()
+    adapter_dir = out / "adapter"
+    if state.is_main_process:
+        rloo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
+    return rloo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, prompts=prompt_set, reward=reward_source,
+                              data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_mb, processes=state.num_processes,
+                              started=started)
+
+
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo,
-                                                                         "dpo": train_dpo}
+                                                                         "dpo": train_dpo, "rloo": train_rloo}
 
 
 def limit_gpu_memory(gib: float, device) -> None:

@@ -48,7 +48,7 @@ def test_the_benchmark_shortens_every_stage_the_script_runs(profile):
     from utils.stages import notebook_path
 
     p = load_profile(profile)
-    args = SimpleNamespace(sft_steps=2, reward_pairs=8, ppo_updates=1, dpo_pairs=8, random_weights=True)
+    args = SimpleNamespace(sft_steps=2, reward_pairs=8, ppo_updates=1, dpo_pairs=8, rloo_updates=1, random_weights=True)
     models = {p.stage_params(s)["base_model"]: f"/models/{s}" for s in ("02_sft", "03_reward")}
     overrides = stage_overrides(p, args, models)
     assert set(overrides) == set(STAGES.values())
@@ -60,7 +60,8 @@ def test_the_benchmark_shortens_every_stage_the_script_runs(profile):
         "03_reward": {"pairs_train": 8, "train_seconds": 2.0},
         "04_ppo": {"updates": 1, "seconds_per_update": 3.0},
         "04_dpo": {"train_pairs": 8, "steps": 1, "train_seconds": 4.0},
+        "04_rloo": {"updates": 1, "seconds_per_update": 5.0},
     }
     rows = table_rows(p, metrics, args)
-    assert [r["stage"] for r in rows] == ["02 SFT", "03 reward", "04 PPO", "04 DPO"]
-    assert rows[-1]["speed"] == "2.00 pairs/s"
+    assert [r["stage"] for r in rows] == ["02 SFT", "03 reward", "04 PPO", "04 DPO", "04 RLOO"]
+    assert rows[3]["speed"] == "2.00 pairs/s" and rows[4]["speed"] == "5.0 s/update"

@@ -20,6 +20,9 @@ REQUIRED = {
                "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir", "data_skipped"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
                "adapter_dir", "data_skipped"],
+    "04_rloo": ["updates", "seconds", "seconds_per_update", "peak_memory_mb", "adapter_dir", "snapshots", "prompts",
+                "prompts_too_long", "data_skipped", "train_log", "beta", "replies_per_prompt", "reward_mean_first",
+                "reward_mean_last", "kl_last"],
     "05_evaluate": ["models", "judges", "kl_curve", "table", "data_read"],
 }
 
@@ -80,3 +83,17 @@ def test_run_report_gathers_every_stage(micro_run):
     for stage in REQUIRED:
         assert stage in report
     assert (micro_run / "report.html").exists()
+
+
+def test_rloo_keeps_its_adapter_and_at_least_4_snapshots(micro_run):
+    """Stage 05 draws reward against KL from the snapshots: update 0 (the SFT policy) to the last, each a peft folder."""
+    rloo = read_metrics(micro_run, "04_rloo")
+    assert stage_path(micro_run, "04_rloo", "adapter_dir").is_dir()
+    updates = sorted(int(u) for u in rloo["snapshots"])
+    assert len(updates) >= 4 and updates[0] == 0 and updates[-1] == rloo["updates"], updates
+    for rel in rloo["snapshots"].values():
+        assert (micro_run / "04_rloo" / rel / "adapter_config.json").is_file(), rel
+        assert not (micro_run / "04_rloo" / rel / "ref").exists()  # the policy alone, not trl's reference copy
+    log = rloo["train_log"]
+    assert len(log) == rloo["updates"] and log[0]["kl"] == 0.0  # the first replies come from π = π_ref
+    assert all(math.isfinite(row["reward_mean"]) for row in log) and "reward_model_dir" in rloo

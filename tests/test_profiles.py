@@ -105,7 +105,8 @@ def test_notebooks_never_reassign_a_parameter(stage: str):
                 assert node.id not in params, f"{stage}: a cell assigns the parameter {node.id!r}"
 
 
-CHECKPOINTING = {"02_sft": "save_steps", "03_reward": "save_steps", "04_dpo": "save_steps", "04_ppo": "checkpoint_every"}
+CHECKPOINTING = {"02_sft": "save_steps", "03_reward": "save_steps", "04_dpo": "save_steps", "04_ppo": "checkpoint_every",
+                 "04_rloo": "save_steps"}
 
 
 @pytest.mark.parametrize("path", [p for p in PROFILES if not load_profile(p).offline], ids=lambda p: p.stem)
@@ -138,6 +139,17 @@ def test_every_profile_draws_a_reward_against_kl_curve_of_at_least_4_points(path
     assert len(points) >= 4 and points[0] == 0 and points[-1] == p["updates"], f"{path.name}: snapshots at {points}"
 
 
+@pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
+def test_every_profile_keeps_at_least_4_rloo_snapshots_for_the_reward_against_kl_curve(path: Path):
+    """As 04_ppo's: the schedule of utils.ppo.snapshot_schedule, from update 0 (the SFT policy) to the last."""
+    from utils.ppo import snapshot_schedule
+
+    p = load_profile(path).stage_params("04_rloo")
+    points = snapshot_schedule(p["updates"], p["kl_curve_points"])
+    assert len(points) >= 4 and points[0] == 0 and points[-1] == p["updates"], f"{path.name}: snapshots at {points}"
+    assert p["replies_per_prompt"] >= 2
+
+
 @pytest.mark.parametrize("path", [p for p in PROFILES if not yaml.safe_load(p.read_text()).get("offline")], ids=lambda p: p.stem)
 def test_every_online_profile_has_a_judge_from_outside_the_kit(path: Path):
     """Where the hub can be reached, OpenAssistant's released reward model judges too: trained on none of the kit's data."""
@@ -146,7 +158,8 @@ def test_every_online_profile_has_a_judge_from_outside_the_kit(path: Path):
 
 
 @pytest.mark.parametrize("stage, config", [("02_sft", "utils.sft:SFTSettings"), ("03_reward", "utils.reward:RewardTrainingConfig"),
-                                           ("04_ppo", "utils.ppo:PPOConfig"), ("04_dpo", "utils.dpo:DPOSettings")])
+                                           ("04_ppo", "utils.ppo:PPOConfig"), ("04_dpo", "utils.dpo:DPOSettings"),
+                                           ("04_rloo", "utils.rloo:RLOOSettings")])
 def test_every_config_field_comes_from_the_notebook_or_is_named_library_only(stage, config):
     """No dataclass default silently stands in for a stage's value: a field is a notebook parameter, or listed."""
     import dataclasses

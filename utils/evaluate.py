@@ -29,7 +29,7 @@ from utils.artifacts import StageNotRun, read_metrics, stage_dir, stage_path
 from utils.batching import length_batches
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
-from utils.stages import DPO, PPO, SFT
+from utils.stages import DPO, PPO, RLOO, SFT
 from utils.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
@@ -68,7 +68,7 @@ class Models:
         return getattr(self.model.config, "max_position_embeddings", None)
 
 
-ALIGNED = {"ppo": PPO, "dpo": DPO}  # model name -> the stage that trains it on top of SFT (loaded when it ran)
+ALIGNED = {"ppo": PPO, "dpo": DPO, "rloo": RLOO}  # model name -> the stage that trains it on top of SFT (loaded when it ran)
 
 
 def load_models(run_dir: str | Path, quantization: str | None = None, device: str | None = None) -> Models:
@@ -303,7 +303,7 @@ def monte_carlo_kl(
     return {ref: kl_to(models, ref, samples, own, batch_size) for ref in references}
 
 
-KL_REFERENCES = {"sft": ("base",), "ppo": ("base", "sft"), "dpo": ("base", "sft")}  # each trained model against where it started
+KL_REFERENCES = {"sft": ("base",), "ppo": ("base", "sft"), "dpo": ("base", "sft"), "rloo": ("base", "sft")}  # each trained model against where it started
 
 
 def kl_estimates(models: Models, prompts: Sequence[Conversation], max_new_tokens: int, batch_size: int = 8, rounds: int = 1000,

@@ -86,16 +86,16 @@ def best_of_extras(best_of: Mapping[str, int]) -> dict[str, dict[str, str]]:
 
 
 def training_costs(run_dir: str | Path) -> dict[str, dict[str, float | None]]:
-    """What each training stage recorded it cost: ``{"sft" | "reward model" | "ppo" | "dpo": {"seconds", "peak_memory_mb"}}``.
+    """What each training stage recorded it cost: ``{"sft" | "reward model" | "ppo" | "dpo" | "rloo": {"seconds", "peak_memory_mb"}}``.
 
-    Seconds are training alone (the optimizer steps; PPO's include its sampling and scoring), peak memory the
+    Seconds are training alone (the optimizer steps; PPO's and RLOO's include their sampling and scoring), peak memory the
     stage's (GPU: torch's allocator; CPU: the process's resident memory). Stages that have not run are left out.
     """
     from utils.artifacts import StageNotRun, read_metrics
-    from utils.stages import DPO, PPO, REWARD, SFT
+    from utils.stages import DPO, PPO, REWARD, RLOO, SFT
 
     costs = {}
-    for name, stage in (("sft", SFT), ("reward model", REWARD), ("ppo", PPO), ("dpo", DPO)):
+    for name, stage in (("sft", SFT), ("reward model", REWARD), ("ppo", PPO), ("dpo", DPO), ("rloo", RLOO)):
         try:
             m = read_metrics(run_dir, stage)
         except StageNotRun:
@@ -113,13 +113,13 @@ def _seconds(x: float | None) -> str:
 
 def cost_columns(model_of: Mapping[str, str], best_of: Mapping[str, int], costs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, str]]:
     """The table's cost columns per player: the training its method needed on top of SFT (PPO and best-of-n also
-    need the reward model, stage 03) and that training's peak memory; best-of-n's cost is n× sampling instead."""
+    need the reward model, stage 03, as RLOO does) and that training's peak memory; best-of-n's cost is n× sampling instead."""
     rm = costs.get("reward model", {}).get("seconds")
     out = {}
     for player, model in model_of.items():
         c = costs.get(model, {})
         training = {"base": "– (pretrained)", "sft": _seconds(c.get("seconds"))}.get(model, f"{_seconds(c.get('seconds'))} on top of SFT")
-        if model == "ppo":
+        if model in ("ppo", "rloo"):
             training += f" (+ reward model {_seconds(rm)})"
         peak = c.get("peak_memory_mb")
         out[player] = {"training": training, "peak memory (MiB)": "–" if peak is None else f"{peak:,.0f}"}

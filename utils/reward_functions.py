@@ -52,12 +52,13 @@ def load_reward_function(spec: str) -> RewardFunction:
     return reward
 
 
-def check_reward_function(fn: RewardFunction, prompts: Sequence[Conversation], replies: Sequence[str], name: str = "reward function") -> None:
-    """Call ``fn`` once on ``replies`` to ``prompts``: it must return one finite number per reply."""
+def checked_scores(fn: RewardFunction, prompts: Sequence[Conversation], replies: Sequence[str], name: str = "reward function") -> list[float]:
+    """``fn``'s scores of ``replies`` to ``prompts``, or a one-line :class:`RewardFunctionError` unless it returned
+    one finite number per reply (used on the test replies before training, and on every batch by 04_rloo)."""
     try:
         scores = fn(list(prompts), list(replies))
     except Exception as e:
-        raise RewardFunctionError(f"{name}: raised {type(e).__name__} on {len(replies)} test replies: {e}") from None
+        raise RewardFunctionError(f"{name}: raised {type(e).__name__} on {len(replies)} replies: {e}") from None
     try:
         values = [float(s) for s in scores]
     except (TypeError, ValueError) as e:
@@ -66,7 +67,13 @@ def check_reward_function(fn: RewardFunction, prompts: Sequence[Conversation], r
         raise RewardFunctionError(f"{name}: returned {len(values)} scores for {len(replies)} replies (one per reply expected)")
     bad = [v for v in values if not math.isfinite(v)]
     if bad:
-        raise RewardFunctionError(f"{name}: returned {len(bad)} non-finite score(s) (e.g. {bad[0]}) for {len(replies)} test replies")
+        raise RewardFunctionError(f"{name}: returned {len(bad)} non-finite score(s) (e.g. {bad[0]}) for {len(replies)} replies")
+    return values
+
+
+def check_reward_function(fn: RewardFunction, prompts: Sequence[Conversation], replies: Sequence[str], name: str = "reward function") -> None:
+    """Call ``fn`` once on ``replies`` to ``prompts``: it must return one finite number per reply."""
+    checked_scores(fn, prompts, replies, name)
 
 
 def reward_function_or_none(spec: str | None, prompts: Sequence[Conversation]) -> RewardFunction | None:
@@ -82,3 +89,22 @@ def reward_function_or_none(spec: str | None, prompts: Sequence[Conversation]) -
     probe_replies = ["The answer is that the sky is blue.", ""] * len(sample)
     check_reward_function(fn, probe_prompts, probe_replies, name=f"reward_function {spec!r}")
     return fn
+
+
+def stage_reward(run_dir, reward_function: str | None, prompts: Sequence[Conversation], batch_size: int = 16,
+                 device=None) -> tuple[RewardFunction, dict[str, str]]:
+    """An RL stage's reward: ``(reward(prompts, replies), what it is, for metrics.json)``.
+
+    Stage 03's proxy reward model by default, or the Python function ``reward_function`` names (imported and
+    tried on test replies first: a bad one stops here, in one line).
+    """
+    fn = reward_function_or_none(reward_function, prompts)
+    if fn is not None:
+        return fn, {"reward_function": reward_function}
+    from utils.artifacts import stage_path
+    from utils.ppo import scorer_reward
+    from utils.reward import RewardScorer
+    from utils.stages import REWARD
+
+    model_dir = stage_path(run_dir, REWARD, "model_dir")
+    return scorer_reward(RewardScorer.load(model_dir, device=device), batch_size=batch_size), {"reward_model_dir": str(model_dir.resolve())}

@@ -4,7 +4,7 @@ A stage's name is its notebook's name and its folder's name: ``02_sft`` is ``not
 writes ``runs/<profile>/02_sft/``. Code refers to a stage by the constants below, never by a typed string.
 
 The number orders the stages; two stages may share one when they are alternatives built on the same inputs
-(``04_dpo`` and ``04_ppo``: two ways to align the SFT model with the same preferences). What a stage depends
+(``04_dpo``, ``04_ppo`` and ``04_rloo``: three ways to align the SFT model with the same preferences). What a stage depends
 on is written out in :data:`DEPENDS_ON`: a change in a stage redoes the stages that depend on it, directly or
 not, and nothing else. A stage the table does not know (a user's own ``06_extra``) depends on every stage
 with a lower number.
@@ -23,20 +23,23 @@ SFT = "02_sft"
 REWARD = "03_reward"
 DPO = "04_dpo"
 PPO = "04_ppo"
+RLOO = "04_rloo"
 EVALUATE = "05_evaluate"
-STAGES = (EXPLORE, SFT, REWARD, DPO, PPO, EVALUATE)
+STAGES = (EXPLORE, SFT, REWARD, DPO, PPO, RLOO, EVALUATE)  # in sorted() order: the runner and the profiles sort stage names
 
 # Each stage's direct dependencies. SFT and the reward models read the data themselves, not stage 01's
 # output: a change to 01 (which tree to draw) must not retrain hours of SFT on a GPU profile. The reward
-# models read text, not the policy: a new SFT model does not retrain them. DPO and PPO are alternatives: both start from the SFT model and the reward stage's pairs,
-# neither reads the other; the evaluation compares them, so it depends on both.
+# models read text, not the policy: a new SFT model does not retrain them. DPO, PPO and RLOO are alternatives: all start from
+# the SFT model and the reward stage (its pairs, or its reward model), none reads another; the evaluation compares them, so it
+# depends on all three.
 DEPENDS_ON: dict[str, tuple[str, ...]] = {
     EXPLORE: (),
     SFT: (),
     REWARD: (),
     DPO: (SFT, REWARD),
     PPO: (SFT, REWARD),
-    EVALUATE: (DPO, PPO),
+    RLOO: (SFT, REWARD),
+    EVALUATE: (DPO, PPO, RLOO),
 }
 
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages
