@@ -13,13 +13,11 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.utils import load_peft_weights
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
-from fixtures import tiny_gpt_neox
+from fixtures import chat_word_tokenizer, tiny_gpt_neox
 
 from utils import rloo
-from utils.chat_format import add_special_tokens, encode_prompt, stop_token_ids
+from utils.chat_format import encode_prompt, stop_token_ids
 from utils.example_rewards import count_the
 from utils.generation import SamplingConfig, generate_replies
 from utils.ppo_model import GPT_NEOX_LORA
@@ -30,12 +28,7 @@ WORDS = [f"w{i}" for i in range(24)] + ["the", "a"]
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-    add_special_tokens(hf)
-    return hf
+    return chat_word_tokenizer(WORDS)
 
 
 def tiny_lm(tokenizer):
@@ -105,7 +98,7 @@ def test_the_reference_is_the_frozen_sft_adapter_and_only_the_policy_moves(token
     ref = adapter_tensors(model, rloo.REFERENCE)
     policy = adapter_tensors(model, rloo.POLICY)
     # The reference holds exactly the SFT weights after training, the chat-token rows included (trl's own copy misses
-    # them: utils.dpo.restore_sft_weights puts them back), and none of it is trainable.
+    # them: utils.dpo.sft_as_reference puts them back), and none of it is trainable.
     assert any("trainable_tokens_delta" in k for k in ref)
     assert set(ref) == set(sft)
     assert all(torch.equal(ref[k], sft[k]) for k in sft)

@@ -267,10 +267,16 @@ def make_trainer(model, tokenizer, train_set: EncodedPairs, settings: DPOSetting
         processing_class=tokenizer,
     )
     trainer.remove_callback(PrinterCallback)  # the notebook plots the training curve instead of printing each log line
+    sft_as_reference(trainer, sft_adapter_dir)
+    return trainer
+
+
+def sft_as_reference(trainer, sft_adapter_dir: str | Path) -> None:
+    """A trl trainer built on a peft model without ``peft_config`` (DPO's, RLOO's): its ``"ref"`` copy of the adapter
+    is there, and both adapters hold exactly the saved SFT weights, the reference frozen (see the module's note 4)."""
     if REFERENCE not in trainer.model.peft_config:
         raise RuntimeError("trl made no reference adapter: this trl version handles PEFT models otherwise")
     restore_sft_weights(trainer.model, sft_adapter_dir)
-    return trainer
 
 
 # ----------------------------------------------------------------------------------------------------- measuring

@@ -23,7 +23,7 @@ bookkeeping. Details worth naming:
    ``peft_config``, trl 1.16 copies that adapter as a frozen adapter named ``"ref"`` and computes π_ref by switching
    to it: one base in memory, and the KL is to the SFT model, not to the bare base. trl's copy leaves out the SFT
    adapter's chat-token embedding rows and casts a 4-bit model's trainable adapter to bf16, so the saved SFT weights
-   are loaded into both adapters afterwards, the policy in float32 (:func:`utils.dpo.restore_sft_weights`): at the
+   are loaded into both adapters afterwards, the policy in float32 (:func:`utils.dpo.sft_as_reference`): at the
    first update π = π_ref exactly, and trl's first logged KL is 0.
 2. **The kit's chat format, not trl's**: trl 1.16 tokenizes prompts through a chat template (the tiny base has none)
    or re-tokenizes text. Each prompt is encoded once by :func:`utils.chat_format.encode_prompt` (turns tokenized one by
@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from utils import chat_format
-from utils.dpo import POLICY, REFERENCE, as_reference, load_policy, restore_sft_weights, save_policy  # noqa: F401 (re-exported)
+from utils.dpo import POLICY, REFERENCE, as_reference, load_policy, save_policy, sft_as_reference  # noqa: F401 (re-exported)
 from utils.notebook_params import FromParams
 
 Conversation = list[dict[str, Any]]
@@ -75,7 +75,7 @@ class RLOOSettings(FromParams):
     mini_batch_size: int | None = None  # replies per forward/backward pass (None: the whole update at once)
     max_new_tokens: int = 48
     max_prompt_tokens: int = 256  # longer prompts are left out (and counted), never cut
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-3
     beta: float = 0.05  # the KL coefficient: reward minus beta x (log π − log π_ref) summed over the reply
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
@@ -300,9 +300,7 @@ def make_trainer(model, tokenizer, prompts: PromptSet, reward: TrlReward, settin
                   train_dataset=prompts.dataset(), processing_class=tokenizer, callbacks=list(callbacks))
     trainer.kit_prompt_ids = dict(zip(prompts.texts, prompts.ids))
     trainer.remove_callback(PrinterCallback)  # one line per update comes from the kit's callback instead
-    if REFERENCE not in trainer.model.peft_config:
-        raise RuntimeError("trl made no reference adapter: this trl version handles PEFT models otherwise")
-    restore_sft_weights(trainer.model, sft_adapter_dir)
+    sft_as_reference(trainer, sft_adapter_dir)  # module note 1
     return trainer
 
 
