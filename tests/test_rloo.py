@@ -201,6 +201,8 @@ def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer
     args = rloo.trainer_args(rloo.RLOOSettings(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.generation_batch_size) == (8, 2, 16)
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.num_iterations) == (1.0, 0, 1.0, 1.0, 1)
+    with pytest.raises(ValueError, match="2 prompts fit, fewer than prompts_per_update=4"):
+        rloo.make_trainer(None, tokenizer, rloo.encode_prompts(prompts(2), tokenizer, 64), None, rloo.RLOOSettings(), None, "/tmp/unused")
     long = [[{"role": "user", "content": " ".join(WORDS * 3)}]]
     prompt_set = rloo.encode_prompts(prompts(3) + long, tokenizer, max_prompt_tokens=20)
     assert (len(prompt_set), prompt_set.too_long) == (3, 1)

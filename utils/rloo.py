@@ -293,6 +293,8 @@ def make_trainer(model, tokenizer, prompts: PromptSet, reward: TrlReward, settin
 
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
+    if len(prompts) < settings.prompts_per_update:  # trl's sampler drops an incomplete batch: there would be no update
+        raise ValueError(f"{len(prompts)} prompts fit, fewer than prompts_per_update={settings.prompts_per_update}")
     model.generation_config.eos_token_id = chat_format.stop_token_ids(tokenizer)  # trl stops at these (module note 3)
     disable_dropout(model)  # LoRA's and attention's too: the log-probs trained on are those that sampled
     cls = _trainer_class()
