@@ -308,7 +308,7 @@ def test_notebook_on_the_micro_run(micro_run):
     params = load_profile("tests/profiles/micro.yaml").stage_params("05_evaluate")
     out = micro_run / "05_evaluate"
     m = json.loads((out / "metrics.json").read_text())
-    ours = [f"{name} (k50)" for name in ["base", "sft", "ppo", "dpo"] + [f"best_of_{n}" for n in params["best_of_n"]]]
+    ours = [f"{name} (k50)" for name in ["base", "sft", "ppo", "dpo", "rloo"] + [f"best_of_{n}" for n in params["best_of_n"]]]
     theirs = ["pythia-1b-deduped-sft (k50)", "pythia-12b-deduped-sft (k50)"]
     assert sorted(m["models"]) == sorted(ours + theirs)
     # Every judge rates every player; exactly one is the reward model PPO was trained against.

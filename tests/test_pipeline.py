@@ -54,7 +54,7 @@ def test_stage_figures_are_sane(micro_run):
     evaluation = read_metrics(micro_run, "05_evaluate")
     # Players are "<model> (<sampling preset>)"; OpenAssistant's own models join from the sampling reports.
     models = {name.split(" (")[0] for name in evaluation["models"]}
-    assert {"base", "sft", "ppo", "dpo", "best_of_1", "best_of_2", "pythia-1b-deduped-sft", "pythia-12b-deduped-sft"} <= models
+    assert {"base", "sft", "ppo", "dpo", "rloo", "best_of_1", "best_of_2", "pythia-1b-deduped-sft", "pythia-12b-deduped-sft"} <= models
     for judge in evaluation["judges"].values():
         assert set(judge["elo"]) == set(evaluation["models"])
         # best-of-1 is SFT's own sampling, answer for answer: every game between the two is a draw
