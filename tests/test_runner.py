@@ -406,7 +406,7 @@ def test_notebook_defaults_read_the_parameters_cell_as_papermill_does():
 
 def test_list_on_the_real_notebooks_names_every_stage(tmp_path):
     states = stage_states(load_profile("tiny"), tmp_path / "nothing")
-    assert states == [(s, "not run") for s in ["01_explore_trees", "02_sft", "03_reward", "04_dpo", "04_ppo",
+    assert states == [(s, "not run") for s in ["01_explore_trees", "02_sft", "03_reward", "04_dpo", "04_ppo", "04_rloo",
                                                 "05_evaluate"]]
     assert not (tmp_path / "nothing").exists()
     assert read_record(tmp_path / "nothing" / "02_sft") is None
@@ -473,19 +473,20 @@ def test_list_of_alternative_stages_says_which_changed(tmp_path, capsys):
 
 
 def test_the_kits_stage_graph():
-    from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT, STAGES, downstream, upstream
+    from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, RLOO, SFT, STAGES, downstream, upstream
 
-    assert upstream(PPO) == upstream(DPO) == [SFT, REWARD]  # neither alternative reads the other
-    assert upstream(EVALUATE) == [SFT, REWARD, DPO, PPO]
+    assert upstream(PPO) == upstream(DPO) == upstream(RLOO) == [SFT, REWARD]  # no alternative reads another
+    assert upstream(EVALUATE) == [SFT, REWARD, DPO, PPO, RLOO]
     assert downstream(EXPLORE) == [EXPLORE]  # SFT and the reward models read the data, not 01's tables
-    assert downstream(PPO) == [PPO, EVALUATE] and downstream(DPO) == [DPO, EVALUATE]
-    assert downstream(REWARD) == [REWARD, DPO, PPO, EVALUATE]
-    assert downstream(SFT) == [SFT, DPO, PPO, EVALUATE]  # a new SFT model leaves the reward models as they are
-    # A profile without DPO: PPO and the evaluation keep the dependencies they had before DPO existed.
+    assert downstream(PPO) == [PPO, EVALUATE] and downstream(DPO) == [DPO, EVALUATE] and downstream(RLOO) == [RLOO, EVALUATE]
+    assert downstream(REWARD) == [REWARD, DPO, PPO, RLOO, EVALUATE]
+    assert downstream(SFT) == [SFT, DPO, PPO, RLOO, EVALUATE]  # a new SFT model leaves the reward models as they are
+    # A profile without DPO: PPO, RLOO and the evaluation keep the dependencies they had before DPO existed.
     without = [s for s in STAGES if s != DPO]
-    assert upstream(EVALUATE, without) == [SFT, REWARD, PPO]
+    assert upstream(EVALUATE, without) == [SFT, REWARD, PPO, RLOO]
     assert resolve_stage("ppo", list(STAGES)) == PPO and resolve_stage("04_dpo", list(STAGES)) == DPO
-    with pytest.raises(StageError, match="ambiguous: 04_dpo or 04_ppo"):
+    assert resolve_stage("rloo", list(STAGES)) == RLOO
+    with pytest.raises(StageError, match="ambiguous: 04_dpo or 04_ppo or 04_rloo"):
         resolve_stage("4", list(STAGES))
 
 
