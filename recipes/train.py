@@ -161,26 +161,31 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils import distributed
-    from utils.artifacts import stage_path
+    from utils.fixed_set import stage_progress
     from utils.modeling import peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, rl_prompts
-    from utils.ppo import PPOConfig, PPOTrainer, scorer_reward, snapshot_schedule, stage_metrics
+    from utils.ppo import PPOConfig, PPOTrainer, snapshot_schedule, stage_metrics
     from utils.ppo_model import load_sft_policy
-    from utils.reward import RewardScorer
+    from utils.reward_functions import stage_reward
 
     state = PartialState()  # initialises the process group under accelerate launch / torchrun
     run_dir = out.parent
     split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
                        on_error=p["on_error"])
+    train_prompts = rl_prompts(split.train)
     reset_peak_memory()
     model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
-    reward_model_dir = stage_path(run_dir, REWARD, "model_dir")
-    scorer = RewardScorer.load(reward_model_dir, device=state.device)
+    reward_fn, reward_source = stage_reward(run_dir, p["reward_function"], train_prompts, batch_size=p["reward_batch_size"], device=state.device)
+    log = print if state.is_main_process else None
+    progress = stage_progress(run_dir, split.heldout, tokenizer, reward_fn, n_prompts=p["n_fixed_prompts"],
+                              replies_per_prompt=p["fixed_replies_per_prompt"], max_new_tokens=p["max_new_tokens"],
+                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["mini_batch_size"] * 2,
+                              reward_batch_size=p["reward_batch_size"], seed=p["seed"], player_prefix="ppo", log=log)
     checkpoints = Path(p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO))
-    trainer = PPOTrainer(model, tokenizer, rl_prompts(split.train), scorer_reward(scorer, batch_size=p["reward_batch_size"]),
-                         PPOConfig.from_params(p), checkpoint_dir=checkpoints, checkpoint_every=p["checkpoint_every"],
-                         log=print if state.is_main_process else None,
-                         snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]), snapshot_dir=checkpoints / "snapshots")
+    trainer = PPOTrainer(model, tokenizer, train_prompts, reward_fn, PPOConfig.from_params(p), checkpoint_dir=checkpoints,
+                         checkpoint_every=p["checkpoint_every"], log=log,
+                         snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]), snapshot_dir=checkpoints / "snapshots",
+                         progress=progress)
     if p["resume"]:
         trainer.resume()
     trainer.train(p["updates"])
@@ -193,7 +198,7 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
         model.save_policy_adapter(adapter_dir)
         tokenizer.save_pretrained(adapter_dir)
         snapshots = trainer.export_snapshots(out / "snapshots")
-    return stage_metrics(trainer, out, adapter_dir=adapter_dir, snapshots=snapshots, reward_model_dir=reward_model_dir,
+    return stage_metrics(trainer, out, adapter_dir=adapter_dir, snapshots=snapshots, reward_source=reward_source,
                          data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_memory_mb(),
                          processes=state.num_processes, policy_checksums=checksums)
 

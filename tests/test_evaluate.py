@@ -331,15 +331,22 @@ def test_notebook_on_the_micro_run(micro_run):
         assert judge["games"] == (k * (k - 1) // 2 * prompts + 2 * k * n + 1 * n) * s * s
     # The two judges disagree somewhere: they are different models, not one model twice.
     assert m["judges"]["proxy"]["rewards"] != m["judges"]["judge"]["rewards"]
-    # Reward against KL: a point per PPO snapshot, the start first, where the policy is SFT (KL exactly 0).
-    curve = m["kl_curve"]
+    # Reward against KL: SFT (KL 0), best-of-n (its analytic bound), a point per PPO and RLOO snapshot (sampled in their
+    # stage on the same fixed prompts), DPO; every gain paired by prompt against SFT, with a standard error.
+    curve = {p["player"]: p for p in m["reward_vs_kl"]}
     ppo = json.loads((micro_run / "04_ppo" / "metrics.json").read_text())
-    assert [p["update"] for p in curve] == sorted(int(u) for u in ppo["snapshots"]) and curve[0]["update"] == 0
-    assert len(curve) >= 4 and curve[-1]["update"] == ppo["updates"]
-    assert curve[0]["kl"] == 0.0
-    for point in curve:
-        assert {"update", "kl", "proxy_reward", "judge_reward"} <= set(point)
-        assert point["proxy_reward"] == point["rewards"]["proxy"] and point["judge_reward"] == point["rewards"]["judge"]
+    snapshots = sorted(int(u) for u in ppo["snapshots"])
+    assert [f"ppo@{u}" for u in snapshots] == [p for p in curve if p.startswith("ppo@")] and len(snapshots) >= 4
+    assert curve["sft"]["kl"] == 0.0 and curve["sft"]["proxy_gain"] == 0.0
+    assert curve["best_of_2"]["kl"] == pytest.approx(math.log(2) - 0.5)
+    assert curve["best_of_2"]["proxy_gain"] >= 0  # the proxy prefers its own pick, prompt by prompt
+    assert "dpo" in curve and curve["dpo"]["kl_se"] > 0
+    for point in curve.values():
+        assert {"player", "kl", "proxy_gain", "proxy_gain_se", "judge_gain", "judge_gain_se"} <= set(point)
+        assert point["prompts"] == m["fixed_set"]["prompts"]
+    # The PPO stage's own reading of its snapshots, rescored here by the same proxy: the same gains.
+    assert ppo["progress"][-1]["proxy_gain"] == pytest.approx(curve[f"ppo@{snapshots[-1]}"]["proxy_gain"] - curve["ppo@0"]["proxy_gain"], abs=1e-6)
+    assert {row["player"] for row in m["rl_check"]} >= {f"ppo@{snapshots[-1]}"}
     assert all(m["models"][f"{p} (k50)"]["ppl"] > 1 for p in ["base", "sft", "ppo", "dpo"])
     assert m["models"]["base (k50)"]["kl"] is None and m["models"]["sft (k50)"]["kl"] and m["models"]["ppo (k50)"]["kl_sft"]
     assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1

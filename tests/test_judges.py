@@ -6,12 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
 from utils import judges, reward_stage
-from utils.evaluate import sqrt_kl_fit
 from utils.reward_eval import PairResult
 
 # DeBERTa-v3's options (as benchmarks/bench_gpu_profile.py keeps them for OpenAssistant's reward-model-deberta-v3
@@ -131,14 +129,6 @@ def test_agreement_counts_pairs_both_models_order_the_same_way():
     assert reward_stage.agreement(a, b) == pytest.approx((1 + 0 + 1 + 0.5) / 4)
     with pytest.raises(ValueError, match="same pairs"):
         reward_stage.agreement(a, result([1.0], [0.0]))
-
-
-def test_sqrt_kl_fit_recovers_a_line_in_sqrt_kl():
-    curve = [{"kl": k, "rewards": {"proxy": 0.5 + 2.0 * np.sqrt(k)}} for k in (0.0, 1.0, 4.0, 9.0)]
-    intercept, slope = sqrt_kl_fit(curve, "proxy")
-    assert (intercept, slope) == (pytest.approx(0.5), pytest.approx(2.0))
-    # Monte-Carlo KL estimates can dip below 0 near the start: they count as 0, not as an error.
-    assert np.isfinite(sqrt_kl_fit([{"kl": -0.01, "rewards": {"p": 0.0}}, {"kl": 1.0, "rewards": {"p": 1.0}}], "p")[1])
 
 
 def test_results_rows_rank_players_by_the_independent_judge_and_star_the_proxy():

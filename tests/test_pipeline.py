@@ -19,11 +19,11 @@ REQUIRED = {
     "04_dpo": ["seconds", "peak_memory_mb", "train_seconds", "heldout_accuracy_before", "heldout_accuracy_after",
                "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir", "data_skipped"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
-               "adapter_dir", "data_skipped"],
+               "adapter_dir", "data_skipped", "progress", "fixed_set", "baseline", "replies_per_prompt", "ended_fraction_last"],
     "04_rloo": ["updates", "seconds", "seconds_per_update", "peak_memory_mb", "adapter_dir", "snapshots", "prompts",
                 "prompts_too_long", "data_skipped", "train_log", "beta", "replies_per_prompt", "reward_mean_first",
                 "reward_mean_last", "kl_last"],
-    "05_evaluate": ["models", "judges", "kl_curve", "table", "data_read"],
+    "05_evaluate": ["models", "judges", "reward_vs_kl", "rl_check", "fixed_set", "table", "data_read"],
 }
 
 

@@ -29,10 +29,12 @@ from utils.ppo import (
     gae,
     kl_penalty_rewards,
     masked_whiten,
+    rloo_advantages,
     scorer_reward,
     snapshot_schedule,
     summary_metrics,
 )
+from utils.fixed_set import FixedSetProgress
 from utils.ppo_model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
 from utils.ppo_rollout import sample_rollout, token_logprobs
 
@@ -514,3 +516,82 @@ def test_each_update_logs_its_seconds_by_phase(tokenizer):
         assert sum(row[k] for k in row if k.startswith("seconds_")) <= row["seconds"] + 1e-6
     assert "seconds_reward_norm" in history[0] and "seconds_reward_norm" not in history[1]
     assert set(summary_metrics(history)["seconds_by_phase"]) == {*phases, "reward_norm"}
+
+
+# ---- the per-prompt baseline (RLOO) and progress on a fixed set ---------------------------------------------------
+
+
+def test_rloo_advantages_are_each_reply_minus_the_mean_of_the_others_to_its_prompt():
+    returns = torch.tensor([1.0, 2.0, 3.0, 10.0, 10.0, 10.0])  # two prompts, three replies each
+    adv = rloo_advantages(returns, 3)
+    assert adv.tolist() == pytest.approx([1 - 2.5, 2 - 2.0, 3 - 1.5, 0.0, 0.0, 0.0])
+    assert adv.view(2, 3).sum(1).tolist() == pytest.approx([0.0, 0.0])  # the prompt's own level cancels
+
+
+def test_reward_scale_is_the_within_prompt_spread_when_each_prompt_has_several_replies():
+    # Two prompts far apart (means 0 and 100), the same small spread within each: the scale is that spread.
+    scores = torch.tensor([-1.0, 1.0, 99.0, 101.0])
+    mean, std = PPOTrainer._mean_std(scores, group_size=2)
+    assert mean == pytest.approx(50.0) and std == pytest.approx(math.sqrt(2.0))
+    assert PPOTrainer._mean_std(scores)[1] > 40  # one reply per prompt: the spread between prompts too
+
+
+def test_rloo_config_needs_several_replies_per_prompt():
+    with pytest.raises(ValueError, match="rloo' needs replies_per_prompt >= 2"):
+        PPOConfig(baseline="rloo", replies_per_prompt=1)
+    with pytest.raises(ValueError, match="baseline must be one of value, rloo"):
+        PPOConfig(baseline="critic")
+
+
+def fixed_set_run(tokenizer, reward, updates: int, snapshot_dir, **overrides) -> FixedSetProgress:
+    """PPO with the RLOO baseline on the training prompts, read on 8 other prompts x 4 replies at each update."""
+    config = PPOConfig(**{**dict(batch_size=4, replies_per_prompt=4, baseline="rloo", mini_batch_size=8, ppo_epochs=2,
+                                 max_new_tokens=8, learning_rate=5e-3, init_kl_coef=0.02, target_kl=None, seed=0,
+                                 reward_norm_samples=16), **overrides})
+    progress = FixedSetProgress(prompts(28)[20:], {"proxy": yes_fraction}, tokenizer, 4, 8, batch_size=16, seed=1, log=None)
+    trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(20), reward, config, log=None,
+                         snapshot_updates=list(range(updates + 1)), snapshot_dir=snapshot_dir, progress=progress)
+    trainer.train(updates)
+    return progress
+
+
+def test_rloo_ppo_raises_a_learnable_reward_on_held_out_prompts_where_a_broken_loop_cannot(tokenizer, tmp_path):
+    learned = fixed_set_run(tokenizer, yes_fraction, 6, tmp_path / "a").points
+    frozen = fixed_set_run(tokenizer, yes_fraction, 6, tmp_path / "b", learning_rate=0.0).points
+    flipped = fixed_set_run(tokenizer, lambda p, r: [-x for x in yes_fraction(p, r)], 6, tmp_path / "c").points
+    assert [p["update"] for p in learned] == list(range(7)) and learned[0]["proxy_gain"] == 0.0
+    gain, se = learned[-1]["proxy_gain"], learned[-1]["proxy_gain_se"]
+    # "yes" is about 1 word in 30 by chance; the trained policy says it several times as often, on prompts it never saw.
+    assert gain > 0.1 and gain > 4 * se, [(round(p["proxy_gain"], 3), round(p["proxy_gain_se"], 3)) for p in learned]
+    assert frozen[-1]["proxy_gain"] == 0.0 and frozen[-1]["kl"] == pytest.approx(0.0, abs=1e-4)  # same seeds, same policy
+    assert flipped[-1]["proxy_gain"] < 0.0 < gain  # the sign of the reward decides the direction
+    assert learned[-1]["kl"] > 0.1 and learned[0]["kl"] == pytest.approx(0.0, abs=1e-4)
+
+
+def test_rloo_ppo_does_not_learn_to_stop_early_under_the_default_missing_eos_penalty(tokenizer, tmp_path):
+    """The default penalty is off: a reward that grows with the reply's length is learned as length, not as stopping."""
+    def length(p, r):
+        return [float(len(x.split())) for x in r]
+    points = fixed_set_run(tokenizer, length, 4, tmp_path, missing_eos_penalty=PPOConfig().missing_eos_penalty, max_new_tokens=8).points
+    assert points[-1]["ended_fraction"] <= points[0]["ended_fraction"] + 0.05, [p["ended_fraction"] for p in points]
+    assert points[-1]["words"] >= points[0]["words"], [p["words"] for p in points]
+
+
+def test_fixed_set_progress_survives_a_resume(tokenizer, tmp_path):
+    def run(updates: int, resume: bool) -> FixedSetProgress:
+        config = PPOConfig(batch_size=2, replies_per_prompt=2, baseline="rloo", mini_batch_size=4, ppo_epochs=1, max_new_tokens=4,
+                           learning_rate=5e-3, seed=0, reward_norm_samples=0)
+        progress = FixedSetProgress(prompts(24)[20:], {"proxy": yes_fraction}, tokenizer, 2, 4, seed=1, log=None)
+        trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(20), yes_fraction, config, log=None,
+                             checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1, snapshot_updates=[0, 1, 2],
+                             snapshot_dir=tmp_path / "snaps", progress=progress)
+        if resume:
+            assert trainer.resume()
+        trainer.train(updates)
+        return progress
+    whole = [p["proxy_gain"] for p in run(2, False).points]
+    import shutil
+    shutil.rmtree(tmp_path / "ckpt")
+    run(1, False)
+    resumed = run(2, True).points
+    assert [p["update"] for p in resumed] == [0, 1, 2] and [p["proxy_gain"] for p in resumed] == pytest.approx(whole)

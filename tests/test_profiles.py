@@ -125,8 +125,9 @@ def test_the_kl_controller_can_move_beta_within_the_run(path: Path):
     p = load_profile(path).stage_params("04_ppo")
     if p["target_kl"] is None:
         return
-    reach = math.exp(0.2 * p["updates"] * p["batch_size"] / p["kl_horizon"])
-    assert reach >= 1.5, f"{path.name}: over {p['updates']} updates of {p['batch_size']} replies beta can move x{reach:.2f} at most"
+    replies = p["batch_size"] * p["replies_per_prompt"]  # per update
+    reach = math.exp(0.2 * p["updates"] * replies / p["kl_horizon"])
+    assert reach >= 1.5, f"{path.name}: over {p['updates']} updates of {replies} replies beta can move x{reach:.2f} at most"
 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)

@@ -17,7 +17,7 @@ side and :func:`use` switches between them (``"base"`` runs with no adapter at a
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Collection, Iterator, Mapping, Sequence
 
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from utils import chat_format
-from utils.artifacts import StageNotRun, read_metrics, stage_dir, stage_path
+from utils.artifacts import StageNotRun, read_metrics, stage_path
 from utils.batching import length_batches
 from utils.generation import SamplingConfig, generate_replies
 from utils.sampling_reports import prompt_key
@@ -50,17 +50,12 @@ def word_count(text: str) -> int:
 
 @dataclass
 class Models:
-    """The base model with the run's adapters loaded by name ("sft", "ppo", "dpo"); ``names`` lists the models.
-
-    ``snapshots`` maps PPO updates to the adapters of the policy kept at those updates (``ppo@<update>``),
-    loaded for the reward-against-KL curve; they are not players.
-    """
+    """The base model with the run's adapters loaded by name ("sft", "ppo", "dpo", ...); ``names`` lists the models."""
 
     model: Any
     tokenizer: Any
     names: list[str]
     sources: dict[str, str]  # name -> where it came from, for the record
-    snapshots: dict[int, str] = field(default_factory=dict)
 
     @property
     def context(self) -> int | None:
@@ -95,32 +90,11 @@ def load_models(run_dir: str | Path, quantization: str | None = None, device: st
     return Models(model, tokenizer, names, sources)
 
 
-def snapshot_name(update: int) -> str:
-    return f"ppo@{update}"
-
-
-def load_snapshots(models: Models, run_dir: str | Path) -> dict[int, str]:
-    """Stage 04's policy snapshots loaded beside the other adapters: ``{update: adapter name}`` (empty without 04)."""
-    try:
-        snapshots = read_metrics(run_dir, PPO).get("snapshots", {})
-    except StageNotRun:
-        return {}
-    loaded = {}
-    for update, rel in sorted(((int(u), rel) for u, rel in snapshots.items())):
-        name = snapshot_name(update)
-        models.model.load_adapter(str(stage_dir(run_dir, PPO) / rel), adapter_name=name)
-        models.sources[name] = str(stage_dir(run_dir, PPO) / rel)
-        loaded[update] = name
-    models.model.eval()
-    models.snapshots.update(loaded)
-    return loaded
-
-
 @contextmanager
 def use(models: Models, name: str) -> Iterator[Any]:
     """The shared model acting as ``name``: ``"base"`` with adapters off, else that adapter on."""
-    if name not in models.names and name not in models.snapshots.values():
-        raise KeyError(f"no model {name!r}; loaded: {models.names + list(models.snapshots.values())}")
+    if name not in models.names:
+        raise KeyError(f"no model {name!r}; loaded: {models.names}")
     if name == BASE:
         with models.model.disable_adapter():
             yield models.model
@@ -321,96 +295,6 @@ def kl_estimates(models: Models, prompts: Sequence[Conversation], max_new_tokens
 def kl_rows(kl: Mapping[str, Mapping[str, Sequence[float]]]) -> list[dict[str, str]]:
     """:func:`kl_estimates` as table rows."""
     return [{"model": m, **{f"KL from {r}": f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" for r, v in refs.items()}} for m, refs in kl.items()]
-
-
-# ------------------------------------------------------------------------------------------ reward against KL
-
-
-def reward_against_kl(
-    models: Models,
-    snapshots: Mapping[int, str],
-    judges: Mapping[str, Any],
-    prompts: Sequence[Conversation],
-    max_new_tokens: int,
-    reference: str = "sft",
-    batch_size: int = 8,
-    score_batch_size: int = 16,
-    seed: int = 0,
-    rounds: int = 1000,
-) -> list[dict[str, Any]]:
-    """At each PPO snapshot: Monte-Carlo KL to the reference and every judge's mean reward, on the same samples.
-
-    The replies are drawn from the snapshot's own distribution (temperature 1, nothing truncated), so the KL is
-    the one PPO's penalty measures, and the rewards are those of that distribution (Gao et al. 2022 and Bai et
-    al. 2022 plot reward against sqrt(KL) this way). Each point: ``update``, ``kl`` (nats per reply) with a
-    bootstrap interval over prompts, ``rewards`` per judge, and ``proxy_reward`` / ``judge_reward`` (the judge PPO
-    trained against, and the first it did not), the keys the report and README read.
-    """
-    proxy = next((n for n, j in judges.items() if j.trained_against), None)
-    independent = next((n for n, j in judges.items() if not j.trained_against), None)
-    curve = []
-    for update, name in sorted(snapshots.items()):
-        samples, own = policy_samples(models, name, prompts, max_new_tokens, batch_size, seed)
-        kl = kl_to(models, reference, samples, own, batch_size)
-        replies = [chat_format.decode_reply(s.reply_ids, models.tokenizer) for s in samples]
-        conversations = [list(p) + [{"role": "assistant", "content": r}] for p, r in zip(prompts, replies)]
-        rewards = {j: np.asarray(judge.scorer.score(conversations, batch_size=score_batch_size)) for j, judge in judges.items()}
-        mean, lo, hi = bootstrap_mean_ci(kl, rounds=rounds, seed=seed)
-        curve.append({
-            "update": update,
-            "kl": mean,
-            "kl_ci": [lo, hi],
-            "rewards": {j: float(r.mean()) for j, r in rewards.items()},
-            "reward_stds": {j: float(r.std()) for j, r in rewards.items()},
-            "proxy_reward": float(rewards[proxy].mean()) if proxy else None,
-            "judge_reward": float(rewards[independent].mean()) if independent else None,
-            "reply_words": float(np.mean([word_count(r) for r in replies])),
-        })
-    return curve
-
-
-def sqrt_kl_fit(curve: Sequence[Mapping[str, Any]], judge: str) -> tuple[float, float]:
-    """Least-squares line ``reward ≈ a + b·sqrt(KL)`` through a curve's points for one judge: ``(a, b)``."""
-    x = np.sqrt(np.clip([p["kl"] for p in curve], 0.0, None))
-    y = np.asarray([p["rewards"][judge] for p in curve])
-    if len(x) < 2 or np.ptp(x) == 0:
-        return float(y.mean()) if len(y) else float("nan"), float("nan")
-    slope, intercept = np.polyfit(x, y, 1)
-    return float(intercept), float(slope)
-
-
-def plot_reward_against_kl(curve: Sequence[Mapping[str, Any]], judges: Mapping[str, Any], path: str | Path | None = None):
-    """Reward gained since the start against sqrt(KL to SFT), one line per judge with its least-squares fit.
-
-    Each judge's rewards are shifted by its value at the start and divided by its spread there, so judges with
-    different scales share one axis. The proxy (trained against) solid, independent judges dashed: where the
-    proxy climbs and a judge does not, PPO is optimising the proxy's quirks (over-optimisation).
-    """
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    x = np.sqrt(np.clip([p["kl"] for p in curve], 0.0, None))
-    for j, judge in judges.items():
-        start, spread = curve[0]["rewards"][j], curve[0]["reward_stds"][j] or 1.0
-        y = (np.asarray([p["rewards"][j] for p in curve]) - start) / spread
-        style = "-" if judge.trained_against else "--"
-        label = f"{j} ({'PPO trained against it' if judge.trained_against else 'independent'})"
-        line, = ax.plot(x, y, "o" + style, label=label)
-        intercept, slope = sqrt_kl_fit(curve, j)
-        if np.isfinite(slope):
-            xs = np.linspace(0, x.max(), 20)
-            ax.plot(xs, (intercept + slope * xs - start) / spread, ":", color=line.get_color(), lw=1,
-                    label=f"  fit: {slope / spread:+.2f} per √nat")
-    for p, xi in zip(curve, x):
-        ax.annotate(str(p["update"]), (xi, 0), textcoords="offset points", xytext=(0, -12), fontsize=7, ha="center", color="grey")
-    ax.axhline(0, color="grey", lw=0.6)
-    ax.set(xlabel="√KL(π ‖ π_SFT)  (√nats per reply; update numbers below the axis)",
-           ylabel="reward − reward at start (start s.d.)", title="Reward against KL along the PPO run")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
 
 
 # ------------------------------------------------------------------------------------------ perplexity

@@ -2,15 +2,19 @@
 
 One update (:meth:`PPOTrainer.step`) does, in order:
 
-1. **rollout**: sample a reply to each prompt of a batch from the current policy;
+1. **rollout**: sample ``replies_per_prompt`` replies to each prompt of a batch from the current policy;
 2. **score**: the reward model scores each decoded reply as a conversation (scores normalised by the mean and
-   spread of the reward on a dedicated sample of the initial policy's replies, taken once before training);
+   the *within-prompt* spread of the reward on a dedicated sample of the initial policy's replies, taken once);
 3. **old log-probs, values and reference log-probs**, without gradient;
-4. **per-token reward**: −β·(log π − log π_ref) on every reply token, plus the score on the last one;
-5. **GAE** advantages and returns;
-6. **advantage whitening**;
-7. **PPO epochs** over shuffled minibatches: clipped policy loss + clipped value loss, gradient clipping;
-8. **adaptive KL controller**: β moves so that the KL to the reference tracks a target.
+4. **advantages**, by one of two baselines (``baseline``):
+   - ``"rloo"`` (Ahmadian et al. 2024, "Back to Basics"): each reply's KL-penalised return
+     ``R = score − β·Σ_t (log π − log π_ref)_t`` minus the mean ``R`` of the *other* replies to the same prompt;
+     the prompt's own difficulty cancels, no value head is needed;
+   - ``"value"`` (classic RLHF PPO, Ziegler et al. 2019): per-token rewards −β·(log π − log π_ref), the score on
+     the last token, **GAE** against a learned value head;
+5. **advantage whitening**;
+6. **PPO epochs** over shuffled minibatches: clipped policy loss (+ clipped value loss), gradient clipping;
+7. **adaptive KL controller**: β moves so that the KL to the reference tracks a target.
 
 Each implementation detail is named where it happens ("Detail: ..."). Sources: Schulman et al. 2017 (PPO),
 Schulman et al. 2016 (GAE), Ziegler et al. 2019 "Fine-Tuning Language Models from Human Preferences" (the
@@ -33,9 +37,9 @@ from __future__ import annotations
 import shutil
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -45,8 +49,14 @@ from utils.notebook_params import FromParams
 from utils.ppo_model import ActorCritic
 from utils.ppo_rollout import Conversation, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
 
+if TYPE_CHECKING:
+    from utils.fixed_set import FixedSetProgress
+
 RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
 """``reward_fn(prompts, replies) -> one score per reply``; see :func:`scorer_reward` for the reward model."""
+
+
+BASELINES = ("value", "rloo")
 
 
 @dataclass
@@ -54,14 +64,16 @@ class PPOConfig(FromParams):
     LIBRARY_ONLY = ("whiten_advantages",)  # on in every stage run (an ablation switch for tests and readers)
 
     # Rollouts
-    batch_size: int = 16  # prompts, and so replies, per update
+    batch_size: int = 16  # prompts per update
+    replies_per_prompt: int = 1  # replies sampled per prompt: batch_size x this many per update ("rloo" needs >= 2)
+    baseline: str = "value"  # "value": GAE with a learned value head; "rloo": the other replies' mean (leave-one-out)
     max_new_tokens: int = 32
     max_prompt_tokens: int = 256  # longer prompts are left out (and counted), never cut
     temperature: float = 1.0
     top_k: int = 0  # 0 and top_p 1.0: sample from π itself, so the rollout is exactly on-policy
     top_p: float = 1.0
-    missing_eos_penalty: float = 1.0  # subtracted from the (normalised) score of a reply cut off by max_new_tokens
-    normalize_reward: bool = True  # scores in units of the initial policy's spread (see PPOTrainer.step)
+    missing_eos_penalty: float = 0.0  # subtracted from the (normalised) score of a reply cut off by max_new_tokens
+    normalize_reward: bool = True  # scores in units of the initial policy's within-prompt spread (see PPOTrainer.step)
     reward_norm_samples: int = 64  # replies of the initial policy that set that spread; 0: the first rollout batch
     # Optimisation
     mini_batch_size: int = 4
@@ -82,9 +94,14 @@ class PPOConfig(FromParams):
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "max_new_tokens", "max_prompt_tokens", "mini_batch_size", "ppo_epochs", "kl_horizon"):
+        for name in ("batch_size", "replies_per_prompt", "max_new_tokens", "max_prompt_tokens", "mini_batch_size", "ppo_epochs", "kl_horizon"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"PPOConfig.baseline must be one of {', '.join(BASELINES)}, got {self.baseline!r}")
+        if self.baseline == "rloo" and self.replies_per_prompt < 2:
+            raise ValueError(f"PPOConfig.baseline 'rloo' needs replies_per_prompt >= 2 (the others' mean is the baseline), "
+                             f"got {self.replies_per_prompt}")
         if self.reward_norm_samples < 0:
             raise ValueError(f"PPOConfig.reward_norm_samples must be >= 0, got {self.reward_norm_samples!r}")
         if self.temperature <= 0:
@@ -158,6 +175,19 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
         advantages[:, t] = next_advantage
     advantages = advantages * mask
     return advantages, advantages + values
+
+
+def rloo_advantages(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Leave-one-out advantages (Ahmadian et al. 2024; Kool et al. 2019): ``A_i = R_i − mean_{j≠i} R_j``.
+
+    ``returns`` holds one number per reply, the replies to one prompt adjacent in groups of ``group_size``. The
+    baseline is the mean of the *other* replies to the same prompt, so it is independent of reply i (the gradient
+    stays unbiased) and it removes the prompt's share of the reward: an easy prompt's replies no longer all look
+    good, only the better ones among them do. Within each prompt the advantages sum to zero.
+    """
+    grouped = returns.view(-1, group_size)
+    others_mean = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - others_mean).reshape(-1)
 
 
 def clipped_policy_loss(
@@ -269,6 +299,7 @@ class PPOTrainer:
         log: Callable[[str], None] | None = print,
         snapshot_updates: Sequence[int] = (),
         snapshot_dir: str | Path | None = None,
+        progress: FixedSetProgress | None = None,
     ) -> None:
         self.model, self.tokenizer, self.reward_fn, self.config = model, tokenizer, reward_fn, config
         self.prompts, self.prompt_ids, self.prompts_too_long = encode_prompts(prompts, tokenizer, config.max_prompt_tokens)
@@ -283,6 +314,7 @@ class PPOTrainer:
             raise ValueError("snapshot_updates needs a snapshot_dir")
         self.snapshot_dir = Path(snapshot_dir) if snapshot_dir is not None else None
         self.samples_per_update = samples_per_update
+        self.progress = progress  # measured at every snapshot: the fixed held-out prompts, k replies each
         self.log = log or (lambda _: None)
         self.params = model.trainable_parameters()
         # Detail: Adam's epsilon 1e-5 rather than 1e-8 (the value of OpenAI's baselines; Huang et al. 2022, detail 3).
@@ -321,6 +353,10 @@ class PPOTrainer:
             self.reward_norm = self._reward_norm_from_sample(cfg.reward_norm_samples)
             seconds["reward_norm"] += time.perf_counter() - t0
         prompts, prompt_ids = self._prompt_batch(update)
+        # Detail (RLOO, GRPO): k replies to every prompt, adjacent in the batch, so that replies can be compared
+        # with the other replies to the same prompt.
+        k = cfg.replies_per_prompt
+        prompts, prompt_ids = [p for p in prompts for _ in range(k)], [ids for ids in prompt_ids for _ in range(k)]
 
         # 1. Rollout. Detail: eval mode while sampling, so the KV cache is used even with gradient checkpointing on.
         t0 = time.perf_counter()
@@ -334,10 +370,12 @@ class PPOTrainer:
         scores = self._score(rollout.prompts, rollout.replies, update)
         seconds["score"] += time.perf_counter() - t0
         if cfg.normalize_reward and self.reward_norm is None:  # reward_norm_samples=0: the first batch sets the scale
-            self.reward_norm = self._mean_std(scores)
+            self.reward_norm = self._mean_std(scores, k)
         shift, scale = self.reward_norm if cfg.normalize_reward else (0.0, 1.0)
-        # Detail: a reply that hit max_new_tokens without a stop token is scored as it stands, minus a fixed penalty
-        # (Ziegler et al. 2019 gave such continuations a reward of −1): the policy learns to finish its replies.
+        # Detail: a reply that hit max_new_tokens without a stop token may lose a fixed penalty (Ziegler et al. 2019
+        # gave such continuations a reward of −1). Off by default: in units of the within-prompt spread, a penalty of
+        # 1 outweighs everything else a reply can gain, and where the reward model favours length the policy then
+        # learns to stop early rather than to answer better (measured on tiny: replies 41 -> 25 tokens, proxy down).
         # The cut is still the episode's end (no bootstrapping from V): the reward model judged that reply, not a longer one.
         train_scores = (scores - shift) / scale - cfg.missing_eos_penalty * (~rollout.ended).float()
 
@@ -355,11 +393,23 @@ class PPOTrainer:
         # 4. Per-token reward: KL penalty on every token, the score on the last.
         kl_coef = self.kl_ctl.value
         rewards, kl = kl_penalty_rewards(old_logprobs, ref_logprobs, train_scores, mask, kl_coef)
-        # 5. GAE over the reply tokens.
-        advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
-        # 6. Detail: advantages whitened over the batch's tokens (returns are not: the value head regresses on them).
-        if cfg.whiten_advantages:
-            advantages = masked_whiten(advantages, mask)
+        if cfg.baseline == "rloo":
+            # 5a. RLOO: one return per reply, the score minus β·(the reply's summed KL), i.e. the per-token rewards
+            # summed; its advantage is that return minus the mean return of the other replies to the same prompt,
+            # credited to every token of the reply (REINFORCE with a leave-one-out baseline, no value head).
+            returns = rewards.sum(1)
+            sequence_advantages = rloo_advantages(returns, k)
+            # 6a. Detail: scaled by the batch's spread of advantages, not shifted (the leave-one-out mean is already 0).
+            if cfg.whiten_advantages:
+                sequence_advantages = sequence_advantages * torch.rsqrt(distributed.all_mean((sequence_advantages**2).mean()) + 1e-8)
+            advantages = sequence_advantages[:, None] * mask
+            returns = returns[:, None] * mask  # logged only: there is no value head to train
+        else:
+            # 5b. GAE over the reply tokens, against the value head.
+            advantages, returns = gae(rewards, old_values, mask, cfg.gamma, cfg.lam)
+            # 6b. Detail: advantages whitened over the batch's tokens (returns are not: the value head regresses on them).
+            if cfg.whiten_advantages:
+                advantages = masked_whiten(advantages, mask)
 
         # 7. PPO epochs: each epoch a fresh shuffle of the batch into minibatches.
         t0 = time.perf_counter()
@@ -372,8 +422,12 @@ class PPOTrainer:
                 logits, values = model(rollout.input_ids[mb, :-1], rollout.attention_mask[mb, :-1], mask.shape[1])
                 logprobs = token_logprobs(logits, rollout.response_ids[mb], cfg.temperature)
                 pg_loss, clip_fraction, approx_kl = clipped_policy_loss(logprobs, old_logprobs[mb], advantages[mb], mask[mb], cfg.clip_range)
-                vf_loss, vf_clip_fraction = clipped_value_loss(values, old_values[mb], returns[mb], mask[mb], cfg.clip_range_value)
-                loss = pg_loss + cfg.vf_coef * vf_loss
+                if cfg.baseline == "value":
+                    vf_loss, vf_clip_fraction = clipped_value_loss(values, old_values[mb], returns[mb], mask[mb], cfg.clip_range_value)
+                    loss = pg_loss + cfg.vf_coef * vf_loss
+                else:  # RLOO: the policy loss alone; the value head is not used (its numbers are logged as NaN)
+                    vf_loss = vf_clip_fraction = torch.tensor(float("nan"))
+                    loss = pg_loss
                 self._check_finite(update, "the loss", loss)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -393,6 +447,8 @@ class PPOTrainer:
         self.kl_ctl.update(mean_kl, n_steps=len(prompts) * distributed.world_size())
 
         self.update = update
+        # Training logs: this batch's prompts are new every update, so its mean moves with the prompts drawn (most
+        # of the reward's variance is between prompts); progress is read on the fixed set (utils.fixed_set).
         row = {
             "update": update,
             "reward_mean": distributed.all_mean(scores.mean()).item(),
@@ -401,9 +457,10 @@ class PPOTrainer:
             "kl_coef": kl_coef,
             "objective": (train_scores - kl_coef * kl.sum(1)).mean().item(),  # in normalised units
             "entropy": masked_mean(entropy, mask).item(),
-            "explained_variance": explained_variance(old_values, returns, mask),
+            "explained_variance": explained_variance(old_values, returns, mask) if cfg.baseline == "value" else float("nan"),
             "response_length": rollout.response_lengths.float().mean().item(),
             "ended_fraction": rollout.ended.float().mean().item(),
+            "capped_fraction": 1.0 - rollout.ended.float().mean().item(),
             **{name: sum(v) / len(v) for name, v in stats.items()},
             **{f"seconds_{phase}": s for phase, s in seconds.items()},
             "seconds": time.perf_counter() - started,
@@ -423,10 +480,19 @@ class PPOTrainer:
         return scores.to(self.model.device)
 
     @staticmethod
-    def _mean_std(scores: torch.Tensor) -> tuple[float, float]:
-        """Mean and standard deviation over every process's scores (equal shares); a constant reward keeps scale 1."""
+    def _mean_std(scores: torch.Tensor, group_size: int = 1) -> tuple[float, float]:
+        """Mean and spread over every process's scores (equal shares); a constant reward keeps scale 1.
+
+        With several replies per prompt (adjacent groups of ``group_size``) the spread is the *within-prompt*
+        standard deviation: the differences RL can act on, without the prompt-to-prompt spread it cannot change.
+        """
         mean = distributed.all_mean(scores.mean())
-        std = distributed.all_mean(((scores - mean) ** 2).mean()).sqrt().item()
+        if group_size > 1:
+            grouped = scores.view(-1, group_size)
+            var = distributed.all_mean(((grouped - grouped.mean(1, keepdim=True)) ** 2).sum(1).mean() / (group_size - 1))
+        else:
+            var = distributed.all_mean(((scores - mean) ** 2).mean())
+        std = var.sqrt().item()
         return mean.item(), std if std > 1e-8 else 1.0
 
     def _reward_norm_from_sample(self, n: int) -> tuple[float, float]:
@@ -436,20 +502,25 @@ class PPOTrainer:
         sampled without this step; each process draws its share.
         """
         cfg = self.config
+        k = cfg.replies_per_prompt
         order = torch.randperm(len(self.prompts), generator=torch.Generator().manual_seed(cfg.seed + REWARD_NORM_SEED_OFFSET))
-        picked = [int(order[k % len(order)]) for k in range(n)][distributed.rank() :: distributed.world_size()]
+        n_prompts = max(1, n // k) if k > 1 else n  # k replies to each: the within-prompt spread needs groups
+        picked = [int(order[i % len(order)]) for i in range(n_prompts)][distributed.rank() :: distributed.world_size()]
+        picked = [i for i in picked for _ in range(k)]
         devices = [self.model.device] if self.model.device.type == "cuda" else []
         scores = []
         self.model.eval()
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(cfg.seed + REWARD_NORM_SEED_OFFSET + distributed.rank())
-            for first in range(0, len(picked), max(1, cfg.batch_size // distributed.world_size())):
-                rows = picked[first : first + cfg.batch_size // distributed.world_size()]
+            step = max(1, cfg.batch_size // distributed.world_size()) * k
+            for first in range(0, len(picked), step):
+                rows = picked[first : first + step]
                 prompts, ids = [self.prompts[i] for i in rows], [self.prompt_ids[i] for i in rows]
                 rollout = sample_rollout(self.model, self.tokenizer, prompts, ids, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
                 scores.append(self._score(rollout.prompts, rollout.replies, 1))
-        mean, std = self._mean_std(torch.cat(scores))
-        self.log(f"reward normalisation from {n} replies of the initial policy: mean {mean:+.4f}, std {std:.4f}")
+        mean, std = self._mean_std(torch.cat(scores), k)
+        spread = f"within-prompt std {std:.4f} ({k} replies to each of {len(picked) // k} prompts)" if k > 1 else f"std {std:.4f}"
+        self.log(f"reward normalisation from {len(picked)} replies of the initial policy: mean {mean:+.4f}, {spread}")
         return mean, std
 
     def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -535,6 +606,9 @@ class PPOTrainer:
     def _maybe_snapshot(self) -> None:
         if self.update in self.snapshot_updates and distributed.rank() == 0:
             self.model.save_policy_adapter(self.snapshot_path(self.update))
+            if self.progress is not None:
+                self.model.eval()  # sampling with the KV cache; step() switches back to train mode
+                self.progress.measure(self.update, self.model.policy_model, self.model.reference_model)
 
     def save_checkpoint(self) -> Path:
         """Write the full training state (see :mod:`utils.ppo_checkpoint`); one good checkpoint always exists."""
@@ -558,7 +632,7 @@ def stage_metrics(
     *,
     adapter_dir: str | Path,
     snapshots: dict[int, Path],
-    reward_model_dir: str | Path,
+    reward_source: Mapping[str, str],
     data_skipped: Mapping[str, int] | None = None,
     peak_memory_mb: float | None = None,
     processes: int = 1,
@@ -569,7 +643,7 @@ def stage_metrics(
 
     return {
         **summary_metrics(trainer.history),
-        "reward_means": [row["reward_mean"] for row in trainer.history],
+        "reward_means": [row["reward_mean"] for row in trainer.history],  # training log: each update's new prompts
         "kl_per_update": [row["kl"] for row in trainer.history],
         "kl_coef_per_update": [row["kl_coef"] for row in trainer.history],
         "target_kl": trainer.config.target_kl,
@@ -579,19 +653,36 @@ def stage_metrics(
         "data_skipped": dict(data_skipped or {}),  # records the readers skipped (on_error: skip), by reason
         "adapter_dir": record_path(out_dir, adapter_dir),
         "snapshots": {update: record_path(out_dir, path) for update, path in snapshots.items()},
-        "reward_model_dir": str(Path(reward_model_dir).resolve()),
+        **reward_source,  # reward_model_dir (stage 03's proxy) or reward_function ("module:function")
         "peak_memory_mb": peak_memory_mb,
         "processes": processes,
         "policy_checksums": list(policy_checksums) if policy_checksums is not None else None,
+        # Progress on the fixed held-out prompts (utils.fixed_set): gains paired by prompt against update 0 (SFT).
+        "progress": trainer.progress.points if trainer.progress is not None else [],
+        "fixed_set": trainer.progress.save(out_dir).name if trainer.progress is not None and trainer.progress.samples else None,
+        "baseline": trainer.config.baseline,
+        "replies_per_prompt": trainer.config.replies_per_prompt,
+        "ended_fraction_first": trainer.history[0]["ended_fraction"],
+        "ended_fraction_last": trainer.history[-1]["ended_fraction"],
     }
+
+
+def progress_rows(points: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The fixed set's points as table rows: gains ± one standard error over prompts."""
+    def pm(mean: float | None, se: float | None) -> str:
+        return "" if mean is None else f"{mean:+.3f} ± {se:.3f}" if se == se else f"{mean:+.3f}"
+    return [{"update": str(p["update"]), "KL to SFT": f"{p['kl']:.2f} ± {p['kl_se']:.2f}",
+             "proxy gain": pm(p.get("proxy_gain"), p.get("proxy_gain_se")), "judge gain": pm(p.get("judge_gain"), p.get("judge_gain_se")),
+             "words": f"{p['words']:.0f}", "ended": f"{p['ended_fraction']:.2f}", "capped": f"{p['capped_fraction']:.2f}"}
+            for p in points]
 
 
 def format_row(row: dict[str, float]) -> str:
     return (
-        f"update {row['update']:>4}  reward {row['reward_mean']:+.3f} ± {row['reward_std']:.3f}  kl {row['kl']:.3f} "
+        f"update {row['update']:>4}  batch reward {row['reward_mean']:+.3f} ± {row['reward_std']:.3f}  kl {row['kl']:.3f} "
         f"(β {row['kl_coef']:.3f})  entropy {row['entropy']:.2f}  clip {row['clip_fraction']:.2f}  "
         f"value loss {row['value_loss']:.3f}  expl var {row['explained_variance']:+.2f}  "
-        f"length {row['response_length']:.1f}  {row['seconds']:.1f}s"
+        f"length {row['response_length']:.1f}  ended {row['ended_fraction']:.2f}  {row['seconds']:.1f}s"
     )
 
 

@@ -72,6 +72,7 @@ def save_checkpoint(trainer: "PPOTrainer") -> Path:
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "shuffle_rng": trainer.shuffle.get_state(),
+        "progress": trainer.progress.state_dict() if trainer.progress is not None else {},
     }
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -104,6 +105,8 @@ def resume(trainer: "PPOTrainer") -> bool:
     if distributed.world_size() > 1:  # the checkpoint holds the first process's generator: the others draw anew
         torch.manual_seed(trainer.config.seed + distributed.rank() + RESUME_RESEED_STRIDE * trainer.update)
     trainer.shuffle.set_state(state["shuffle_rng"].cpu())
+    if trainer.progress is not None and state.get("progress"):
+        trainer.progress.load_state_dict(state["progress"])
     trainer.last_checkpoint = found[-1]
     trainer.log(f"resumed from {found[-1]} (update {trainer.update})")
     return True

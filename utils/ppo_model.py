@@ -92,6 +92,17 @@ class ActorCritic(nn.Module):
         finally:
             self.peft_model.set_adapter(POLICY)  # makes the policy adapter trainable again, the reference stays frozen
 
+    @contextmanager
+    def policy_model(self) -> Iterator[nn.Module]:
+        """The peft model acting as the policy (its adapter is the active one outside :meth:`as_reference`)."""
+        yield self.peft_model
+
+    @contextmanager
+    def reference_model(self) -> Iterator[nn.Module]:
+        """The peft model acting as π_ref for the block."""
+        with self.as_reference():
+            yield self.peft_model
+
     def adapter_state(self) -> dict[str, torch.Tensor]:
         """The policy adapter's weights and the value head's, for checkpoints."""
         state = {f"adapter.{k}": v.detach().clone() for k, v in get_peft_model_state_dict(self.peft_model, adapter_name=POLICY).items()}

@@ -70,13 +70,6 @@ def player_extras(model_of: Mapping[str, str], ppl: Mapping[str, float], kl: Map
     return out
 
 
-def kl_curve_rows(curve: Sequence[Mapping[str, Any]], judges: Mapping[str, Judge]) -> list[dict[str, str]]:
-    """The reward-against-KL points as table rows."""
-    return [{"update": str(p["update"]), "KL to SFT (nats)": fmt_ci(p["kl"], p["kl_ci"], 2, False),
-             **{f"reward ({judge_label(j, judge)})": f"{p['rewards'][j]:+.3f}" for j, judge in judges.items()},
-             "words": f"{p['reply_words']:.0f}"} for p in curve]
-
-
 def best_of_extras(best_of: Mapping[str, int]) -> dict[str, dict[str, str]]:
     """The judge-free columns of the best-of-n players (``{player: n}``): KL to SFT by its analytic bound; no
     perplexity (best-of-n is a way to pick among SFT's samples, not a model with a likelihood of its own)."""

@@ -1,0 +1,406 @@
+"""Progress read where it can be seen: a fixed set of held-out prompts, k replies each, paired by prompt.
+
+An RL update's own batch mean is a poor progress bar: each update draws new prompts, and most of a reward
+model's variance is between prompts (on ``tiny``'s proxy 0.178 of 0.230), so one update's mean moves by more
+than best-of-4 gains. Here every policy (a PPO or RLOO snapshot, DPO, SFT) answers the **same** held-out
+prompts, which RL never trains on, ``k`` times each, with the same seeds; every reward is then compared with
+SFT's *on the same prompt* and averaged over prompts. The prompt's difficulty cancels out of each difference,
+and the standard error is over prompts (the unit that was sampled), so "+0.03 ± 0.006" means something.
+
+Along with the rewards each policy's replies carry the Monte-Carlo KL to SFT (``log π − log π_SFT`` summed over
+the reply's tokens, sampled from π itself at temperature 1: the quantity RL's penalty controls), their length
+and whether they ended or hit the token cap. Best-of-n needs no samples of its own: it picks among SFT's.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from utils import chat_format
+from utils.evaluate import as_prompt, fitting_prompts, reply_logprobs, sample_replies, word_count
+from utils.sampling_reports import prompt_key
+
+Conversation = list[dict[str, Any]]
+RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
+ModelContext = Callable[[], ContextManager[Any]]  # ``with ctx() as model:`` the model acting as one policy
+
+PROXY, JUDGE = "proxy", "judge"  # the reward RL trains against, and the independent reward model
+WORDS = "words"  # reply length, scored like a reward: how much of a gain is length
+SAMPLES_FILE = "fixed_set.json"
+
+
+def fixed_prompts(heldout_trees: Sequence[Any], tokenizer, n: int, max_prompt_tokens: int) -> list[Conversation]:
+    """The first ``n`` root prompts of the held-out trees (never trained on) that fit in ``max_prompt_tokens``.
+
+    The same list in stages 04 and 05 (the trees come in file order, duplicates by text dropped), so their
+    points pair prompt by prompt.
+    """
+    keys = list(dict.fromkeys(prompt_key(t.prompt["text"]) for t in heldout_trees))
+    kept, _ = fitting_prompts([as_prompt(k) for k in keys], tokenizer, max_prompt_tokens, n)
+    if not kept:
+        raise ValueError(f"none of the {len(keys)} held-out root prompts fits in {max_prompt_tokens} tokens: no fixed set to measure on")
+    return kept
+
+
+@dataclass
+class PolicySamples:
+    """``k`` replies per fixed prompt from one policy, with each reply's KL to the reference."""
+
+    player: str
+    prompts: list[str]  # the prompts' texts (their keys), in order
+    replies: list[list[str]]
+    kl: list[list[float]] | None  # nats per reply; None where it was not measured (SFT itself)
+    ended: list[list[bool]]  # False where max_new_tokens cut the reply
+    max_new_tokens: int = 0
+
+    @property
+    def k(self) -> int:
+        return len(self.replies[0]) if self.replies else 0
+
+
+def sample_policy(player: str, policy: ModelContext, reference: ModelContext | None, tokenizer, prompts: Sequence[Conversation],
+                  k: int, max_new_tokens: int, batch_size: int = 8, seed: int = 0) -> PolicySamples:
+    """``k`` replies to each prompt sampled from the policy's own distribution, and their KL to the reference.
+
+    ``policy()`` and ``reference()`` are context managers yielding the model acting as each (adapters switch inside
+    them), so one function serves the PPO trainer, trl's RLOO model and stage 05's shared base. The seed is the
+    same for every policy (common random numbers: where two policies agree they draw the same tokens).
+    """
+    repeated = [list(p) for p in prompts for _ in range(k)]
+    with policy() as model:
+        samples = sample_replies(model, tokenizer, repeated, max_new_tokens, batch_size, seed)
+        own = reply_logprobs(model, samples, tokenizer.pad_token_id, batch_size) if reference is not None else None
+    kl = None
+    if reference is not None:
+        with reference() as model:
+            kl = (own - reply_logprobs(model, samples, tokenizer.pad_token_id, batch_size)).tolist()
+    stops = set(chat_format.stop_token_ids(tokenizer))
+    replies = [chat_format.decode_reply(s.reply_ids, tokenizer) for s in samples]
+    ended = [bool(s.reply_ids) and s.reply_ids[-1] in stops for s in samples]
+    rows = lambda xs: [list(xs[i * k : (i + 1) * k]) for i in range(len(prompts))]  # noqa: E731
+    return PolicySamples(player, [p[-1]["content"] for p in prompts], rows(replies), rows(kl) if kl is not None else None, rows(ended),
+                         max_new_tokens)
+
+
+Scores = dict[str, list[float]]  # prompt text -> one number per reply
+
+
+def score_samples(samples: PolicySamples, rewards: Mapping[str, RewardFn]) -> dict[str, Scores]:
+    """Every reward's score of every reply: ``{reward: {prompt: [score per reply]}}``."""
+    prompts = [as_prompt(p) for p in samples.prompts for _ in range(samples.k)]
+    replies = [r for row in samples.replies for r in row]
+    out = {}
+    for name, fn in {**rewards, WORDS: word_reward}.items():
+        flat = [float(s) for s in fn(prompts, replies)]
+        out[name] = {p: flat[i * samples.k : (i + 1) * samples.k] for i, p in enumerate(samples.prompts)}
+    return out
+
+
+def word_reward(prompts: Sequence[Conversation], replies: Sequence[str]) -> list[float]:
+    """Reply length in words, carried beside the rewards so every gain has its length gain next to it."""
+    return [float(word_count(r)) for r in replies]
+
+
+def _se(x: np.ndarray) -> float:
+    return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
+def paired_gain(player: Mapping[str, Sequence[float]], baseline: Mapping[str, Sequence[float]]) -> tuple[float, float]:
+    """Mean over the prompts both answered of (player's mean − baseline's mean on that prompt), and its standard
+    error over those prompts."""
+    common = [p for p in player if p in baseline]
+    if not common:
+        raise ValueError("no prompt in common with the baseline: the fixed sets differ")
+    d = np.array([np.mean(player[p]) - np.mean(baseline[p]) for p in common])
+    return float(d.mean()), _se(d)
+
+
+def mean_se(rows: Mapping[str, Sequence[float]] | Sequence[Sequence[float]]) -> tuple[float, float]:
+    """Mean of per-prompt means, and its standard error over prompts."""
+    m = np.array([np.mean(r) for r in (rows.values() if isinstance(rows, Mapping) else rows)])
+    return float(m.mean()), _se(m)
+
+
+def best_of_n_scores(scores: Mapping[str, Scores], n: int, selector: str = PROXY) -> dict[str, Scores]:
+    """What best-of-n would score, from ``k`` samples per prompt (``k`` a multiple of ``n``).
+
+    The ``k`` samples of a prompt are cut into ``k / n`` disjoint groups of ``n``; in each the ``selector`` picks
+    its favourite, and every reward scores that pick. Averaging the groups is an unbiased estimate of
+    best-of-n's expected reward with less noise than one group (Stiennon et al. 2020; Gao et al. 2022).
+    """
+    picks_of = scores[selector]
+    out: dict[str, Scores] = {name: {} for name in scores}
+    for p, row in picks_of.items():
+        if n < 1 or len(row) % n:
+            raise ValueError(f"best-of-{n} needs a multiple of {n} samples per prompt, the fixed set has {len(row)}")
+        picks = [g * n + int(np.argmax(row[g * n : (g + 1) * n])) for g in range(len(row) // n)]
+        for name, s in scores.items():
+            out[name][p] = [s[p][i] for i in picks]
+    return out
+
+
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n ‖ π) ≤ log n − (n − 1)/n nats (Stiennon et al. 2020, appendix G.3)."""
+    return float(np.log(n) - (n - 1) / n)
+
+
+def point(player: str, scores: Mapping[str, Scores], baseline: Mapping[str, Scores],
+          kl: Sequence[Sequence[float]] | float | None, replies: Sequence[Sequence[str]] | None = None,
+          ended: Sequence[Sequence[bool]] | None = None, **extra: Any) -> dict[str, Any]:
+    """One point of the reward-against-KL picture: gains paired by prompt against ``baseline`` (SFT), per reward.
+
+    ``kl`` is per-reply samples (averaged, with a standard error over prompts), a number (best-of-n's analytic
+    bound) or None (the baseline itself: 0).
+    """
+    if kl is None:
+        kl_mean, kl_se = 0.0, 0.0
+    elif isinstance(kl, (int, float)):
+        kl_mean, kl_se = float(kl), 0.0
+    else:
+        kl_mean, kl_se = mean_se(kl)
+    gains = {name: paired_gain(scores[name], baseline[name]) for name in scores if name in baseline}
+    row: dict[str, Any] = {"player": player, **extra, "kl": kl_mean, "kl_se": kl_se, "prompts": len(next(iter(scores.values())))}
+    for name in (PROXY, JUDGE):
+        g = gains.get(name, (None, None))
+        row[f"{name}_gain"], row[f"{name}_gain_se"] = g
+        row[f"{name}_reward"] = mean_se(scores[name])[0] if name in scores else None
+    row["gains"] = {name: list(g) for name, g in gains.items()}  # every reward's, the extra judges' included
+    if WORDS in scores:
+        row["words"] = mean_se(scores[WORDS])[0]
+    elif replies is not None:
+        row["words"] = float(np.mean([word_count(r) for rs in replies for r in rs]))
+    if ended is not None:
+        row["ended_fraction"] = float(np.mean([e for es in ended for e in es]))
+        row["capped_fraction"] = 1.0 - row["ended_fraction"]
+    return row
+
+
+def samples_point(samples: PolicySamples, scores: Mapping[str, Scores], baseline: Mapping[str, Scores], **extra: Any) -> dict[str, Any]:
+    return point(samples.player, scores, baseline, samples.kl, samples.replies, samples.ended, **extra)
+
+
+def save_samples(path: str | Path, samples: Sequence[PolicySamples]) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps([asdict(s) for s in samples], ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def load_samples(path: str | Path) -> list[PolicySamples]:
+    return [PolicySamples(**row) for row in json.loads(Path(path).read_text(encoding="utf-8"))]
+
+
+class FixedSetProgress:
+    """Stage 04's progress bar: at update 0 and every snapshot, the policy answers the fixed prompts ``k`` times.
+
+    :meth:`measure` is what the RL trainers call at each snapshot (``on_snapshot``); ``points`` are the gains
+    against update 0 (the SFT policy, the same seeds), ``samples`` the replies, saved for stage 05 to rescore
+    with its judges.
+    """
+
+    def __init__(self, prompts: Sequence[Conversation], rewards: Mapping[str, RewardFn], tokenizer, replies_per_prompt: int,
+                 max_new_tokens: int, batch_size: int = 8, seed: int = 0, player_prefix: str = "ppo",
+                 log: Callable[[str], None] | None = print) -> None:
+        self.prompts, self.rewards, self.tokenizer = [list(p) for p in prompts], dict(rewards), tokenizer
+        self.k, self.max_new_tokens, self.batch_size, self.seed = replies_per_prompt, max_new_tokens, batch_size, seed
+        self.prefix, self.log = player_prefix, log or (lambda _: None)
+        self.samples: list[PolicySamples] = []
+        self.points: list[dict[str, Any]] = []
+        self._start: dict[str, Scores] | None = None
+
+    def measure(self, update: int, policy: ModelContext, reference: ModelContext) -> dict[str, Any]:
+        if update == 0:  # a fresh run: whatever an earlier run measured is not this run's
+            self.samples, self.points, self._start = [], [], None
+        samples = sample_policy(f"{self.prefix}@{update}", policy, reference, self.tokenizer, self.prompts, self.k,
+                                self.max_new_tokens, self.batch_size, self.seed)
+        scores = score_samples(samples, self.rewards)
+        if self._start is None:
+            self._start = scores  # the first measurement (update 0, the SFT policy) is the baseline
+        row = samples_point(samples, scores, self._start, update=update)
+        self.samples.append(samples)
+        self.points.append(row)
+        self.log(format_point(row, f"fixed set ({len(self.prompts)} prompts x {self.k})"))
+        return row
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps, so that a resumed run's progress still starts at update 0."""
+        return {"samples": [asdict(x) for x in self.samples], "points": self.points, "start": self._start}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.samples = [PolicySamples(**x) for x in state["samples"]]
+        self.points, self._start = list(state["points"]), state["start"]
+
+    def save(self, out_dir: str | Path) -> Path:
+        return save_samples(Path(out_dir) / SAMPLES_FILE, self.samples)
+
+
+def format_point(row: Mapping[str, Any], what: str = "") -> str:
+    def gain(name: str) -> str:
+        g, se = row.get(f"{name}_gain"), row.get(f"{name}_gain_se")
+        return "n/a" if g is None else f"{g:+.3f} ± {se:.3f}"
+    return (f"{row['player']:<10} {what}: KL {row['kl']:.2f} ± {row['kl_se']:.2f}  proxy gain {gain(PROXY)}  "
+            f"judge gain {gain(JUDGE)}  words {row.get('words', float('nan')):.0f}  ended {row.get('ended_fraction', float('nan')):.2f}")
+
+
+@contextmanager
+def as_model(model) -> Iterator[Any]:
+    """``with as_model(m) as model``: a model that is already acting as the policy."""
+    yield model
+
+
+def stage_progress(run_dir: str | Path, heldout_trees: Sequence[Any], tokenizer, proxy: RewardFn, *, n_prompts: int,
+                   replies_per_prompt: int, max_new_tokens: int, max_prompt_tokens: int, batch_size: int = 8,
+                   reward_batch_size: int = 16, seed: int = 0, player_prefix: str = "ppo",
+                   log: Callable[[str], None] | None = print) -> FixedSetProgress | None:
+    """The fixed-set measurement an RL stage makes at its snapshots: ``proxy`` (the reward it trains against) and
+    stage 03's independent judge, on ``n_prompts`` held-out root prompts (``None`` when ``n_prompts`` is 0)."""
+    if n_prompts <= 0:
+        return None
+    from utils.judges import load_judges
+    from utils.ppo import scorer_reward
+
+    rewards: dict[str, RewardFn] = {PROXY: proxy}
+    try:
+        rewards[JUDGE] = scorer_reward(load_judges([JUDGE], run_dir)[JUDGE].scorer, batch_size=reward_batch_size)
+    except ValueError as e:  # stage 03 trained no judge (judge_fraction 0): the proxy alone
+        if log:
+            log(f"fixed set without an independent judge: {e}")
+    prompts = fixed_prompts(heldout_trees, tokenizer, n_prompts, max_prompt_tokens)
+    return FixedSetProgress(prompts, rewards, tokenizer, replies_per_prompt, max_new_tokens, batch_size=batch_size, seed=seed,
+                            player_prefix=player_prefix, log=log)
+
+
+# ---------------------------------------------------------------------------------------------- stage 05: every player
+
+
+def stage_samples(run_dir: str | Path, stage: str) -> list[PolicySamples]:
+    """The fixed-set samples an RL stage saved at its snapshots (``[]`` where it has not run or kept none)."""
+    from utils.artifacts import StageNotRun, read_metrics, stage_dir
+
+    try:
+        name = read_metrics(run_dir, stage).get("fixed_set")
+    except StageNotRun:
+        return []
+    return load_samples(stage_dir(run_dir, stage) / name) if name else []
+
+
+def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicySamples], prompts: Sequence[Conversation], *,
+                 best_of: Sequence[int], replies_per_prompt: int, max_new_tokens: int, batch_size: int = 8,
+                 score_batch_size: int = 16, seed: int = 0) -> tuple[list[dict[str, Any]], list[PolicySamples]]:
+    """Gao et al. (2022)'s picture in numbers: every policy's proxy and judge gain over SFT against its KL to SFT.
+
+    On the fixed prompts SFT answers ``lcm(replies_per_prompt, *best_of)`` times; best-of-n picks among those
+    replies (KL: the analytic bound); the RL stages' snapshots (``rl_samples``, sampled in their own stage on the
+    same prompts with the same seeds) and DPO (sampled here) are scored by every judge. Gains are paired by prompt
+    against SFT. Returns the points and the samples they were measured on.
+    """
+    from math import lcm
+
+    from utils.evaluate import use
+    from utils.ppo import scorer_reward
+
+    if any(s.max_new_tokens != max_new_tokens for s in rl_samples):
+        found = sorted({s.max_new_tokens for s in rl_samples})
+        raise ValueError(f"the RL stages sampled their fixed set with max_new_tokens {found}, stage 05 with {max_new_tokens}: "
+                         "set fixed_max_new_tokens to theirs (or None)")
+    rewards = {name: scorer_reward(judge.scorer, batch_size=score_batch_size) for name, judge in judges.items()}
+    tokenizer = models.tokenizer
+    k_sft = lcm(replies_per_prompt, *best_of)
+    sft = sample_policy("sft", lambda: use(models, "sft"), None, tokenizer, prompts, k_sft, max_new_tokens, batch_size, seed)
+    baseline = score_samples(sft, rewards)
+    points = [samples_point(sft, baseline, baseline)]
+    for n in sorted(set(best_of) - {1}):
+        points.append(point(f"best_of_{n}", best_of_n_scores(baseline, n), baseline, best_of_n_kl(n), n=n))
+    samples = [sft, *rl_samples]
+    for s in rl_samples:
+        points.append(samples_point(s, score_samples(s, rewards), baseline, update=int(s.player.split("@")[1])))
+    if "dpo" in models.names:
+        dpo = sample_policy("dpo", lambda: use(models, "dpo"), lambda: use(models, "sft"), tokenizer, prompts, replies_per_prompt,
+                            max_new_tokens, batch_size, seed)
+        points.append(samples_point(dpo, score_samples(dpo, rewards), baseline))
+        samples.append(dpo)
+    return points, samples
+
+
+def family(player: str) -> str:
+    """``ppo@4`` -> ``ppo``, ``best_of_4`` -> ``best_of_n``: the line a point belongs to in the picture."""
+    return "best_of_n" if player.startswith("best_of_") else player.split("@")[0]
+
+
+def rl_check(points: Sequence[Mapping[str, Any]], target_kl: float | None, against: str = "best_of_2") -> list[dict[str, str]]:
+    """For each RL stage's last snapshot: does it beat ``against`` on the proxy, by more than 2 standard errors
+    above zero, within ``target_kl``? One row per stage, the figures beside each verdict."""
+    reference = next((p for p in points if p["player"] == against), None)
+    last: dict[str, Mapping[str, Any]] = {}
+    for p in points:
+        if "@" in p["player"]:
+            last[family(p["player"])] = max(p, last.get(family(p["player"]), p), key=lambda q: q.get("update", 0))
+    rows = []
+    for name, p in last.items():
+        g, se = p["proxy_gain"], p["proxy_gain_se"]
+        rows.append({
+            "player": p["player"],
+            "proxy gain": f"{g:+.3f} ± {se:.3f}",
+            f"≥ {against}": "n/a" if reference is None else f"{'yes' if g >= reference['proxy_gain'] else 'no'} ({reference['proxy_gain']:+.3f})",
+            "> 2 s.e.": "yes" if g > 2 * se else "no",
+            "KL ≤ target": "n/a" if target_kl is None else f"{'yes' if p['kl'] <= target_kl else 'no'} ({p['kl']:.2f} vs {target_kl:g})",
+            "judge gain": "" if p.get("judge_gain") is None else f"{p['judge_gain']:+.3f} ± {p['judge_gain_se']:.3f}",
+            "words gain": f"{p['gains'][WORDS][0]:+.1f}" if WORDS in p.get("gains", {}) else "",
+        })
+    return rows
+
+
+def points_table(points: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The points as table rows (± one standard error over prompts)."""
+    def pm(mean, se, digits=3) -> str:
+        if mean is None:
+            return ""
+        return f"{mean:+.{digits}f} ± {se:.{digits}f}" if se == se else f"{mean:+.{digits}f}"
+    rows = []
+    for p in points:
+        words = p.get("gains", {}).get(WORDS)
+        rows.append({"player": p["player"], "KL to SFT": f"{p['kl']:.2f}" + (f" ± {p['kl_se']:.2f}" if p["kl_se"] else ""),
+                     "proxy gain": pm(p["proxy_gain"], p["proxy_gain_se"]), "judge gain": pm(p.get("judge_gain"), p.get("judge_gain_se")),
+                     "words": f"{p.get('words', float('nan')):.0f}" + (f" ({words[0]:+.1f})" if words else ""),
+                     "ended": f"{p['ended_fraction']:.2f}" if "ended_fraction" in p else ""})
+    return rows
+
+
+def plot_reward_vs_kl(points: Sequence[Mapping[str, Any]], path: str | Path | None = None):
+    """Proxy and judge gain over SFT against √KL(π ‖ π_SFT), ± 2 standard errors over prompts: best-of-n as one
+    line (n marked), each RL stage's snapshots as one line (updates marked), DPO as one point (Gao et al. 2022,
+    figure 1). Where the proxy's line climbs and the judge's does not, the policy is learning the proxy's taste."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.3), constrained_layout=True, sharex=True)
+    families: dict[str, list[Mapping[str, Any]]] = {}
+    for p in points:
+        if p["player"] != "sft":
+            families.setdefault(family(p["player"]), []).append(p)
+    for ax, name in zip(axes, (PROXY, JUDGE)):
+        for fam, ps in families.items():
+            ps = sorted(ps, key=lambda q: q["kl"]) if fam == "best_of_n" else ps
+            if ps[0].get(f"{name}_gain") is None:
+                continue
+            xs = [0.0] + [max(q["kl"], 0.0) ** 0.5 for q in ps]
+            ys = [0.0] + [q[f"{name}_gain"] for q in ps]
+            es = [0.0] + [2 * q[f"{name}_gain_se"] for q in ps]
+            line = ax.errorbar(xs, ys, yerr=es, fmt="o-" if fam != "dpo" else "D", capsize=3, label=fam, ms=4)
+            for q, x, y in zip(ps, xs[1:], ys[1:]):
+                label = str(q.get("n", q.get("update", "")))
+                if label:
+                    ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line[0].get_color())
+        ax.axhline(0, color="grey", lw=0.6)
+        ax.set(xlabel="√KL(π ‖ π_SFT)  (√nats per reply)", ylabel="gain over SFT, paired by prompt (± 2 s.e.)",
+               title=f"{name} ({'RL trained against it' if name == PROXY else 'independent'})")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Reward against KL: best-of-n (n marked), RL snapshots (updates marked), DPO")
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
