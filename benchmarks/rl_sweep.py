@@ -96,12 +96,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run_dir = Path(args.run_dir or REPO_ROOT / "runs" / args.profile)
     out = Path(args.out or REPO_ROOT / "benchmarks" / "results" / f"rl-sweep-{args.profile}.md")
-    rows = []
-    for setting in combinations(args.set):
-        for seed in args.seeds:
-            r = run_one(args.profile, run_dir, setting, seed)
-            rows.append(row(setting, seed, r))
-            print(" | ".join(str(v) for v in rows[-1].values()), flush=True)
     command = "python -m benchmarks.rl_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
     header = [
         f"### Stage 04_ppo settings on `{args.profile}`, measured {date.today().isoformat()}",
@@ -113,10 +107,16 @@ def main(argv: list[str] | None = None) -> int:
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
     ]
-    lines = header + ["| " + " | ".join(str(r[c]) for c in COLUMNS) + " |" for r in rows]
     out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n\n")
+    with out.open("a", encoding="utf-8") as f:  # each row as soon as its run ends: a stopped sweep keeps what it measured
+        f.write("\n".join(header) + "\n")
+        for setting in combinations(args.set):
+            for seed in args.seeds:
+                r = row(setting, seed, run_one(args.profile, run_dir, setting, seed))
+                f.write("| " + " | ".join(str(r[c]) for c in COLUMNS) + " |\n")
+                f.flush()
+                print(" | ".join(str(v) for v in r.values()), flush=True)
+        f.write("\n")
     print(f"appended to {out}")
     return 0
 

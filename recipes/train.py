@@ -179,7 +179,7 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     log = print if state.is_main_process else None
     progress = stage_progress(run_dir, split.heldout, tokenizer, reward_fn, n_prompts=p["n_fixed_prompts"],
                               replies_per_prompt=p["fixed_replies_per_prompt"], max_new_tokens=p["max_new_tokens"],
-                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["mini_batch_size"] * 2,
+                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["fixed_batch_size"],
                               reward_batch_size=p["reward_batch_size"], seed=p["seed"], player_prefix="ppo", log=log)
     checkpoints = Path(p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO))
     trainer = PPOTrainer(model, tokenizer, train_prompts, reward_fn, PPOConfig.from_params(p), checkpoint_dir=checkpoints,
@@ -247,6 +247,7 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils import rloo
+    from utils.fixed_set import stage_progress
     from utils.modeling import peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, rl_prompts
     from utils.ppo import snapshot_schedule
@@ -264,17 +265,22 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     reward_fn, reward_source = stage_reward(run_dir, p["reward_function"], prompt_set.conversations, p["reward_batch_size"],
                                             device=state.device)
     settings = rloo.RLOOSettings.from_params(p)
+    log = print if state.is_main_process else None
+    progress = stage_progress(run_dir, split.heldout, tokenizer, reward_fn, n_prompts=p["n_fixed_prompts"],
+                              replies_per_prompt=p["fixed_replies_per_prompt"], max_new_tokens=p["max_new_tokens"],
+                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["fixed_batch_size"],
+                              reward_batch_size=p["reward_batch_size"], seed=p["seed"], player_prefix="rloo", log=log)
     trainer, stats = rloo.run_training(model, tokenizer, prompt_set, reward_fn, settings, sft_adapter_dir, out,
                                        snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]),
-                                       checkpoint_root=checkpoint_dir(run_dir, RLOO), save_steps=p["save_steps"],
-                                       log=print if state.is_main_process else None)
+                                       checkpoint_root=checkpoint_dir(run_dir, RLOO), save_steps=p["save_steps"], log=log,
+                                       progress=progress)
     peak_mb = peak_memory_mb()
     adapter_dir = out / "adapter"
     if state.is_main_process:
         rloo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
     return rloo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, prompts=prompt_set, reward=reward_source,
                               data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_mb, processes=state.num_processes,
-                              started=started)
+                              started=started, progress=progress)
 
 
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo,

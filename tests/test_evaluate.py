@@ -346,7 +346,11 @@ def test_notebook_on_the_micro_run(micro_run):
         assert point["prompts"] == m["fixed_set"]["prompts"]
     # The PPO stage's own reading of its snapshots, rescored here by the same proxy: the same gains.
     assert ppo["progress"][-1]["proxy_gain"] == pytest.approx(curve[f"ppo@{snapshots[-1]}"]["proxy_gain"] - curve["ppo@0"]["proxy_gain"], abs=1e-6)
-    assert {row["player"] for row in m["rl_check"]} >= {f"ppo@{snapshots[-1]}"}
+    rloo = json.loads((micro_run / "04_rloo" / "metrics.json").read_text())
+    rloo_snapshots = sorted(int(u) for u in rloo["snapshots"])
+    assert [f"rloo@{u}" for u in rloo_snapshots] == [p for p in curve if p.startswith("rloo@")]
+    assert [p["update"] for p in rloo["progress"]] == rloo_snapshots and rloo["progress"][0]["kl"] == pytest.approx(0.0, abs=1e-4)
+    assert {row["player"] for row in m["rl_check"]} == {f"ppo@{snapshots[-1]}", f"rloo@{rloo_snapshots[-1]}"}
     assert all(m["models"][f"{p} (k50)"]["ppl"] > 1 for p in ["base", "sft", "ppo", "dpo"])
     assert m["models"]["base (k50)"]["kl"] is None and m["models"]["sft (k50)"]["kl"] and m["models"]["ppo (k50)"]["kl_sft"]
     assert 0 <= m["models"]["sft (k50)"]["hh_refusal_rate"] <= 1

@@ -235,6 +235,16 @@ class FixedSetProgress:
         self.samples = [PolicySamples(**x) for x in state["samples"]]
         self.points, self._start = list(state["points"]), state["start"]
 
+    def save_state(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.state_dict()), encoding="utf-8")
+
+    def load_state(self, path: str | Path) -> bool:
+        """Restore what a run measured before it was stopped (its checkpoint's folder keeps it): True if found."""
+        if not Path(path).exists():
+            return False
+        self.load_state_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return True
+
     def save(self, out_dir: str | Path) -> Path:
         return save_samples(Path(out_dir) / SAMPLES_FILE, self.samples)
 
@@ -248,9 +258,14 @@ def format_point(row: Mapping[str, Any], what: str = "") -> str:
 
 
 @contextmanager
-def as_model(model) -> Iterator[Any]:
-    """``with as_model(m) as model``: a model that is already acting as the policy."""
-    yield model
+def acting(model, switch: ContextManager[Any] | None = None) -> Iterator[Any]:
+    """``with acting(model, switch) as m``: the model, inside ``switch`` (an adapter switch such as trl's
+    ``use_adapter``) when one is given; a :data:`ModelContext` for a model whose switch yields nothing."""
+    if switch is None:
+        yield model
+        return
+    with switch:
+        yield model
 
 
 def stage_progress(run_dir: str | Path, heldout_trees: Sequence[Any], tokenizer, proxy: RewardFn, *, n_prompts: int,

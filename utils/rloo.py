@@ -63,6 +63,7 @@ from utils.notebook_params import FromParams
 Conversation = list[dict[str, Any]]
 RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
 SNAPSHOTS_DIR = "snapshots"
+PROGRESS_STATE = "fixed_set_state.json"
 
 
 @dataclass
@@ -227,8 +228,20 @@ def save_snapshot(model, folder: str | Path, update: int) -> Path:
     return path
 
 
-def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: Callable[[str], None] | None):
-    """A transformers callback: snapshots at the chosen updates, one row (and one printed line) per update."""
+def measure_progress(model, progress, update: int) -> None:
+    """The fixed set at a snapshot (:mod:`utils.fixed_set`): the policy is the active ``"default"`` adapter, π_ref the
+    frozen ``"ref"`` copy of SFT. Sampled in eval mode (the KV cache), then back to training."""
+    from utils.fixed_set import acting
+
+    was_training = model.training
+    model.eval()
+    progress.measure(update, lambda: acting(model), lambda: acting(model, as_reference(model)))
+    model.train(was_training)
+
+
+def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: Callable[[str], None] | None, progress=None):
+    """A transformers callback: snapshots at the chosen updates (and the fixed set measured there), one row (and one
+    printed line) per update."""
     from transformers import TrainerCallback
 
     class RLOOCallback(TrainerCallback):
@@ -244,6 +257,9 @@ def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: C
             self._seconds = time.perf_counter() - self._began  # sampling, scoring and the optimizer step
             if state.global_step in snapshot_updates and state.is_world_process_zero:
                 save_snapshot(model, snapshot_dir, state.global_step)
+                if progress is not None:
+                    measure_progress(model, progress, state.global_step)
+                    progress.save_state(snapshot_dir / PROGRESS_STATE)  # a resumed run keeps what was measured
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
@@ -318,11 +334,12 @@ class RLOOStats:
 
 def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, settings: RLOOSettings, sft_adapter_dir: str | Path,
                  out_dir: str | Path, *, snapshot_updates: Sequence[int] = (), checkpoint_root: str | Path | None = None,
-                 save_steps: int = 0, log: Callable[[str], None] | None = print):
+                 save_steps: int = 0, log: Callable[[str], None] | None = print, progress=None):
     """Build the trainer and train: ``(trainer, stats)``.
 
     The policy adapter is kept at ``snapshot_updates`` (0: before the first update) and copied to
-    ``out_dir/snapshots``. With ``save_steps > 0`` trl checkpoints go to a folder of ``checkpoint_root`` named after the
+    ``out_dir/snapshots``; with ``progress`` (a :class:`utils.fixed_set.FixedSetProgress`) the fixed held-out prompts
+    are answered at each of them. With ``save_steps > 0`` trl checkpoints go to a folder of ``checkpoint_root`` named after the
     settings, prompts, reward and snapshot schedule (another configuration never resumes them), every ``save_steps``
     updates; a killed run resumes from the last complete one, and the snapshots taken before it are kept there too.
     """
@@ -334,7 +351,7 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, sett
         reward = TrlReward(reward_fn, prompts, tokenizer)
         key = checkpoints.run_key(asdict(settings), prompts.ids, getattr(reward_fn, "fingerprint", reward.__name__), snapshot_updates)
         save_dir = Path(checkpoint_root) / key if saving else Path(scratch)
-        callback = _callback(model, snapshot_updates, save_dir / SNAPSHOTS_DIR, log)
+        callback = _callback(model, snapshot_updates, save_dir / SNAPSHOTS_DIR, log, progress)
         trainer = make_trainer(model, tokenizer, prompts, reward, settings, sft_adapter_dir, str(save_dir), [callback],
                                save_steps if saving else 0)
         resume = checkpoints.last_complete(save_dir) if saving else None
@@ -342,6 +359,10 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, sett
             log(f"resuming from {resume}")
         if resume is None and 0 in snapshot_updates and trainer.is_world_process_zero():
             save_snapshot(model, save_dir / SNAPSHOTS_DIR, 0)  # the SFT policy itself, the curve's first point
+            if progress is not None:
+                measure_progress(model, progress, 0)
+        elif resume is not None and progress is not None:
+            progress.load_state(save_dir / SNAPSHOTS_DIR / PROGRESS_STATE)
         started = time.time()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.time() - started
@@ -379,6 +400,7 @@ def stage_metrics(
     peak_memory_mb: float | None = None,
     processes: int = 1,
     started: float | None = None,
+    progress=None,
 ) -> dict[str, Any]:
     """What the RLOO stage records, the same whether a notebook or a script ran it. ``reward`` is what
     :func:`utils.reward_functions.stage_reward` returned beside the function: ``reward_model_dir`` or ``reward_function``."""
@@ -409,6 +431,11 @@ def stage_metrics(
         "snapshots": {update: record_path(out_dir, path) for update, path in stats.snapshots.items()},
         "peak_memory_mb": peak_memory_mb,
         "processes": processes,
+        # Progress on the fixed held-out prompts (utils.fixed_set): gains paired by prompt against update 0 (SFT).
+        "progress": progress.points if progress is not None else [],
+        "fixed_set": progress.save(out_dir).name if progress is not None and progress.samples else None,
+        "ended_fraction_first": log[0]["ended_fraction"],
+        "ended_fraction_last": log[-1]["ended_fraction"],
     }
     if started is not None:
         metrics["seconds"] = time.time() - started
