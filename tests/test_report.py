@@ -52,6 +52,8 @@ def fake_run(root):
         },
         "kl_curve": [{"update": 0, "kl": 0.0, "proxy_reward": 0.1, "judge_reward": 0.2},
                      {"update": 4, "kl": 1.5, "proxy_reward": 0.3, "judge_reward": 0.2}],
+        "rl_check": [{"player": "ppo@4", "proxy gain": "+0.060 ± 0.011", "≥ best_of_2": "yes (+0.030)", "> 2 s.e.": "yes",
+                      "KL ≤ target": "yes (1.50 vs 3)", "judge gain": "", "words gain": "+9.0"}],
         "a_new_kind_of_figure": {"deep": {"deeper": {"deepest": 1}}},
     }))
     (ev / "samples.md").write_text("| prompt | sft |\n")
@@ -96,6 +98,8 @@ def test_report_gathers_every_stage(tmp_path):
     assert "| SFT held-out loss after | 2.5 | 02_sft |" in glance
     assert "| highest Elo, judge proxy (PPO trained against it) | ppo (k50): 1010 | 05_evaluate |" in glance
     assert "| highest Elo, judge judge (independent) | sft (k50): 1005 | 05_evaluate |" in glance
+    assert ("| RL on the fixed set: ppo@4 | proxy gain +0.060 ± 0.011; ≥ best_of_2 yes (+0.030); > 2 s.e. yes; "
+            "KL ≤ target yes (1.50 vs 3); words gain +9.0 | 05_evaluate |") in glance
 
 
 def test_html_is_self_contained(tmp_path):

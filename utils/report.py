@@ -224,6 +224,10 @@ def glance_blocks(run_dir: Path) -> list[Block]:
             best = max(elo, key=lambda p: elo[p]["rating"])
             role = "PPO trained against it" if judge.get("trained_against") else "independent"
             rows.append([f"highest Elo, judge {name} ({role})", f"{best}: {fmt(elo[best]['rating'])}", EVALUATE])
+    for check in (evaluation or {}).get("rl_check") or []:  # each RL stage's last snapshot on the fixed set
+        if isinstance(check, dict) and "player" in check:
+            verdicts = "; ".join(f"{k} {v}" for k, v in check.items() if k not in ("player",) and v)
+            rows.append([f"RL on the fixed set: {check['player']}", verdicts, EVALUATE])
     return [Heading(2, "At a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
 
 
