@@ -402,11 +402,12 @@ def plot_reward_vs_kl(points: Sequence[Mapping[str, Any]], path: str | Path | No
             ps = sorted(ps, key=lambda q: q["kl"]) if fam == "best_of_n" else ps
             if ps[0].get(f"{name}_gain") is None:
                 continue
-            xs = [0.0] + [max(q["kl"], 0.0) ** 0.5 for q in ps]
-            ys = [0.0] + [q[f"{name}_gain"] for q in ps]
-            es = [0.0] + [2 * q[f"{name}_gain_se"] for q in ps]
+            origin = [] if ps[0].get("update") == 0 else [0.0]  # from SFT itself, unless the run's own update 0 is there
+            xs = origin + [max(q["kl"], 0.0) ** 0.5 for q in ps]
+            ys = origin + [q[f"{name}_gain"] for q in ps]
+            es = origin + [2 * q[f"{name}_gain_se"] for q in ps]
             line = ax.errorbar(xs, ys, yerr=es, fmt="o-" if fam != "dpo" else "D", capsize=3, label=fam, ms=4)
-            for q, x, y in zip(ps, xs[1:], ys[1:]):
+            for q, x, y in zip(ps, xs[len(origin):], ys[len(origin):]):
                 label = str(q.get("n", q.get("update", "")))
                 if label:
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line[0].get_color())
