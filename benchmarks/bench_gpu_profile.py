@@ -148,7 +148,8 @@ def table_rows(profile, metrics: dict[str, dict[str, Any]], args) -> list[dict[s
     if PPO in metrics:
         m = metrics[PPO]
         rows.append({"stage": "04 PPO", "model": f"{profile.stage_params('02_sft')['base_model']} policy + value head",
-                     "ran": f"{m['updates']} updates of {ppo.get('batch_size')} prompts, ≤ {ppo.get('max_new_tokens')} new tokens",
+                     "ran": f"{m['updates']} updates of {ppo.get('batch_size')} prompts × {ppo.get('replies_per_prompt')} replies, "
+                            f"≤ {ppo.get('max_new_tokens')} new tokens",
                      "speed": f"{m['seconds_per_update']:,.1f} s/update", "m": m})
     if DPO in metrics:
         m = metrics[DPO]

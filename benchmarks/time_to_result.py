@@ -110,8 +110,11 @@ def work(profile_name: str) -> dict[str, Any]:
     for trees in (proxy, judge) if judge else (proxy,):
         n = len(preference_pairs(rm_groups(trees))) * OASST1_SCALE
         pairs += min(n, reward["max_train_pairs"]) if reward.get("max_train_pairs") else n
-    if ppo["batch_size"] != rates["ppo_batch_size"]:
-        raise ValueError(f"{profile_name}: PPO batch {ppo['batch_size']} was not measured (H100 rate is for {rates['ppo_batch_size']})")
+    # The H100 rates were measured with one reply to each of 32 (64) prompts; the profiles now sample 4 replies to each of
+    # 8 (16): the same replies an update, which is what generation and optimisation cost (the fixed set is not included).
+    replies = ppo["batch_size"] * ppo["replies_per_prompt"]
+    if replies != rates["ppo_batch_size"]:
+        raise ValueError(f"{profile_name}: PPO with {replies} replies an update was not measured (H100 rate is for {rates['ppo_batch_size']})")
     return {"sft_steps": sft_steps, "reward_pairs": pairs * reward["epochs"], "ppo_updates": ppo["updates"], "rates": rates,
             "rates_source": source}
 
