@@ -1,9 +1,10 @@
 """Choose an RL stage's settings from a recorded sweep: each setting's gain on the fixed held-out prompts.
 
     python -m benchmarks.rl_sweep --profile tiny --set baseline=rloo,value --set learning_rate=1e-4,3e-4 --seeds 0 1
+    python -m benchmarks.rl_sweep --stage 04_rloo --profile smol --set learning_rate=5.0e-4,8.0e-4
 
-Each combination of the ``--set`` values (``KEY=V1,V2,...``, YAML values) and each seed runs stage 04_ppo's own
-flow (:func:`recipes.train.train_ppo`, the notebook's calls in its order) on the profile's finished stages 02 and
+Each combination of the ``--set`` values (``KEY=V1,V2,...``, YAML values) and each seed runs the RL stage's own
+flow (:func:`recipes.train.train_ppo` or :func:`recipes.train.train_rloo`, the notebook's calls in its order) on the profile's finished stages 02 and
 03 in ``runs/<profile>`` (the runner's folder: run ``make pipeline`` first), one after another in this process, and
 reads the last snapshot's point of the fixed set (:mod:`utils.fixed_set`): the proxy's and the judge's gain over
 update 0, paired by prompt, with standard errors over prompts, at its KL to SFT. The table goes to
@@ -47,23 +48,25 @@ def combinations(sets: list[str]) -> list[dict]:
     return [dict(zip(keys, combo)) for combo in itertools.product(*values)] or [{}]
 
 
-def run_one(profile: str, run_dir: Path, overrides: dict, seed: int) -> dict:
-    from recipes.train import stage_parameters, train_ppo
-    from utils.stages import PPO
+def run_one(stage: str, profile: str, run_dir: Path, overrides: dict, seed: int) -> dict:
+    from recipes.train import stage_parameters, train_ppo, train_rloo
+    from utils.stages import PPO, RLOO
 
     given = [f"{k}={v}" for k, v in {**overrides, "seed": seed}.items()]
-    p = stage_parameters(PPO, profile, given)
+    p = stage_parameters(RLOO if stage == RLOO else PPO, profile, given)
     out = run_dir / f".sweep-{os.getpid()}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    p.update(run_dir=str(run_dir), out_dir=str(out), checkpoint_dir=str(out / "checkpoints"), checkpoint_every=0, resume=False)
+    p.update(run_dir=str(run_dir), out_dir=str(out), checkpoint_dir=str(out / "checkpoints"), checkpoint_every=0, resume=False,
+             save_steps=0)  # no checkpoints: a sweep neither resumes the runner's nor leaves its own
     started = time.time()
     try:
-        metrics = train_ppo(p, out)
+        metrics = (train_rloo if stage == RLOO else train_ppo)(p, out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     last = metrics["progress"][-1]
-    return {**last, "kl_coef_last": metrics["kl_coef_last"], "seconds_per_update": metrics["seconds_per_update"],
+    # RLOO's β is fixed (trl's RLOOTrainer has no adaptive controller)
+    return {**last, "kl_coef_last": metrics.get("kl_coef_last", metrics.get("beta")), "seconds_per_update": metrics["seconds_per_update"],
             "seconds": time.time() - started}
 
 
@@ -88,9 +91,10 @@ def row(setting: dict, seed: int, r: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="04_ppo", choices=["04_ppo", "04_rloo"])
     parser.add_argument("--profile", default="tiny")
     parser.add_argument("--run-dir", default=None, help="default runs/<profile>")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="stage 04_ppo parameter values to sweep")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=V1,V2", help="the stage's parameter values to sweep")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", default=None, help="default benchmarks/results/rl-sweep-<profile>.md")
     args = parser.parse_args(argv)
@@ -98,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out or REPO_ROOT / "benchmarks" / "results" / f"rl-sweep-{args.profile}.md")
     command = "python -m benchmarks.rl_sweep " + " ".join(sys.argv[1:] if argv is None else argv)
     header = [
-        f"### Stage 04_ppo settings on `{args.profile}`, measured {date.today().isoformat()}",
+        f"### Stage {args.stage} settings on `{args.profile}`, measured {date.today().isoformat()}",
         "",
         f"`{command}` on {platform.processor() or platform.machine()}, {os.cpu_count()} cores. Each row: one run of stage "
-        "04_ppo's flow with the profile's other settings; its last snapshot on the fixed held-out prompts, gains over "
+        f"{args.stage}'s flow with the profile's other settings; its last snapshot on the fixed held-out prompts, gains over "
         "update 0 (the SFT policy) paired by prompt, ± one standard error over prompts. KL: to SFT, nats per reply.",
         "",
         "| " + " | ".join(COLUMNS) + " |",
@@ -112,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         f.write("\n".join(header) + "\n")
         for setting in combinations(args.set):
             for seed in args.seeds:
-                r = row(setting, seed, run_one(args.profile, run_dir, setting, seed))
+                r = row(setting, seed, run_one(args.stage, args.profile, run_dir, setting, seed))
                 f.write("| " + " | ".join(str(r[c]) for c in COLUMNS) + " |\n")
                 f.flush()
                 print(" | ".join(str(v) for v in r.values()), flush=True)
