@@ -6,6 +6,23 @@ way on the same pairs: on OASST, labellers prefer the longer reply about two tim
 100-tree file's pairs, 0.66 on the flat file's), so a reward model has to beat that to show it learned
 more than length. On HH-RLHF harmless pairs the longer reply mostly loses (0.44): there, a model that
 only learned "longer is better" falls below chance.
+
+**Split by length** (:func:`length_split`, ``PairResult.by_length``). One accuracy mixes two kinds of pairs. On
+pairs whose chosen reply is the longer one ("longer_preferred"), "the longer reply wins" is right every time; on
+pairs whose chosen reply is the shorter one ("shorter_preferred") it is wrong every time, 0 by construction. A
+reward model that learned only length therefore scores about 1 on the first kind and about 0 on the second, and
+its overall accuracy merely repeats the share of longer-preferred pairs. Accuracy on the shorter-preferred pairs is
+where length cannot help: anything above 0.5 there was learned from something other than length (and a model that
+leans on length falls below 0.5 there). Pairs of equal length ("same_length") are counted apart. Each part comes
+with its number of pairs and a 95% interval.
+
+The interval is a **bootstrap over prompts**, not over pairs: a ranking of k replies to one prompt yields up to
+k(k-1)/2 pairs that share the prompt and its replies, so they are not independent, and resampling pairs one by
+one would give too narrow an interval. Pairs are grouped by their prompt (the conversation before the reply);
+each round draws as many prompts as the part has, with replacement, and takes the accuracy over all their pairs
+(ties counting half); the interval is the 2.5th and 97.5th percentile of 1000 seeded rounds, so it is the same
+every time. With no pairs the accuracy is NaN and the interval None; with pairs from one prompt only the interval
+is None too (nothing to say how prompts vary).
 """
 
 from __future__ import annotations
@@ -16,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -60,6 +78,70 @@ def correlation(x: Sequence[float], y: Sequence[float]) -> float:
     return float((t[0] @ t[1]) / denom) if denom > 0 else math.nan
 
 
+LENGTH_SUBSETS = ("longer_preferred", "shorter_preferred", "same_length")
+BOOTSTRAP_ROUNDS = 1000
+BOOTSTRAP_SEED = 0
+
+
+def prompt_key(pair) -> str:
+    """What groups pairs for the bootstrap: the prompt (the conversation before the reply), as text."""
+    return json.dumps(list(pair.prompt), sort_keys=True)
+
+
+def length_subset(pair) -> str:
+    """``"longer_preferred"``, ``"shorter_preferred"`` or ``"same_length"``: the chosen reply against the rejected
+    one, in characters (as :func:`length_baseline_accuracy` measures them)."""
+    c, r = len(pair.chosen), len(pair.rejected)
+    return "longer_preferred" if c > r else "shorter_preferred" if c < r else "same_length"
+
+
+def bootstrap_by_group(wins: Sequence[float], groups: Sequence[str], rounds: int = BOOTSTRAP_ROUNDS,
+                       seed: int = BOOTSTRAP_SEED, level: float = 0.95) -> list[float] | None:
+    """A percentile interval for the mean of ``wins`` (1, 0.5 or 0 a pair), resampling whole groups with replacement.
+
+    None with fewer than two groups: one group says nothing of how groups vary."""
+    keys = list(dict.fromkeys(groups))
+    if len(keys) < 2:
+        return None
+    index = {k: i for i, k in enumerate(keys)}
+    where = np.array([index[g] for g in groups])
+    win_sum = np.bincount(where, weights=np.asarray(wins, dtype=np.float64), minlength=len(keys))
+    count = np.bincount(where, minlength=len(keys)).astype(np.float64)
+    draws = np.random.default_rng(seed).integers(0, len(keys), size=(rounds, len(keys)))
+    means = win_sum[draws].sum(axis=1) / count[draws].sum(axis=1)
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(means, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def length_split(pairs: Sequence, chosen: Sequence[float], rejected: Sequence[float], rounds: int = BOOTSTRAP_ROUNDS,
+                 seed: int = BOOTSTRAP_SEED) -> dict[str, dict]:
+    """Accuracy on the pairs whose chosen reply is longer, shorter, or as long as the rejected one.
+
+    ``{"longer_preferred" | "shorter_preferred" | "same_length": {"n", "accuracy", "ci"}}``: ``n`` pairs, their
+    accuracy (ties half; NaN when ``n`` is 0) and its 95% bootstrap interval over prompts (``[lo, hi]``; None when
+    the pairs come from fewer than two prompts). See the module's docstring for why.
+    """
+    if not len(pairs) == len(chosen) == len(rejected):
+        raise ValueError(f"{len(pairs)} pairs, {len(chosen)} chosen scores, {len(rejected)} rejected ones")
+    parts: dict[str, tuple[list[float], list[str]]] = {name: ([], []) for name in LENGTH_SUBSETS}
+    for pair, c, r in zip(pairs, chosen, rejected):
+        wins, groups = parts[length_subset(pair)]
+        wins.append(1.0 if c > r else 0.5 if c == r else 0.0)
+        groups.append(prompt_key(pair))
+    return {name: {"n": len(wins), "accuracy": sum(wins) / len(wins) if wins else math.nan,
+                   "ci": bootstrap_by_group(wins, groups, rounds, seed) if wins else None}
+            for name, (wins, groups) in parts.items()}
+
+
+def format_split(part: dict) -> str:
+    """One part of :func:`length_split`, readable: ``0.812 [0.741, 0.879] (n=120)``, three significant digits."""
+    if not part["n"]:
+        return "- (n=0)"
+    ci = f" [{part['ci'][0]:#.3g}, {part['ci'][1]:#.3g}]" if part.get("ci") else ""
+    return f"{part['accuracy']:#.3g}{ci} (n={part['n']})"
+
+
 @dataclass
 class PairResult:
     """A reward model's scores on preference pairs, and what they add up to."""
@@ -72,6 +154,8 @@ class PairResult:
     chosen_scores: list[float] = field(repr=False, default_factory=list)
     rejected_scores: list[float] = field(repr=False, default_factory=list)
     replies: list[tuple[str, float]] = field(repr=False, default_factory=list)  # (reply, reward), each reply once
+    # Accuracy where the chosen reply is the longer / the shorter / as long: :func:`length_split`
+    by_length: dict[str, dict] = field(repr=False, default_factory=dict)
 
 
 def evaluate_pairs(scorer: Scorer, pairs: Sequence, batch_size: int = 16) -> PairResult:
@@ -90,6 +174,7 @@ def evaluate_pairs(scorer: Scorer, pairs: Sequence, batch_size: int = 16) -> Pai
         chosen_scores=chosen,
         rejected_scores=rejected,
         replies=replies,
+        by_length=length_split(pairs, chosen, rejected),
     )
 
 

@@ -129,19 +129,28 @@ def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mappi
     ``evaluated[model]`` holds the :class:`~utils.reward_eval.PairResult` of ``"OASST held-out"`` (the
     concatenation of the pair sets in ``oasst_sets``, in order) and ``"HH-RLHF harmless"``.
     The length baseline ("the longer reply wins") is on the same pairs; ``agreement`` is how often the
-    models prefer the same reply.
+    models prefer the same reply. For each model, ``"<model> longer-preferred acc (n)"`` and ``"<model>
+    shorter-preferred acc (n)"`` give its accuracy on the pairs whose chosen reply is the longer / the shorter one,
+    with a 95% bootstrap interval over prompts and the count (:func:`utils.reward_eval.length_split`): on the
+    shorter-preferred pairs "the longer reply wins" scores 0, so accuracy there is what length cannot explain.
     """
     import pandas as pd
 
-    from utils.reward_eval import length_baseline_accuracy, pairwise_accuracy
+    from utils.reward_eval import format_split, length_baseline_accuracy, length_split, pairwise_accuracy
+
+    def split_columns(splits: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+        return {f"{m} {label} acc (n)": format_split(split[key]) for m, split in splits.items()
+                for key, label in (("longer_preferred", "longer-preferred"), ("shorter_preferred", "shorter-preferred"))}
 
     first = next(iter(evaluated.values()))
     rows: dict[str, dict[str, Any]] = {}
     start = 0
     for part, pairs in oasst_sets.items():
         window = slice(start, start + len(pairs))
-        rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(r["OASST held-out"].chosen_scores[window], r["OASST held-out"].rejected_scores[window])
-                                                         for m, r in evaluated.items()}, "length baseline": length_baseline_accuracy(pairs)}
+        scores = {m: (r["OASST held-out"].chosen_scores[window], r["OASST held-out"].rejected_scores[window]) for m, r in evaluated.items()}
+        rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(*cr) for m, cr in scores.items()},
+                                 "length baseline": length_baseline_accuracy(pairs),
+                                 **split_columns({m: length_split(pairs, *cr) for m, cr in scores.items()})}
         start += len(pairs)
     for name, label in (("OASST held-out", "OASST held-out, both"), ("HH-RLHF harmless", "HH-RLHF harmless")):
         rows[label] = {"pairs": first[name].n, **{m: r[name].accuracy for m, r in evaluated.items()}}
@@ -149,7 +158,11 @@ def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mappi
         if len(evaluated) == 2:
             a, b = (r[name] for r in evaluated.values())
             rows[label]["agreement"] = agreement(a, b)
-    return pd.DataFrame(rows).T.astype({"pairs": int}).round(3)
+        rows[label].update(split_columns({m: r[name].by_length for m, r in evaluated.items()}))
+    numbers = ["pairs", *evaluated, "length baseline"] + (["agreement"] if len(evaluated) == 2 else [])
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table = table[numbers + [c for c in table.columns if c not in numbers]]
+    return table.astype({"pairs": int, **{c: float for c in numbers[1:]}}).round(3)
 
 
 def train_reward_models(
@@ -220,6 +233,11 @@ def stage_metrics(
     ``judge_`` prefix; ``proxy_judge_agreement`` is how often the two prefer the same held-out reply. ``hh_mix``
     says how HH-RLHF pairs were mixed in (``weight``, ``share``, ``eval_fraction``, the split's sizes and the HH
     pairs each model trained on); ``hh_accuracy`` is on the HH evaluation part alone.
+
+    ``accuracy_by_length[model][pair set]`` (model ``"proxy"``, ``"judge"``, ...; pair set ``"OASST held-out"``,
+    ``"HH-RLHF harmless"``) is each model's accuracy split by whether the chosen reply is the longer one:
+    ``{"longer_preferred" | "shorter_preferred" | "same_length": {"n", "accuracy", "ci": [lo, hi] | None}}``
+    (:func:`utils.reward_eval.length_split`; accuracy NaN, null in metrics.json, when ``n`` is 0).
     """
     proxy = evaluated[PROXY]
     oasst, hh = proxy["OASST held-out"], proxy["HH-RLHF harmless"]
@@ -230,6 +248,7 @@ def stage_metrics(
         "hh_length_baseline_accuracy": hh.length_baseline,
         "reward_length_corr": oasst.reward_length_corr,
         "eval_loss": oasst.loss,
+        "accuracy_by_length": {model: {name: result.by_length for name, result in sets.items()} for model, sets in evaluated.items()},
         "pairs_train": len(train_sets[PROXY]),
         "pairs_eval": oasst.n,
         "hh_pairs": hh.n,
