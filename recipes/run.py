@@ -296,12 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--on-error", choices=["raise", "skip"],
                     help="every stage's on_error: 'skip' skips bad records (counted in each stage's metrics) instead of stopping")
     ap.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help="where the stage notebooks are (default notebooks/)")
+    ap.add_argument("--set", dest="settings", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                    help="override one stage parameter of the profile (YAML value), e.g. --set 03_reward.length_head=true; "
+                         "give a --run-dir so the variant does not replace the profile's run")
     args = ap.parse_args(argv)
     t0 = time.time()
     try:
         profile = load_profile(args.profile)
         if args.on_error:
             profile = profile.with_everywhere("on_error", args.on_error, args.notebooks_dir)
+        for setting in args.settings:
+            profile = profile.with_setting(setting)
         run_dir = args.run_dir or RUNS_DIR / profile.name
         if run_dir.exists() and not run_dir.is_dir():
             raise StageError(f"--run-dir {run_dir} is a file, not a folder")

@@ -143,13 +143,16 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
     if not state.is_main_process:  # held-out evaluation is inference: the main process does it alone, and records
         return {}
     eval_sets = {name: pairs[name][: p["max_eval_pairs"]] for name in reward_stage.HELDOUT_SETS}
-    _, evaluated = reward_stage.evaluate_reward_models({n: r.model_dir for n, r in results.items()},
-                                                       [x for ps in eval_sets.values() for x in ps], hh_eval[: p["max_hh_pairs"]],
-                                                       batch_size=p["score_batch_size"], device=state.device)
+    eval_pairs = [x for ps in eval_sets.values() for x in ps]
+    scorers, evaluated = reward_stage.evaluate_reward_models({n: r.model_dir for n, r in results.items()}, eval_pairs,
+                                                             hh_eval[: p["max_hh_pairs"]], batch_size=p["score_batch_size"],
+                                                             device=state.device)
+    length_heads = reward_stage.length_heads_record(scorers, eval_pairs, batch_size=p["score_batch_size"])
     hh_mix = reward_stage.hh_mix_record(p["hh_weight"], p["hh_share"], p["hh_eval_fraction"], hh_train, hh_eval, hh_counts)
     return reward_stage.stage_metrics(out, results, oasst_sets, train_seconds, evaluated, eval_sets, config=config, trees=trees,
                                       data_skipped=split.report.as_dict()["skipped"], hh_report=hh_report, hh_mix=hh_mix,
-                                      peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
+                                      peak_memory_mb=peak_mb, processes=state.num_processes, started=started,
+                                      length_heads=length_heads)
 
 
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -136,7 +136,7 @@ def test_stage_metrics_records_the_split_for_every_model_and_held_out_set(tmp_pa
     results = {name: SimpleNamespace(model_dir=tmp_path / name, log_history=[{"loss": 0.7}]) for name in evaluated}
     metrics = reward_stage.stage_metrics(
         tmp_path, results, {"proxy": [1] * 10, "judge": [1] * 4}, {"proxy": 1.0, "judge": 1.0}, evaluated, oasst_sets,
-        config=SimpleNamespace(pair_weighting="group"), trees={"train": [1]}, data_skipped={},
+        config=SimpleNamespace(pair_weighting="group", length_head=False), trees={"train": [1]}, data_skipped={},
     )
     written = json.loads(write_metrics(tmp_path, metrics).read_text())
     split = written["accuracy_by_length"]

@@ -352,6 +352,17 @@ def test_bad_command_lines_are_one_line_without_traceback(toy, case):
     assert "Traceback" not in proc.stderr and not toy.runs.exists()
 
 
+def test_set_on_the_command_line_overrides_one_stage_parameter(toy, capsys):
+    assert main(toy.cli("--set", "01_make.value=4")) == 0
+    assert json.loads((toy.runs / "02_use" / "metrics.json").read_text()) == {"double": 8}
+    assert toy.profile().with_setting("01_make.rate=0.25").overrides("01_make") == {"rate": 0.25}
+    for bad, says in (("01_make.value", "write STAGE.KEY=VALUE"), ("value=3", "write STAGE.KEY=VALUE"),
+                      ("09_none.value=3", "has no stage '09_none'"), ("01_make.nope=3", "nope")):
+        assert main(toy.cli("--set", bad)) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and says in err and "\n" not in err, err
+
+
 def test_cli_missing_profile_is_one_line(capsys):
     assert main(["--profile", "no-such-profile"]) == 1
     err = capsys.readouterr().err.strip()

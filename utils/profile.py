@@ -56,6 +56,21 @@ class Profile:
                   for stage, given in self.stages.items()}
         return replace(self, stages=stages)
 
+    def with_setting(self, setting: str) -> "Profile":
+        """This profile with one stage parameter set from ``STAGE.KEY=VALUE`` (a YAML value): the runner's ``--set``."""
+        from dataclasses import replace
+
+        target, sep, text = setting.partition("=")
+        stage, dot, key = target.partition(".")
+        if not sep or not dot or not key:
+            raise ValueError(f"--set {setting!r}: write STAGE.KEY=VALUE, e.g. 03_reward.length_head=true")
+        self.overrides(stage)  # an unknown stage: one line naming the profile's stages
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"--set {setting!r}: the value is not YAML: {getattr(e, 'problem', e)}") from None
+        return replace(self, stages={**self.stages, stage: {**self.stages[stage], key: value}})
+
     def stage_params(self, stage: str, notebooks_dir: str | Path = NOTEBOOKS_DIR) -> dict[str, Any]:
         """Every parameter ``stage`` runs with: the notebook's defaults, then this profile's values, checked.
 

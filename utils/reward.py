@@ -29,6 +29,12 @@ Implementation details worth naming:
    https://arxiv.org/abs/2312.09244), so PPO's reward scale does not drift with the backbone.
 5. The adapters are merged into the backbone when saving: a reward model directory is a plain
    transformers checkpoint plus ``reward.json``, and scoring runs without peft.
+6. ``length_head``: ODIN (Chen et al., 2024, https://arxiv.org/abs/2402.07319). Two linear heads share
+   the backbone, a *quality* head and a *length* head; their sum is trained on the ranking loss, while
+   :func:`odin_loss` pushes the length head to correlate with reply length, the quality head to be
+   uncorrelated with it, and the two heads' weights to be orthogonal. The length head is then dropped:
+   :class:`RewardScorer` scores with the quality head, so PPO, RLOO and best-of-n optimise what length
+   does not explain.
 
 Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export; ``--on-error skip``
 skips bad records and says how many, and why)::
@@ -87,8 +93,9 @@ def resolve_backbone(name_or_path: str) -> str:
     return str(module.get_model_path())
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> tuple[nn.Module, Any, list[int]]:
-    """``(model, tokenizer, new_token_ids)``: a one-output sequence classifier and its tokenizer, chat-ready.
+def load_backbone(name_or_path: str, trust_remote_code: bool = False, heads: int = 1) -> tuple[nn.Module, Any, list[int]]:
+    """``(model, tokenizer, new_token_ids)``: a sequence classifier with ``heads`` outputs (1, or 2 for ODIN's
+    quality and length heads) and its tokenizer, chat-ready.
 
     The chat tokens are added to the tokenizer (``chat_format.add_special_tokens``) and the embeddings
     grown to cover them; ``new_token_ids`` are their ids (see ``train_new_tokens``).
@@ -99,7 +106,7 @@ def load_backbone(name_or_path: str, trust_remote_code: bool = False) -> tuple[n
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, dtype=torch.float32, trust_remote_code=trust_remote_code
+            path, num_labels=heads, dtype=torch.float32, trust_remote_code=trust_remote_code
         )
     except OSError as e:
         raise OSError(f"cannot load a reward backbone from {name_or_path!r}: {e}") from None
@@ -145,13 +152,19 @@ class RewardScorer:
     The same conversation gets the same score whatever else is in its batch, up to float rounding:
     sequences are padded on the right with the attention mask off, so padding changes nothing the model
     reads. Identical conversations are scored once, and batches are formed of similar lengths.
+
+    A model trained with ``length_head`` has two outputs, ``heads = ("quality", "length")``; :meth:`score`
+    gives the quality head (ODIN drops the length head after training), ``head="length"`` or ``"total"``
+    (their sum, what the ranking loss saw) the others.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, max_length: int, device: torch.device | str | None = None):
+    def __init__(self, model: nn.Module, tokenizer, max_length: int, device: torch.device | str | None = None,
+                 heads: Sequence[str] = ("reward",)):
         self.device = torch.device(device) if device is not None else default_device()
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.heads = tuple(heads)
 
     @classmethod
     def load(cls, model_dir: str | Path, device: torch.device | str | None = None) -> "RewardScorer":
@@ -167,11 +180,14 @@ class RewardScorer:
         meta = json.loads(meta_path.read_text())
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
-        return cls(model, tokenizer, int(meta["max_length"]), device)
+        return cls(model, tokenizer, int(meta["max_length"]), device, heads=meta.get("heads", ["reward"]))
 
     @torch.no_grad()
-    def score(self, conversations: Sequence[Conversation], batch_size: int = 16) -> list[float]:
-        """One reward per conversation (each ending with the assistant reply to score)."""
+    def score(self, conversations: Sequence[Conversation], batch_size: int = 16, head: str | None = None) -> list[float]:
+        """One reward per conversation (each ending with the assistant reply to score): the first head's, or
+        ``head``'s (one of ``self.heads``, or ``"total"``: the heads' sum)."""
+        if head is not None and head != "total" and head not in self.heads:
+            raise ValueError(f"head {head!r}: this reward model has {', '.join(self.heads)}")
         encoded = []
         for i, conv in enumerate(conversations):
             try:
@@ -190,7 +206,8 @@ class RewardScorer:
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention_mask[row, : len(ids)] = 1
             logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-            scores.update(zip(batch, logits[:, 0].float().cpu().tolist()))
+            picked = logits.sum(dim=-1) if head == "total" else logits[:, self.heads.index(head) if head else 0]
+            scores.update(zip(batch, picked.float().cpu().tolist()))
         return [scores[ids] for ids in encoded]
 
 
@@ -222,6 +239,11 @@ class RewardTrainingConfig(FromParams):
     logging_steps: int | None = None  # None: about 20 points on the training curve
     trust_remote_code: bool = False
     pair_weighting: PairWeighting = "group"  # "group": every ranking weighs the same (InstructGPT); "flat": every pair
+    length_head: bool = False  # ODIN: a second head carries length, the scoring head is decorrelated from it
+    # ODIN's weight on its correlation and orthogonality terms. Pearson's r is scale-free, so its gradient grows as the
+    # heads' outputs shrink: at 1.0 and 0.3 it swamped the ranking loss of a fresh head (40 synthetic pairs: the quality
+    # head stayed at chance); 0.1 learned the preference and moved length into the length head (tests/test_odin.py).
+    length_loss_weight: float = 0.1
 
 
 @dataclass
@@ -303,9 +325,48 @@ def weighted_pair_loss(
     return (weights.to(per_pair.dtype) * per_pair).mean()
 
 
+def pearson(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Pearson's r of two 1-D tensors, differentiable (0 when either is constant)."""
+    x, y = x - x.mean(), y - y.mean()
+    return (x * y).sum() / (x.norm() * y.norm() + eps)
+
+
+def odin_loss(heads: torch.Tensor, reply_chars: torch.Tensor, weights: torch.Tensor, head_weight: torch.Tensor,
+              center_rewards_coefficient: float | None, length_loss_weight: float = 0.1) -> tuple[torch.Tensor, dict[str, float]]:
+    """ODIN's loss (Chen et al., 2024, §4) on a batch of pairs: ``(loss, parts)``.
+
+    ``heads``: ``[2B, 2]`` outputs, quality then length, chosen replies in the first half; ``reply_chars``: each
+    reply's length in characters; ``head_weight``: the ``[2, hidden]`` weights of the two linear heads.
+
+    * ranking: the Bradley-Terry loss on the *sum* of the heads (the preference is explained by both);
+    * length: ``-ρ(r_length, length)``: the length head should carry length;
+    * decorrelation: ``|ρ(r_quality, length)|``: the quality head should not (Pearson's r over the batch);
+    * orthogonality: ``|cos(w_quality, w_length)|``: the heads read different directions of the features.
+    """
+    quality, length = heads[:, 0], heads[:, 1]
+    chosen, rejected = torch.chunk(quality + length, chunks=2)
+    ranking = weighted_pair_loss(chosen, rejected, weights, center_rewards_coefficient)
+    chars = reply_chars.to(heads.dtype)
+    length_corr, quality_corr = pearson(length, chars), pearson(quality, chars)
+    orthogonal = nn.functional.cosine_similarity(head_weight[0], head_weight[1], dim=0).abs()
+    loss = ranking + length_loss_weight * (-length_corr + quality_corr.abs() + orthogonal)
+    parts = {"ranking_loss": ranking.item(), "length_head_corr": length_corr.item(), "quality_head_corr": quality_corr.item(),
+             "head_cosine": orthogonal.item()}
+    return loss, parts
+
+
+def score_head_weight(model: nn.Module, heads: int) -> torch.Tensor:
+    """The trained weight of the score head, ``[heads, hidden]`` (peft keeps it under ``modules_to_save``)."""
+    found = [p for name, p in model.named_parameters() if p.requires_grad and p.ndim == 2 and p.shape[0] == heads
+             and name.endswith("weight") and "lora_" not in name]
+    if len(found) != 1:
+        raise ValueError(f"expected one trainable {heads}-output score head, found {len(found)}")
+    return found[0]
+
+
 def pairs_dataset(pairs: Sequence, tokenizer, max_length: int, weights: Sequence[float] | None = None):
-    """trl's pre-tokenized preference format (``chosen_ids``, ``rejected_ids``) plus a ``length`` to group by
-    and each pair's loss ``weight`` (default 1).
+    """trl's pre-tokenized preference format (``chosen_ids``, ``rejected_ids``) plus a ``length`` to group by,
+    each pair's loss ``weight`` (default 1) and both replies' lengths in characters (ODIN's length signal).
 
     We tokenize ourselves because trl would render conversations with a chat template (our encoders have
     none) and would drop, not cut, pairs longer than ``max_length``.
@@ -322,7 +383,8 @@ def pairs_dataset(pairs: Sequence, tokenizer, max_length: int, weights: Sequence
             raise ValueError(f"pair {i}: {e}") from None
     lengths = [max(len(c), len(r)) for c, r in zip(chosen, rejected)]
     weights = list(weights) if weights is not None else [1.0] * len(chosen)
-    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths, "weight": weights})
+    return Dataset.from_dict({"chosen_ids": chosen, "rejected_ids": rejected, "length": lengths, "weight": weights,
+                              "chosen_chars": [len(p.chosen) for p in pairs], "rejected_chars": [len(p.rejected) for p in pairs]})
 
 
 def _weighted_trainer_classes():
@@ -334,6 +396,8 @@ def _weighted_trainer_classes():
         def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
             batch = super().torch_call(examples)
             batch["weight"] = torch.tensor([float(e["weight"]) for e in examples], dtype=torch.float32)
+            # trl stacks the chosen replies, then the rejected ones: their lengths in the same order
+            batch["reply_chars"] = torch.tensor([e["chosen_chars"] for e in examples] + [e["rejected_chars"] for e in examples])
             return batch
 
     class WeightedRewardTrainer(RewardTrainer):
@@ -343,8 +407,9 @@ def _weighted_trainer_classes():
         rewards with the weights, so nothing runs the model twice.
         """
 
-        def __init__(self, *args, **kwargs):
+        def __init__(self, *args, length_head: bool = False, length_loss_weight: float = 0.1, **kwargs):
             super().__init__(*args, **kwargs)
+            self.length_head, self.length_loss_weight = length_head, length_loss_weight
             # trl settled the pad token in __init__ (the tokenizer's, else EOS); its collator would drop "weight".
             self.data_collator = WeightedPreferenceCollator(
                 pad_token_id=self.processing_class.pad_token_id, pad_to_multiple_of=self.args.pad_to_multiple_of
@@ -352,9 +417,24 @@ def _weighted_trainer_classes():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             weights = inputs.pop("weight")
+            reply_chars = inputs.pop("reply_chars")
+            if self.length_head:
+                return self.odin_compute_loss(model, inputs, weights, reply_chars, return_outputs)
             _, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
             chosen, rejected = torch.chunk(outputs.logits.squeeze(-1), chunks=2)
             loss = weighted_pair_loss(chosen, rejected, weights.to(chosen.device), self.args.center_rewards_coefficient)
+            return (loss, outputs) if return_outputs else loss
+
+        def odin_compute_loss(self, model, inputs, weights, reply_chars, return_outputs):
+            """Two heads: trl's loss and metrics expect one, so the forward pass, loss and logged metrics are ours."""
+            mode = "train" if self.model.training else "eval"
+            outputs = model(**inputs, use_cache=False)
+            loss, parts = odin_loss(outputs.logits, reply_chars.to(outputs.logits.device), weights.to(outputs.logits.device),
+                                    score_head_weight(model, 2), self.args.center_rewards_coefficient, self.length_loss_weight)
+            chosen, rejected = torch.chunk(outputs.logits[:, 0].detach(), chunks=2)  # what scoring will use: the quality head
+            self._metrics[mode]["accuracy"].append((chosen > rejected).float().mean().item())
+            for key, value in parts.items():
+                self._metrics[mode][key].append(value)
             return (loss, outputs) if return_outputs else loss
 
     return WeightedRewardTrainer, WeightedPreferenceCollator
@@ -366,13 +446,18 @@ def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, new_to
     from transformers import PrinterCallback
 
     trainer_cls, _ = _weighted_trainer_classes()
+    heads = model.config.num_labels
+    model.config.num_labels = 1  # trl refuses a model with more outputs; ODIN's second head is ours to train (compute_loss)
     trainer = trainer_cls(
         model=model,
         args=trainer_args(config, len(dataset), output_dir, save_steps),
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=lora_config(model, config, new_token_ids),
+        length_head=config.length_head,
+        length_loss_weight=config.length_loss_weight,
     )
+    model.config.num_labels = heads
     trainer.remove_callback(PrinterCallback)  # the notebook plots the training curve instead of printing each log line
     return trainer
 
@@ -421,7 +506,7 @@ def train_reward_model(
         raise ValueError("no preference pairs to train on")
     weights = pair_weights(pairs, config.pair_weighting, weight_multipliers)
     set_seed(config.seed)  # before loading: the new score head and token embeddings are drawn at random
-    model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code)
+    model, tokenizer, new_ids = load_backbone(config.base_model, config.trust_remote_code, heads=2 if config.length_head else 1)
     positions = getattr(model.config, "max_position_embeddings", None)
     if positions is not None and config.max_length > positions:
         raise ValueError(f"max_length {config.max_length} is longer than {config.base_model}'s {positions} positions")
@@ -452,7 +537,9 @@ def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model
     model_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(model_dir))
     tokenizer.save_pretrained(str(model_dir))
-    (model_dir / REWARD_FILE).write_text(json.dumps({"max_length": config.max_length, "training": asdict(config)}, indent=2) + "\n")
+    heads = ["quality", "length"] if config.length_head else ["reward"]
+    (model_dir / REWARD_FILE).write_text(json.dumps({"max_length": config.max_length, "heads": heads, "training": asdict(config)},
+                                                    indent=2) + "\n")
     return model_dir
 
 
@@ -464,6 +551,7 @@ def _eval_command(args: argparse.Namespace) -> int:
     import transformers
 
     from utils.oasst import Report
+    from utils.reward_eval import format_split
 
     report = Report()
     pairs = read_pairs_file(args.pairs, on_error=args.on_error, report=report)  # bad data fails before a model loads
@@ -477,6 +565,10 @@ def _eval_command(args: argparse.Namespace) -> int:
         return 0
     print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
     print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
+    # Where length cannot help: on pairs whose chosen reply is the shorter, "the longer reply wins" scores 0.
+    for key, label in (("longer_preferred", "chosen reply longer "), ("shorter_preferred", "chosen reply shorter"),
+                       ("same_length", "same length         ")):
+        print(f"  {label}  accuracy {format_split(result.by_length[key])}")
     if skipped:
         reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
         print(f"skipped {sum(skipped.values())} of {report.read} records read ({reasons})")

@@ -19,7 +19,9 @@ training data, so the judge stays a second opinion on harmlessness too.
 
 from __future__ import annotations
 
+import json
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -176,6 +178,8 @@ def train_reward_models(
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Train one reward model per non-empty pair set (``{"proxy": pairs, "judge": pairs}``): the proxy into
     ``out_dir/reward_model``, the judge into ``out_dir/judge/reward_model``. Returns ``(results, seconds)``.
+    ``config.length_head`` (ODIN) applies to the proxy alone: the judge stays a plain reward model, so runs with
+    and without it are judged by the same kind of model.
 
     ``multipliers[name]``: a factor on each pair's loss weight (HH pairs mixed in by :func:`mix_hh`)."""
     from utils.reward import train_reward_model
@@ -186,7 +190,7 @@ def train_reward_models(
             continue
         started = time.time()
         results[name] = train_reward_model(
-            pairs, config, Path(out_dir) if name == PROXY else Path(out_dir) / name,
+            pairs, config if name == PROXY else replace(config, length_head=False), Path(out_dir) if name == PROXY else Path(out_dir) / name,
             checkpoint_dir=Path(checkpoint_root) / name if checkpoint_root is not None else None, save_steps=save_steps,
             weight_multipliers=(multipliers or {}).get(name),
         )
@@ -210,6 +214,27 @@ def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence
     return scorers, evaluated
 
 
+def length_heads_record(scorers: Mapping[str, Any], pairs: Sequence[Any], batch_size: int = 32) -> dict[str, dict[str, float]]:
+    """For each reward model trained with ODIN's length head (``length_head``), on held-out ``pairs``: each head's
+    correlation with reply length (characters, every reply once), and the accuracy of the heads' sum, which the
+    ranking loss trained, beside the quality head's alone (what scoring uses). Plain models are left out."""
+    from utils.reward_eval import correlation, pair_conversations, pairwise_accuracy
+
+    convs = list({json.dumps(c, sort_keys=True): c for p in pairs for c in pair_conversations(p)}.values())
+    chars = [len(c[-1]["content"]) for c in convs]
+    chosen_rejected = [c for p in pairs for c in pair_conversations(p)]
+    out = {}
+    for name, scorer in scorers.items():
+        if "length" not in getattr(scorer, "heads", ()):
+            continue
+        by_head = {h: scorer.score(convs, batch_size=batch_size, head=h) for h in ("quality", "length")}
+        total = scorer.score(chosen_rejected, batch_size=batch_size, head="total")
+        out[name] = {"quality_head_length_corr": correlation(by_head["quality"], chars),
+                     "length_head_length_corr": correlation(by_head["length"], chars),
+                     "total_accuracy": pairwise_accuracy(total[0::2], total[1::2]), "replies": len(convs)}
+    return out
+
+
 def stage_metrics(
     out_dir: str | Path,
     results: Mapping[str, Any],
@@ -226,6 +251,7 @@ def stage_metrics(
     peak_memory_mb: float | None = None,
     processes: int = 1,
     started: float | None = None,
+    length_heads: Mapping[str, Mapping[str, float]] | None = None,
 ) -> dict[str, Any]:
     """What stage 03 records, the same whether a notebook or a script ran it.
 
@@ -238,6 +264,8 @@ def stage_metrics(
     ``"HH-RLHF harmless"``) is each model's accuracy split by whether the chosen reply is the longer one:
     ``{"longer_preferred" | "shorter_preferred" | "same_length": {"n", "accuracy", "ci": [lo, hi] | None}}``
     (:func:`utils.reward_eval.length_split`; accuracy NaN, null in metrics.json, when ``n`` is 0).
+    ``length_head`` says whether the models were trained with ODIN's length head; ``length_heads`` is
+    :func:`length_heads_record` for them.
     """
     proxy = evaluated[PROXY]
     oasst, hh = proxy["OASST held-out"], proxy["HH-RLHF harmless"]
@@ -256,6 +284,8 @@ def stage_metrics(
         "train_seconds": train_seconds[PROXY],
         "train_losses": [h["loss"] for h in results[PROXY].log_history if "loss" in h],
         "pair_weighting": config.pair_weighting,
+        "length_head": config.length_head,
+        "length_heads": dict(length_heads or {}),
         "trees": {name: len(t) for name, t in trees.items()},
         "data_skipped": dict(data_skipped),
         "hh_read": hh_report.as_dict() if hh_report is not None else None,
