@@ -357,7 +357,22 @@ def test_notebook_on_the_micro_run(micro_run):
     assert m["external_players"] == {p: n for p in theirs}  # they join on the held-out prompts used
     assert m["prompts"]["heldout"] == n and m["prompts"]["lottery"] == params["n_lottery_prompts"]
     assert m["sampling"]["k50"]["top_k"] == 50 and m["sampling"]["k50"]["max_new_tokens"] == params["max_new_tokens"]
-    assert {p.name for p in out.glob("*.png")} == {"elo_by_judge.png", "win_rates.png", "lengths_and_rewards.png", "reward_vs_kl.png"}
+    assert {p.name for p in out.glob("*.png")} == {"elo_by_judge.png", "win_rates.png", "lengths_and_rewards.png", "reward_vs_kl.png",
+                                                   "reward_against_length.png"}
+    # Length-controlled win rates against SFT, per judge and player. Best-of-1 is SFT's own sampling: every game a
+    # draw at equal length, so both its raw and its LC win rate are exactly one half.
+    for judge, by_player in m["length_controlled"].items():
+        assert set(by_player) == set(ours + theirs) - {"sft (k50)"}, judge
+        for player, r in by_player.items():
+            assert {"lc_win_rate", "ci", "win_rate"} <= set(r) and r["ci"][0] <= r["lc_win_rate"] <= r["ci"][1], player
+        assert by_player["best_of_1 (k50)"]["win_rate"] == 0.5 and by_player["best_of_1 (k50)"]["lc_win_rate"] == pytest.approx(0.5)
+    assert {"win vs SFT", "LC win vs SFT"} <= set(next(r for r in m["table"] if r["player"] == "ppo (k50)"))
+    # lm-eval on every model, the kit's HH-pairs task offline; the base's difference to itself is 0.
+    assert set(m["lm_eval"]) == {"base", "sft", "ppo", "dpo", "rloo"}
+    for model, tasks in m["lm_eval"].items():
+        task = tasks["kit_hh_harmless_pairs"]
+        assert task["n"] == params["lm_eval_limit"] and 0 <= task["acc"]["value"] <= 1
+        assert task["acc"]["diff_to_base"] == pytest.approx(task["acc"]["value"] - m["lm_eval"]["base"]["kit_hh_harmless_pairs"]["acc"]["value"])
     assert [row["player"] for row in m["table"]][0] in ours + theirs and len(m["table"]) == len(ours + theirs)
     assert (out / m["samples_file"]).exists()
     assert "![reward vs kl](05_evaluate/reward_vs_kl.png)" in (micro_run / "report.md").read_text()

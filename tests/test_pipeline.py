@@ -15,7 +15,7 @@ REQUIRED = {
                "trainable_params", "total_params", "tokens_per_second", "peak_memory_mb", "adapter_dir", "base_model_dir",
                "data_skipped"],
     "03_reward": ["eval_accuracy", "length_baseline_accuracy", "hh_accuracy", "reward_length_corr", "pairs_train",
-                  "pairs_eval", "model_dir", "data_skipped"],
+                  "pairs_eval", "model_dir", "data_skipped", "accuracy_by_length", "length_head", "length_heads"],
     "04_dpo": ["seconds", "peak_memory_mb", "train_seconds", "heldout_accuracy_before", "heldout_accuracy_after",
                "heldout_margin_before", "heldout_margin_after", "heldout_pairs", "train_pairs", "adapter_dir", "data_skipped"],
     "04_ppo": ["reward_mean_first", "reward_mean_last", "kl_last", "updates", "seconds_per_update", "peak_memory_mb",
@@ -23,7 +23,8 @@ REQUIRED = {
     "04_rloo": ["updates", "seconds", "seconds_per_update", "peak_memory_mb", "adapter_dir", "snapshots", "prompts",
                 "prompts_too_long", "data_skipped", "train_log", "beta", "replies_per_prompt", "reward_mean_first",
                 "reward_mean_last", "kl_last"],
-    "05_evaluate": ["models", "judges", "reward_vs_kl", "rl_check", "fixed_set", "table", "data_read"],
+    "05_evaluate": ["models", "judges", "reward_vs_kl", "rl_check", "fixed_set", "table", "data_read", "length_controlled",
+                    "length_controlled_base", "lm_eval"],
 }
 
 
@@ -49,6 +50,12 @@ def test_stage_figures_are_sane(micro_run):
     assert all(math.isfinite(sft[k]) for k in ("eval_loss_before", "eval_loss_after", "train_loss_first", "train_loss_last"))
     reward = read_metrics(micro_run, "03_reward")
     assert 0.0 <= reward["eval_accuracy"] <= 1.0 and reward["pairs_train"] > 0 and reward["pairs_eval"] > 0
+    # The proxy has ODIN's two heads (micro's length_head); the judge stays plain. Each model's accuracy is split by
+    # whether the preferred reply is the longer one, and the parts add up to the held-out pairs.
+    assert reward["length_head"] is True and set(reward["length_heads"]) == {"proxy"}
+    assert reward["length_heads"]["proxy"]["replies"] > 0 and 0 <= reward["length_heads"]["proxy"]["total_accuracy"] <= 1
+    for model, sets in reward["accuracy_by_length"].items():
+        assert sum(part["n"] for part in sets["OASST held-out"].values()) == reward["pairs_eval"], model
     ppo = read_metrics(micro_run, "04_ppo")
     assert ppo["updates"] >= 1 and ppo["seconds_per_update"] > 0
     evaluation = read_metrics(micro_run, "05_evaluate")

@@ -107,6 +107,11 @@ def _same_path(a: str | Path, b: str | Path | None) -> bool:
     return b is not None and Path(a).resolve() == Path(b).resolve()
 
 
+def lead_judge(judges: Mapping[str, Judge]) -> str:
+    """The judge the tables lead with: the first one the RL stages were not trained against."""
+    return next((j for j, judge in judges.items() if not judge.trained_against), next(iter(judges)))
+
+
 def load_judges(specs: Sequence[str], run_dir: str | Path, device: torch.device | str | None = None) -> dict[str, Judge]:
     """The judges named in ``specs`` (see the module docstring), each marked with whether PPO trained against it.
 
@@ -183,7 +188,7 @@ def plot_elo_by_judge(tournaments: Mapping[str, Any], judges: Mapping[str, Judge
 
     from utils.tournament import ELO_INITIAL
 
-    lead = next((j for j in judges if not judges[j].trained_against), next(iter(judges)))
+    lead = lead_judge(judges)
     order = sorted(tournaments[lead].elo, key=lambda p: tournaments[lead].elo[p].rating)
     fig, axes = plt.subplots(1, len(judges), figsize=(5.2 * len(judges), 0.45 * len(order) + 1.6), sharey=True, squeeze=False)
     for ax, j in zip(axes[0], judges):

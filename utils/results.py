@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.judges import Judge
+from utils.judges import Judge, lead_judge
 
 
 def fmt_ci(mean: float | None, ci: Sequence[float] | None, digits: int = 3, signed: bool = True) -> str:
@@ -40,7 +40,7 @@ def results_rows(
     ``summaries[judge][player]`` are :func:`utils.evaluate.summarize` dicts; ``extra[player]`` adds columns
     (KL, perplexity, ...). A judge PPO was trained against is starred.
     """
-    lead = next((j for j, judge in judges.items() if not judge.trained_against), next(iter(judges)))
+    lead = lead_judge(judges)
     players = sorted(summaries[lead], key=lambda p: -tournaments[lead].elo[p].rating if p in tournaments[lead].elo else 0.0)
     rows = []
     for p in players:
@@ -121,12 +121,27 @@ def cost_columns(model_of: Mapping[str, str], best_of: Mapping[str, int], costs:
     return out
 
 
+def win_columns(length_controlled: Mapping[str, Mapping[str, Mapping[str, Any]]], judge: str) -> dict[str, dict[str, str]]:
+    """Per player, its raw and length-controlled win rate against SFT under ``judge``, with intervals
+    (:func:`utils.length_control.length_controlled_table`)."""
+    out = {}
+    for player, r in length_controlled.get(judge, {}).items():
+        if r.get("lc_win_rate") is not None:
+            out[player] = {"win vs SFT": fmt_ci(r["win_rate"], r["win_rate_ci"], 2, False),
+                           "LC win vs SFT": fmt_ci(r["lc_win_rate"], r["ci"], 2, False)}
+    return out
+
+
 def results_table(run_dir: str | Path, judges: Mapping[str, Judge], tournaments: Mapping[str, Any],
                   summaries: Mapping[str, Mapping[str, Mapping[str, Any]]], model_of: Mapping[str, str], best_of: Mapping[str, int],
-                  ppl: Mapping[str, float], kl: Mapping[str, Mapping[str, Sequence[float]]]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+                  ppl: Mapping[str, float], kl: Mapping[str, Mapping[str, Sequence[float]]],
+                  length_controlled: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """Stage 05's table, ``(rows, costs)``: every player's Elo and reward under each judge (:func:`results_rows`), its
-    judge-free columns (KL, perplexity), and what its method cost to train (read from the run's training stages)."""
-    extras = {**player_extras(model_of, ppl, kl), **best_of_extras(best_of)}
+    raw and length-controlled win rate against SFT under the lead judge, its judge-free columns (KL, perplexity), and
+    what its method cost to train (read from the run's training stages)."""
+    extras = {p: dict(c) for p, c in win_columns(length_controlled or {}, lead_judge(judges)).items()}
+    for player, columns in {**player_extras(model_of, ppl, kl), **best_of_extras(best_of)}.items():
+        extras.setdefault(player, {}).update(columns)
     costs = training_costs(run_dir)
     for player, columns in cost_columns(model_of, best_of, costs).items():
         extras.setdefault(player, {}).update(columns)
