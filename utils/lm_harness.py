@@ -58,21 +58,23 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
     ``pairs`` are :class:`utils.oasst.Pair` (``prompt``, ``chosen``, ``rejected``), meant to be the evaluation
     part of the shipped file (:func:`utils.reward_stage.split_hh`), which no reward model trained on. A pair
     whose context and longer reply exceed ``max_tokens`` tokens is left out (lm-eval would cut its context from
-    the left); so is one with an empty reply. Which of the two choices comes first is drawn per pair with
+    the left); so is one with an empty reply; both are counted. Which of the two choices comes first is drawn per pair with
     ``seed`` (the gold index is recorded), so a tie between the two log-likelihoods, which lm-eval resolves
     for the first choice, favours neither.
 
     The data file is read by ``datasets``' local ``json`` builder from its absolute path: no hub, works with
-    ``HF_DATASETS_OFFLINE=1``. Returns ``{"task", "pairs", "too_long", "yaml", "data"}``.
+    ``HF_DATASETS_OFFLINE=1``. Returns ``{"task", "pairs", "too_long", "empty_reply", "yaml", "data"}``: pairs + too_long + empty_reply
+    = the pairs given.
     """
     if not name.startswith(LOCAL_PREFIX):
         raise ValueError(f"a kit task's name starts with {LOCAL_PREFIX!r} (nobody should take it for a standard benchmark), got {name!r}")
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
-    docs, too_long = [], 0
+    docs, too_long, empty = [], 0, 0
     for pair in pairs:
         if not pair.chosen.strip() or not pair.rejected.strip():
+            empty += 1
             continue
         context = chat_format.render(pair.prompt, tokenizer, add_generation_prompt=True)
         if max_tokens is not None:
@@ -85,7 +87,8 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
         choices[gold] = pair.chosen
         docs.append({"context": context, "choices": choices, "gold": gold})
     if not docs:
-        raise ValueError(f"{name}: no pair fits in {max_tokens} tokens ({too_long} too long, {len(pairs)} given)")
+        raise ValueError(f"{name}: no pair fits in {max_tokens} tokens ({too_long} too long, {empty} with an empty reply, "
+                         f"{len(pairs)} given)")
     data = folder / f"{name}.jsonl"
     data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
     config = {
@@ -107,7 +110,7 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
     yaml_path = folder / f"{name}.yaml"
     yaml_path.write_text("# Written by utils.lm_harness.write_hh_pairs_task: a kit task, NOT a standard benchmark.\n"
                          + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    return {"task": name, "pairs": len(docs), "too_long": too_long, "yaml": str(yaml_path), "data": str(data)}
+    return {"task": name, "pairs": len(docs), "too_long": too_long, "empty_reply": empty, "yaml": str(yaml_path), "data": str(data)}
 
 
 def local_tasks(tasks: Sequence[str]) -> list[str]:
