@@ -342,6 +342,9 @@ def odin_loss(heads: torch.Tensor, reply_chars: torch.Tensor, weights: torch.Ten
     * length: ``-ρ(r_length, length)``: the length head should carry length;
     * decorrelation: ``|ρ(r_quality, length)|``: the quality head should not (Pearson's r over the batch);
     * orthogonality: ``|cos(w_quality, w_length)|``: the heads read different directions of the features.
+
+    The correlations are over the pairs one process holds: under ``accelerate launch`` each process correlates its
+    own share of the step's batch, so the loss is not the one-process loss split in two (the ranking term is).
     """
     quality, length = heads[:, 0], heads[:, 1]
     chosen, rejected = torch.chunk(quality + length, chunks=2)
