@@ -83,7 +83,7 @@ BOOTSTRAP_ROUNDS = 1000
 BOOTSTRAP_SEED = 0
 
 
-def prompt_key(pair) -> str:
+def pair_prompt_key(pair) -> str:
     """What groups pairs for the bootstrap: the prompt (the conversation before the reply), as text."""
     return json.dumps(list(pair.prompt), sort_keys=True)
 
@@ -128,7 +128,7 @@ def length_split(pairs: Sequence, chosen: Sequence[float], rejected: Sequence[fl
     for pair, c, r in zip(pairs, chosen, rejected):
         wins, groups = parts[length_subset(pair)]
         wins.append(1.0 if c > r else 0.5 if c == r else 0.0)
-        groups.append(prompt_key(pair))
+        groups.append(pair_prompt_key(pair))
     return {name: {"n": len(wins), "accuracy": sum(wins) / len(wins) if wins else math.nan,
                    "ci": bootstrap_by_group(wins, groups, rounds, seed) if wins else None}
             for name, (wins, groups) in parts.items()}
