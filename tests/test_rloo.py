@@ -141,6 +141,22 @@ def test_replies_stop_at_the_kits_stop_token_and_the_reward_sees_decoded_replies
     assert row["frac_reward_zero_std"] == 1.0  # a constant reward: every prompt's k replies tie, no learning signal
 
 
+def test_several_steps_per_update_share_one_generation_batch_and_are_counted_as_one_update(tokenizer, sft_adapter, tmp_path):
+    calls = []
+
+    def spy(conversations, replies):
+        calls.append(len(replies))
+        return count_the(conversations, replies)
+
+    model, trainer, stats = train(tokenizer, sft_adapter, tmp_path, reward=spy, mini_batch_size=4, steps_per_update=2)
+    assert calls == [16, 16]  # one sampling per update, not per optimizer step
+    assert trainer.state.global_step == 4 and stats.updates == 2
+    assert [r["update"] for r in stats.train_log] == [1, 2] and sorted(stats.snapshots) == [0, 1, 2]
+    assert {s["update"] for s in stats.samples} == {1, 2}
+    assert stats.train_log[0]["kl"] == 0.0 and stats.train_log[1]["kl"] != 0.0
+    assert all(math.isfinite(r["clip_ratio"]) and 0.0 <= r["clip_ratio"] <= 1.0 for r in stats.train_log)
+
+
 # ---- learning -------------------------------------------------------------------------------------------------------
 
 
@@ -201,6 +217,11 @@ def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer
     args = rloo.trainer_args(rloo.RLOOSettings(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.generation_batch_size) == (8, 2, 16)
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.num_iterations) == (1.0, 0, 1.0, 1.0, 1)
+    args = rloo.trainer_args(rloo.RLOOSettings(updates=3, mini_batch_size=4, steps_per_update=2), "/tmp/unused")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 2, 4)
+    assert (args.generation_batch_size, args.max_steps, args.logging_steps) == (16, 6, 2)
+    with pytest.raises(ValueError, match="steps_per_update must divide the 4 micro-batches"):
+        rloo.RLOOSettings(mini_batch_size=4, steps_per_update=3)
     with pytest.raises(ValueError, match="2 prompts fit, fewer than prompts_per_update=4"):
         rloo.make_trainer(None, tokenizer, rloo.encode_prompts(prompts(2), tokenizer, 64), None, rloo.RLOOSettings(), None, "/tmp/unused")
     long = [[{"role": "user", "content": " ".join(WORDS * 3)}]]

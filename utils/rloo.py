@@ -34,10 +34,13 @@ bookkeeping. Details worth naming:
    The reward sees the reply as :func:`utils.chat_format.decode_reply` decodes it, the text stage 05 scores.
 4. **Sampling from π itself**: temperature 1, no top-k, no top-p, no repetition penalty. The samples are then exactly
    on-policy, which REINFORCE assumes; dropout is off, so the log-probs that are trained are those that sampled.
-5. **One update = one generation batch = one optimizer step**: ``prompts_per_update × replies_per_prompt`` replies,
-   optionally in micro-batches of ``mini_batch_size`` (gradient accumulation, for memory), and never reused
-   (trl's ``num_iterations`` = 1). trl's PPO-style clipping therefore never acts (the ratio π/π_old is 1): the update
-   is the paper's plain REINFORCE with the leave-one-out baseline. The learning rate is constant, as PPO's.
+5. **One update = one generation batch**: ``prompts_per_update × replies_per_prompt`` replies, sampled once and
+   never reused (trl's ``num_iterations`` = 1), optionally in micro-batches of ``mini_batch_size`` (gradient
+   accumulation, for memory). With ``steps_per_update`` = 1 the update is one optimizer step, trl's PPO-style clipping
+   never acts (the ratio π/π_old is 1) and the update is the paper's plain REINFORCE with the leave-one-out baseline.
+   With ``steps_per_update`` = s > 1 the shuffled replies are split into s mini-batches, one optimizer step each, as
+   PPO's mini-batches: the same samples buy s smaller Adam steps, and from the second on π has moved, so trl's clipped
+   ratio of the whole reply (ε = 0.2) holds each step near the policy that sampled. The learning rate is constant.
 6. **KL in the reward**: trl subtracts β times the reply's summed log-ratio (the paper's sequence-level penalty) from
    the reward before the baseline. trl logs the KL per *token*; the per-update log here also gives it per *reply*,
    the unit of PPO's ``kl`` and stage 05's KL (trl's token mean times the mean reply length, which is exactly the
@@ -74,6 +77,7 @@ class RLOOSettings(FromParams):
     prompts_per_update: int = 4
     replies_per_prompt: int = 4  # k: each reply's baseline is the mean reward of the other k - 1
     mini_batch_size: int | None = None  # replies per forward/backward pass (None: the whole update at once)
+    steps_per_update: int = 1  # optimizer steps per generation batch (module note 5)
     max_new_tokens: int = 48
     max_prompt_tokens: int = 256  # longer prompts are left out (and counted), never cut
     learning_rate: float = 1e-3
@@ -92,6 +96,11 @@ class RLOOSettings(FromParams):
         if self.mini_batch_size is not None and (self.mini_batch_size < 1 or self.replies_per_update % self.mini_batch_size):
             raise ValueError(f"RLOOSettings.mini_batch_size must divide the {self.replies_per_update} replies of an update, "
                              f"got {self.mini_batch_size!r}")
+        micro_batches = self.replies_per_update // (self.mini_batch_size or self.replies_per_update)
+        if self.steps_per_update < 1 or micro_batches % self.steps_per_update:
+            raise ValueError(f"RLOOSettings.steps_per_update must divide the {micro_batches} micro-batches of an update "
+                             f"({self.replies_per_update} replies in micro-batches of {self.mini_batch_size}), "
+                             f"got {self.steps_per_update!r}")
 
     @property
     def replies_per_update(self) -> int:
@@ -144,8 +153,10 @@ class TrlReward:
     (prompt, reply, score) per update are kept in ``samples``.
     """
 
-    def __init__(self, fn: RewardFn, prompts: PromptSet, tokenizer, samples_per_update: int = 3) -> None:
+    def __init__(self, fn: RewardFn, prompts: PromptSet, tokenizer, samples_per_update: int = 3,
+                 steps_per_update: int = 1) -> None:
         self.fn, self.prompts, self.tokenizer = fn, prompts, tokenizer
+        self.steps_per_update = steps_per_update  # trl's optimizer steps per kit update (module note 5)
         spec = getattr(fn, "spec", None)  # set by utils.reward_functions on a function named by a stage parameter
         # The name errors give, and trl's log key (rewards/<name>/mean).
         self.__name__ = f"reward_function {spec!r}" if spec else getattr(fn, "__name__", "reward")
@@ -159,7 +170,7 @@ class TrlReward:
         conversations = [self.prompts.conversations[i] for i in prompt_index]
         replies = [chat_format.decode_reply(ids, self.tokenizer) for ids in completion_ids]
         scores = checked_scores(self.fn, conversations, replies, name=self.__name__)
-        update = trainer_state.global_step + 1 if trainer_state is not None else None
+        update = trainer_state.global_step // self.steps_per_update + 1 if trainer_state is not None else None
         self.samples += [{"update": update, "prompt": c[-1]["content"], "reply": r, "reward": s}
                          for c, r, s in list(zip(conversations, replies, scores))[: self.samples_per_update]]
         return scores
@@ -193,14 +204,17 @@ def trainer_args(settings: RLOOSettings, output_dir: str, save_steps: int = 0):
 
     processes = distributed.world_size()  # under accelerate launch each process samples its share of an update
     micro = settings.mini_batch_size or settings.replies_per_update
-    if settings.replies_per_update % (micro * processes):
-        raise ValueError(f"the {settings.replies_per_update} replies of an update do not split into micro-batches of "
-                         f"{micro} on {processes} processes")
+    steps = settings.steps_per_update
+    if settings.replies_per_update % (micro * processes * steps):
+        raise ValueError(f"the {settings.replies_per_update} replies of an update do not split into {steps} steps of "
+                         f"micro-batches of {micro} on {processes} processes")
+    micro_batches = settings.replies_per_update // (micro * processes)  # per process and update
     return RLOOConfig(
         output_dir=output_dir,
-        max_steps=settings.updates,
+        max_steps=settings.updates * steps,  # trl counts optimizer steps; the kit counts updates (module note 5)
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=settings.replies_per_update // (micro * processes),  # = steps_per_generation
+        steps_per_generation=micro_batches,  # one generation batch = one update's replies
+        gradient_accumulation_steps=micro_batches // steps,
         num_generations=settings.replies_per_prompt,
         num_iterations=1,  # every batch is sampled fresh: on-policy REINFORCE (module note 5)
         max_completion_length=settings.max_new_tokens,
@@ -212,8 +226,8 @@ def trainer_args(settings: RLOOSettings, output_dir: str, save_steps: int = 0):
         max_grad_norm=settings.max_grad_norm,
         gradient_checkpointing=settings.gradient_checkpointing,
         disable_dropout=True,
-        logging_steps=1,  # every update's logs reach the callbacks and the history
-        **trainer_device_args(default_device(), settings.seed, save_steps),
+        logging_steps=steps,  # one log per update: its generation's rewards with the mean of its steps' statistics
+        **trainer_device_args(default_device(), settings.seed, save_steps * steps),
     )
 
 
@@ -239,9 +253,10 @@ def measure_progress(model, progress, update: int) -> None:
     model.train(was_training)
 
 
-def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: Callable[[str], None] | None, progress=None):
+def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: Callable[[str], None] | None, progress=None,
+              steps_per_update: int = 1):
     """A transformers callback: snapshots at the chosen updates (and the fixed set measured there), one row (and one
-    printed line) per update."""
+    printed line) per update. trl's ``global_step`` counts optimizer steps, ``steps_per_update`` to an update."""
     from transformers import TrainerCallback
 
     class RLOOCallback(TrainerCallback):
@@ -251,19 +266,23 @@ def _callback(model, snapshot_updates: Sequence[int], snapshot_dir: Path, log: C
             self._seconds = math.nan
 
         def on_step_begin(self, args, state, control, **kwargs):
-            self._began = time.perf_counter()
+            if state.global_step % steps_per_update == 0:  # the update's first step: it samples
+                self._began = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self._seconds = time.perf_counter() - self._began  # sampling, scoring and the optimizer step
-            if state.global_step in snapshot_updates and state.is_world_process_zero:
-                save_snapshot(model, snapshot_dir, state.global_step)
+            if state.global_step % steps_per_update:
+                return
+            self._seconds = time.perf_counter() - self._began  # sampling, scoring and the update's optimizer steps
+            update = state.global_step // steps_per_update
+            if update in snapshot_updates and state.is_world_process_zero:
+                save_snapshot(model, snapshot_dir, update)
                 if progress is not None:
-                    measure_progress(model, progress, state.global_step)
+                    measure_progress(model, progress, update)
                     progress.save_state(snapshot_dir / PROGRESS_STATE)  # a resumed run keeps what was measured
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if logs and "reward" in logs:
-                self.rows.append(update_row(state.global_step, logs, self._seconds))
+                self.rows.append(update_row(state.global_step // steps_per_update, logs, self._seconds))
                 if log and state.is_world_process_zero:
                     log(format_row(self.rows[-1]))
 
@@ -348,10 +367,10 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, sett
     saving = save_steps > 0 and checkpoint_root is not None
     snapshot_updates = sorted({int(u) for u in snapshot_updates})
     with tempfile.TemporaryDirectory(prefix="rloo-trainer-") as scratch:
-        reward = TrlReward(reward_fn, prompts, tokenizer)
+        reward = TrlReward(reward_fn, prompts, tokenizer, steps_per_update=settings.steps_per_update)
         key = checkpoints.run_key(asdict(settings), prompts.ids, getattr(reward_fn, "fingerprint", reward.__name__), snapshot_updates)
         save_dir = Path(checkpoint_root) / key if saving else Path(scratch)
-        callback = _callback(model, snapshot_updates, save_dir / SNAPSHOTS_DIR, log, progress)
+        callback = _callback(model, snapshot_updates, save_dir / SNAPSHOTS_DIR, log, progress, settings.steps_per_update)
         trainer = make_trainer(model, tokenizer, prompts, reward, settings, sft_adapter_dir, str(save_dir), [callback],
                                save_steps if saving else 0)
         resume = checkpoints.last_complete(save_dir) if saving else None
@@ -371,7 +390,7 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, sett
             snapshots = export_snapshots(save_dir / SNAPSHOTS_DIR, Path(out_dir) / SNAPSHOTS_DIR, snapshot_updates)
             if saving:
                 checkpoints.remove(save_dir)
-    stats = RLOOStats(callback.rows, seconds, trainer.state.global_step, snapshots, reward.samples, list(trainer.state.log_history))
+    stats = RLOOStats(callback.rows, seconds, trainer.state.global_step // settings.steps_per_update, snapshots, reward.samples, list(trainer.state.log_history))
     return trainer, stats
 
 
