@@ -4,7 +4,7 @@
     python -m benchmarks.bench_padding --profile colab-t4 --json
 
 For each profile, stage 02's SFT trainer (``utils.sft.make_trainer``, trl's collator and the trainer's
-sampler) and stage 03's reward trainer (``utils.reward.trainer_args`` and ``pairs_dataset``, trl's
+sampler) and stage 03's reward trainer (``utils.reward.training.trainer_args`` and ``pairs_dataset``, trl's
 ``RewardTrainer``) are built with the profile's batch size, ``max_length``, packing and sampler settings, and
 one epoch of their training dataloader is read (no training: batching does not depend on the weights, so the
 models are a small random GPT-NeoX for SFT and MiniLM for the reward model). The padding share is the
@@ -120,15 +120,17 @@ def reward_batches(params: Mapping[str, Any], grouped: bool, out_dir: Path) -> l
     """One epoch of the training batches stage 03's proxy reward model trains on."""
     from trl import RewardTrainer
 
-    from utils import reward
-    from utils.reward_stage import split_for_judge
+    from utils.reward import training as reward
+    from utils.reward.model import load_backbone
+    from utils.reward.params import RewardParams
+    from utils.reward.stage import split_for_judge
     from utils.oasst import preference_pairs, rm_groups
 
     proxy_trees, _ = split_for_judge(_split(params).train, params["judge_fraction"], params["seed"])
     pairs = preference_pairs(rm_groups(proxy_trees))
-    model, tokenizer, _ = reward.load_backbone(MINILM)  # the real backbone for tiny and smol, a stand-in above them
-    config = reward.RewardTrainingConfig(base_model=MINILM, max_length=params["max_length"], batch_size=params["batch_size"],
-                                         grad_accum=params["grad_accum"])
+    model, tokenizer, _ = load_backbone(MINILM)  # the real backbone for tiny and smol, a stand-in above them
+    config = RewardParams(base_model=MINILM, max_length=params["max_length"], batch_size=params["batch_size"],
+                          grad_accum=params["grad_accum"])
     args = reward.trainer_args(config, len(pairs), str(out_dir))
     if not grouped:
         args.train_sampling_strategy = "random"

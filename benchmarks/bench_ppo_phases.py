@@ -21,7 +21,7 @@ sides score the same replies), its stage 02 quantization and LoRA shape:
 * a GPU profile, with ``--random-weights``: its base's architecture with random weights
   (``benchmarks.bench_gpu_profile.build_random_model``) and the vendored OASST sample as prompts.
 
-The reward model is MiniLM with a random head (``utils.reward.load_backbone``): scoring costs what stage 03's
+The reward model is MiniLM with a random head (``utils.reward.model.load_backbone``): scoring costs what stage 03's
 model costs. A random policy rarely says its stop token, so replies run to ``max_new_tokens``: the padding
 left is the prompts'. Prompts are OASST ``rl`` prompts of the training split, at most ``max_prompt_tokens``.
 """
@@ -73,7 +73,7 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
     from utils.ppo import PPOConfig, scorer_reward
     from utils.ppo_model import build_actor_critic
     from utils.profile import load_profile
-    from utils.reward import RewardScorer, load_backbone
+    from utils.reward.model import RewardScorer, load_backbone
     from utils.stages import PPO, SFT
 
     torch.set_num_threads(threads)

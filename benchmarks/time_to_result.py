@@ -92,7 +92,7 @@ def _rates(sft: dict, reward: dict, ppo: dict) -> tuple[dict, str]:
 
 def work(profile_name: str) -> dict[str, Any]:
     """SFT steps, reward pairs (all reward models), PPO updates of a profile, and the rates they run at."""
-    from utils.reward_stage import split_for_judge
+    from utils.reward.stage import split_for_judge
     from utils.oasst import load_split, preference_pairs, rm_groups, sft_conversations
 
     profile = load_profile(profile_name)

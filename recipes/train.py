@@ -113,46 +113,20 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 03 without the narrative: the calls of notebooks/03_reward.ipynb, in its order (plots left out)."""
+    """Stage 03 without the narrative: the steps of notebooks/03_reward.ipynb, in its order (plots left out)."""
     from accelerate import PartialState
 
-    from utils import reward_stage
-    from utils.modeling import peak_memory_mb, reset_peak_memory
-    from utils.oasst import Report, load_split, preference_pairs, read_hh_pairs, rm_groups
-    from utils.reward import RewardTrainingConfig
+    from utils.reward import stage as reward_stage
+    from utils.reward.params import RewardParams
 
-    state = PartialState()
-    started = time.time()
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
-                       on_error=p["on_error"])
-    proxy_trees, judge_trees = reward_stage.split_for_judge(split.train, p["judge_fraction"], p["seed"])
-    trees = {"train: proxy": proxy_trees, "train: judge": judge_trees, "eval split": split.eval, "100-tree file": split.heldout}
-    pairs = {name: preference_pairs(rm_groups(t)) for name, t in trees.items()}
-    hh_report = Report()
-    hh_pairs = read_hh_pairs(p["hh_path"], on_error=p["on_error"], report=hh_report)
-    hh_train, hh_eval = reward_stage.split_hh(hh_pairs, p["hh_eval_fraction"], p["seed"])
-    config = RewardTrainingConfig.from_params(p)
-    oasst_sets = {"proxy": pairs["train: proxy"][: p["max_train_pairs"]], "judge": pairs["train: judge"][: p["max_train_pairs"]]}
-    train_sets, multipliers, hh_counts = reward_stage.mix_hh(oasst_sets, hh_train, p["hh_weight"], p["hh_share"], p["judge_fraction"],
-                                                             p["seed"])
-    reset_peak_memory()
-    results, train_seconds = reward_stage.train_reward_models(train_sets, config, out, checkpoint_dir(out.parent, REWARD),
-                                                              p["save_steps"], log=print if state.is_main_process else None,
-                                                              multipliers=multipliers)
-    peak_mb = peak_memory_mb()
+    state, started = PartialState(), time.time()
+    params = RewardParams(**p)
+    data = reward_stage.load_data(params)
+    trained = reward_stage.train(params, data, out, checkpoint_dir(out.parent, REWARD), log=print if state.is_main_process else None)
     if not state.is_main_process:  # held-out evaluation is inference: the main process does it alone, and records
         return {}
-    eval_sets = {name: pairs[name][: p["max_eval_pairs"]] for name in reward_stage.HELDOUT_SETS}
-    eval_pairs = [x for ps in eval_sets.values() for x in ps]
-    scorers, evaluated = reward_stage.evaluate_reward_models({n: r.model_dir for n, r in results.items()}, eval_pairs,
-                                                             hh_eval[: p["max_hh_pairs"]], batch_size=p["score_batch_size"],
-                                                             device=state.device)
-    length_heads = reward_stage.length_heads_record(scorers, eval_pairs, batch_size=p["score_batch_size"])
-    hh_mix = reward_stage.hh_mix_record(p["hh_weight"], p["hh_share"], p["hh_eval_fraction"], hh_train, hh_eval, hh_counts)
-    return reward_stage.stage_metrics(out, results, oasst_sets, train_seconds, evaluated, eval_sets, config=config, trees=trees,
-                                      data_skipped=split.report.as_dict()["skipped"], hh_report=hh_report, hh_mix=hh_mix,
-                                      peak_memory_mb=peak_mb, processes=state.num_processes, started=started,
-                                      length_heads=length_heads)
+    evaluation = reward_stage.evaluate(params, data, trained, device=state.device)
+    return reward_stage.stage_metrics(out, params, data, trained, evaluation, processes=state.num_processes, started=started)
 
 
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:

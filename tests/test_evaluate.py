@@ -249,7 +249,7 @@ def fake_run(tmp_path_factory, tokenizer):
     from peft import LoraConfig, get_peft_model
 
     from utils.artifacts import write_metrics
-    from utils.reward import load_backbone
+    from utils.reward.model import load_backbone
 
     run = tmp_path_factory.mktemp("run")
     config = tiny_lm(tokenizer, 5).config

@@ -9,8 +9,8 @@ import json
 import pytest
 
 from utils.oasst import Pair, read_hh_pairs
-from utils.reward import pair_weights
-from utils.reward_stage import mix_hh, split_hh
+from utils.reward.stage import mix_hh, split_hh
+from utils.reward.training import pair_weights
 
 HH = "data/hh_rlhf_harmless_base_test_part1.jsonl.gz"
 

@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils import judges, reward_stage
-from utils.reward_eval import PairResult
+from utils import judges
+from utils.reward import stage as reward_stage
+from utils.reward.evaluation import PairResult
 
 # DeBERTa-v3's options (as benchmarks/bench_gpu_profile.py keeps them for OpenAssistant's reward-model-deberta-v3
 # -large-v2 and DeBERTa-v3-base), at a test's size: the same classes and code paths, random weights.
@@ -24,7 +25,7 @@ def released_rm(tmp_path_factory) -> Path:
     """A folder like a hub reward model's: a one-output DeBERTa-v2 sequence classifier and a tokenizer."""
     from transformers import AutoTokenizer, DebertaV2Config, DebertaV2ForSequenceClassification
 
-    from utils.reward import resolve_backbone
+    from utils.reward.model import resolve_backbone
 
     path = tmp_path_factory.mktemp("released_rm")
     tokenizer = AutoTokenizer.from_pretrained(resolve_backbone("sentence-transformers/all-MiniLM-L6-v2"))
@@ -70,7 +71,7 @@ def test_multi_turn_questions_are_written_out_with_roles():
 def test_a_classifier_with_several_outputs_is_not_a_judge(tmp_path):
     from transformers import BertConfig, BertForSequenceClassification
 
-    from utils.reward import resolve_backbone
+    from utils.reward.model import resolve_backbone
 
     BertForSequenceClassification(BertConfig(vocab_size=100, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                              intermediate_size=32, num_labels=3)).save_pretrained(tmp_path)
@@ -86,7 +87,7 @@ def test_a_classifier_with_several_outputs_is_not_a_judge(tmp_path):
 def test_load_judges_marks_the_reward_model_ppo_trained_against(released_rm, tmp_path, monkeypatch):
     import json
 
-    from utils import reward
+    from utils.reward import model as reward
 
     run = tmp_path / "run"
     (run / "03_reward").mkdir(parents=True)

@@ -8,11 +8,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils import reward_stage
 from utils.artifacts import write_metrics
 from utils.oasst import Pair
-from utils.reward import main as cli_main
-from utils.reward_eval import LENGTH_SUBSETS, evaluate_pairs, format_split, length_split
+from utils.reward import stage as reward_stage
+from utils.reward.__main__ import main as cli_main
+from utils.reward.display import accuracy_table
+from utils.reward.evaluation import LENGTH_SUBSETS, evaluate_pairs, format_split, length_split
+from utils.reward.params import RewardParams
 
 
 def prompt(text):
@@ -134,10 +136,10 @@ def stage_inputs():
 def test_stage_metrics_records_the_split_for_every_model_and_held_out_set(tmp_path):
     oasst_sets, evaluated = stage_inputs()
     results = {name: SimpleNamespace(model_dir=tmp_path / name, log_history=[{"loss": 0.7}]) for name in evaluated}
-    metrics = reward_stage.stage_metrics(
-        tmp_path, results, {"proxy": [1] * 10, "judge": [1] * 4}, {"proxy": 1.0, "judge": 1.0}, evaluated, oasst_sets,
-        config=SimpleNamespace(pair_weighting="group", length_head=False), trees={"train": [1]}, data_skipped={},
-    )
+    data = SimpleNamespace(train_sets={"proxy": [1] * 10, "judge": [1] * 4}, trees={"train": [1]}, data_skipped={}, hh_report=None,
+                           hh_train=[], hh_eval=[], hh_counts={"proxy": 0, "judge": 0})
+    trained = reward_stage.TrainedModels(results, {"proxy": 1.0, "judge": 1.0})
+    metrics = reward_stage.stage_metrics(tmp_path, RewardParams(), data, trained, reward_stage.Evaluation({}, evaluated, {}))
     written = json.loads(write_metrics(tmp_path, metrics).read_text())
     split = written["accuracy_by_length"]
     assert set(split) == {"proxy", "judge"}
@@ -155,7 +157,7 @@ def test_stage_metrics_records_the_split_for_every_model_and_held_out_set(tmp_pa
 
 def test_accuracy_table_shows_the_split_readably():
     oasst_sets, evaluated = stage_inputs()
-    table = reward_stage.accuracy_table(evaluated, oasst_sets)
+    table = accuracy_table(evaluated, oasst_sets)
     assert list(table.index) == ["OASST eval split", "OASST 100-tree file", "OASST held-out, both", "HH-RLHF harmless"]
     assert list(table.columns[:5]) == ["pairs", "proxy", "judge", "length baseline", "agreement"]
     for model in ("proxy", "judge"):
@@ -177,9 +179,9 @@ def test_accuracy_table_shows_the_split_readably():
 
 
 def test_cli_prints_the_split_one_line_per_part(tmp_path, monkeypatch, capsys):
-    import utils.reward
+    import utils.reward.__main__
 
-    monkeypatch.setattr(utils.reward, "RewardScorer", SimpleNamespace(load=lambda model_dir: LengthScorer()))
+    monkeypatch.setattr(utils.reward.__main__, "RewardScorer", SimpleNamespace(load=lambda model_dir: LengthScorer()))
 
     def msg(text, role, rank=None, replies=()):
         return {"message_id": text, "text": text, "role": role, "lang": "en", "rank": rank, "review_result": True,

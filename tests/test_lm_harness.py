@@ -26,7 +26,7 @@ CONTEXT = 256
 def hh_pairs():
     """The first real pairs of the shipped file's evaluation part, as stage 05 reads them."""
     from utils.oasst import read_hh_pairs
-    from utils.reward_stage import split_hh
+    from utils.reward.stage import split_hh
 
     _, evaluation = split_hh(read_hh_pairs(HH_FILE), 0.5, 0)
     return evaluation[:40]

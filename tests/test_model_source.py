@@ -53,7 +53,7 @@ def test_a_malformed_package_source_shows_the_form():
 def test_a_gguf_file_as_reward_model_or_judge_is_one_line(load, role):
     """GGUF holds causal LMs: the reward stage and the judges say so, before transformers' own error."""
     from utils.judges import TextPairScorer
-    from utils.reward import load_backbone
+    from utils.reward.model import load_backbone
 
     with pytest.raises(ValueError) as e:
         load_backbone(SMOL) if load == "reward" else TextPairScorer.load(SMOL)

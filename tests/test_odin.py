@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from utils.oasst import Pair
-from utils.reward import RewardScorer, RewardTrainingConfig, odin_loss, pearson, train_reward_model
-from utils.reward_eval import correlation, evaluate_pairs
+from utils.reward.evaluation import correlation, evaluate_pairs
+from utils.reward.model import RewardScorer
+from utils.reward.params import RewardParams
+from utils.reward.training import odin_loss, pearson, train_reward_model
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -71,8 +73,8 @@ def pairs_for(topics, good_pads, bad_pads):
 def odin_model(tmp_path_factory):
     # In training the helpful reply is usually the longer one (as OASST's labellers' favourites are).
     train = pairs_for(TOPICS[:10], [2, 3, 1, 3], [0, 1, 2, 0])
-    config = RewardTrainingConfig(base_model=MINILM, max_length=96, lora_r=4, lora_alpha=8, learning_rate=2e-3, epochs=4,
-                                  batch_size=8, warmup=0.0, logging_steps=2, seed=0, length_head=True)
+    config = RewardParams(base_model=MINILM, max_length=96, lora_r=4, lora_alpha=8, lora_layers=None, train_new_tokens=True,
+                          learning_rate=2e-3, epochs=4, batch_size=8, warmup=0.0, logging_steps=2, seed=0, length_head=True)
     return train_reward_model(train, config, tmp_path_factory.mktemp("odin"))
 
 

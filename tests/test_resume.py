@@ -17,7 +17,8 @@ from test_reward import MINILM, TOPICS_TRAIN, synthetic_pairs
 from test_sft import FAST
 from utils import sft
 from utils.modeling import load_causal_lm, load_tokenizer
-from utils.reward import RewardTrainingConfig, train_reward_model
+from utils.reward.params import RewardParams
+from utils.reward.training import train_reward_model
 
 
 class Killed(Exception):
@@ -95,8 +96,8 @@ def test_sft_does_not_resume_another_configurations_checkpoint(base, tmp_path):
 # --------------------------------------------------------------------------------------------- reward
 
 
-REWARD = RewardTrainingConfig(base_model=MINILM, max_length=48, lora_r=4, lora_alpha=8, lora_dropout=0.1,
-                              learning_rate=2e-3, epochs=1, batch_size=8, warmup=0.0, logging_steps=1, seed=0)
+REWARD = RewardParams(base_model=MINILM, max_length=48, lora_r=4, lora_alpha=8, lora_dropout=0.1, lora_layers=None,
+                      train_new_tokens=True, learning_rate=2e-3, epochs=1, batch_size=8, warmup=0.0, logging_steps=1, seed=0)
 PAIRS = synthetic_pairs(TOPICS_TRAIN)[:32]  # 4 steps of 8
 
 

@@ -15,28 +15,26 @@ import torch
 
 from utils.oasst import Pair, load_trees, preference_pairs, read_hh_pairs, rm_groups
 from utils.profile import REPO_ROOT
-from utils.reward import (
-    RewardScorer,
-    RewardTrainingConfig,
-    backbone_linear_layers,
-    encode_conversation,
-    head_modules,
-    load_backbone,
-    lora_config,
-    make_trainer,
-    pair_weights,
-    pairs_dataset,
-    train_reward_model,
-    weighted_pair_loss,
-)
-from utils.reward import main as cli_main
-from utils.reward_eval import (
+from utils.reward.__main__ import main as cli_main
+from utils.reward.evaluation import (
     correlation,
     evaluate_pairs,
     length_baseline_accuracy,
     pairwise_accuracy,
     pairwise_loss,
     read_pairs_file,
+)
+from utils.reward.model import RewardScorer, encode_conversation, load_backbone
+from utils.reward.params import RewardParams
+from utils.reward.training import (
+    backbone_linear_layers,
+    head_modules,
+    lora_config,
+    make_trainer,
+    pair_weights,
+    pairs_dataset,
+    train_reward_model,
+    weighted_pair_loss,
 )
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
@@ -121,19 +119,19 @@ def test_lora_sits_on_the_chosen_layers_and_the_head_and_new_tokens_train_in_ful
     from peft import get_peft_model
 
     model, tokenizer, new_ids = load_backbone(MINILM)
-    config = RewardTrainingConfig(base_model=MINILM, lora_layers=[5], train_new_tokens=True)
+    config = RewardParams(base_model=MINILM, lora_layers=[5], train_new_tokens=True)
     peft_model = get_peft_model(model, lora_config(model, config, new_ids))
     trainable = [name for name, p in peft_model.named_parameters() if p.requires_grad]
     lora_layers = {name.split(".layer.")[1].split(".")[0] for name in trainable if "lora_" in name}
     assert lora_layers == {"5"}
     assert any("classifier" in name for name in trainable)
     assert any("trainable_tokens" in name for name in trainable)
-    frozen = RewardTrainingConfig(base_model=MINILM, train_new_tokens=False)
+    frozen = RewardParams(base_model=MINILM, lora_layers=None, train_new_tokens=False)
     model, tokenizer, new_ids = load_backbone(MINILM)
     names = [n for n, p in get_peft_model(model, lora_config(model, frozen, new_ids)).named_parameters() if p.requires_grad]
     assert not any("trainable_tokens" in n for n in names) and sum("lora_A" in n for n in names) == 37  # 6 layers x 6 + pooler
     with pytest.raises(ValueError, match=r"lora_layers \[6\]: the backbone's layers are 0..5"):
-        lora_config(model, RewardTrainingConfig(base_model=MINILM, lora_layers=[6]), new_ids)
+        lora_config(model, RewardParams(base_model=MINILM, lora_layers=[6]), new_ids)
 
 
 def test_short_conversation_is_encoded_whole(backbone):
@@ -293,7 +291,8 @@ def test_trainer_loss_on_a_batch_is_the_weighted_formula(tmp_path):
              Pair(q, "No.", "Go away.", "big"), Pair([user("Hi")], "Hello! How can I help?", "What.", "small")]
     weights = pair_weights(pairs)
     assert weights == pytest.approx([2 / 3, 2 / 3, 2 / 3, 2.0])
-    config = RewardTrainingConfig(base_model=MINILM, max_length=32, lora_r=4, lora_alpha=8, center_rewards_coefficient=0.01)
+    config = RewardParams(base_model=MINILM, max_length=32, lora_r=4, lora_alpha=8, lora_layers=None, train_new_tokens=True,
+                          center_rewards_coefficient=0.01)
     trainer = make_trainer(model, tokenizer, pairs_dataset(pairs, tokenizer, 32, weights), config, new_ids, str(tmp_path))
     dataset = trainer.train_dataset
     batch = trainer.data_collator([dataset[i] for i in range(len(pairs))])
@@ -311,9 +310,9 @@ def test_trainer_loss_on_a_batch_is_the_weighted_formula(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("reward")
-    config = RewardTrainingConfig(
-        base_model=MINILM, max_length=48, lora_r=4, lora_alpha=8, learning_rate=2e-3, epochs=3, batch_size=8,
-        warmup=0.0, logging_steps=2, seed=0,
+    config = RewardParams(
+        base_model=MINILM, max_length=48, lora_r=4, lora_alpha=8, lora_layers=None, train_new_tokens=True, learning_rate=2e-3,
+        epochs=3, batch_size=8, warmup=0.0, logging_steps=2, seed=0,
     )
     return train_reward_model(synthetic_pairs(TOPICS_TRAIN), config, out)
 

@@ -1,6 +1,6 @@
 """A stage records the same things however it runs: notebook (through the runner) or script (recipes.train).
 
-Both call the stage's one ``stage_metrics`` (utils.sft, utils.reward_stage, utils.ppo, utils.dpo); this runs the
+Both call the stage's one ``stage_metrics`` (utils.sft, utils.reward.stage, utils.ppo, utils.dpo); this runs the
 four training stages as scripts, each on the micro run's upstream stages, and compares the keys with the notebooks'.
 """
 

@@ -120,7 +120,7 @@ def proxy_scorer(judges: Mapping[str, Any], run_dir) -> Any:
         if judge.trained_against:
             return judge.scorer
     from utils.artifacts import stage_path
-    from utils.reward import RewardScorer
+    from utils.reward.model import RewardScorer
     from utils.stages import REWARD
 
     return RewardScorer.load(stage_path(run_dir, REWARD, "model_dir"))

@@ -86,7 +86,7 @@ def training_pairs(split, judge_fraction: float, seed: int = 0) -> list:
     """The preference pairs of the proxy's trees: what stage 03's proxy trained on (before its ``max_train_pairs``),
     none of the judge's."""
     from utils.oasst import preference_pairs, rm_groups
-    from utils.reward_stage import split_for_judge
+    from utils.reward.stage import split_for_judge
 
     proxy_trees, _ = split_for_judge(split.train, judge_fraction, seed)
     return preference_pairs(rm_groups(proxy_trees))
@@ -298,7 +298,7 @@ class ImplicitRewards:
 
     @property
     def accuracy(self) -> float:
-        from utils.reward_eval import pairwise_accuracy
+        from utils.reward.evaluation import pairwise_accuracy
 
         return pairwise_accuracy(self.chosen, self.rejected)
 
@@ -308,7 +308,7 @@ class ImplicitRewards:
 
     @property
     def loss(self) -> float:
-        from utils.reward_eval import pairwise_loss
+        from utils.reward.evaluation import pairwise_loss
 
         return pairwise_loss(self.chosen, self.rejected) if self.n else math.nan
 
@@ -423,7 +423,7 @@ def heldout_table(stats: DPOStats, sets: Mapping[str, Sequence], reward_model: M
     """
     import pandas as pd
 
-    from utils.reward_eval import length_baseline_accuracy
+    from utils.reward.evaluation import length_baseline_accuracy
 
     rows = {name: {"pairs": len(pairs), "accuracy before": b.accuracy, "accuracy after": a.accuracy, "margin after": a.margin,
                    "loss after": a.loss, "length baseline": length_baseline_accuracy(pairs)}
@@ -450,7 +450,7 @@ def stage_metrics(
 ) -> dict[str, Any]:
     """What the DPO stage records, the same whether a notebook or a script ran it."""
     from utils.artifacts import record_path
-    from utils.reward_eval import length_baseline_accuracy
+    from utils.reward.evaluation import length_baseline_accuracy
 
     by_set = {name: {"pairs": len(pairs), "accuracy_before": b.accuracy, "accuracy_after": a.accuracy, "margin_after": a.margin}
               for name, (b, a, pairs) in per_set(stats, heldout_sets).items() if name != "both"}

@@ -24,7 +24,7 @@ import torch
 from utils import chat_format
 from utils.artifacts import StageNotRun, stage_path
 from utils.modeling import default_device
-from utils.reward_eval import Scorer
+from utils.reward.evaluation import Scorer
 from utils.stages import PPO, REWARD
 
 PROXY = "proxy"
@@ -118,7 +118,7 @@ def load_judges(specs: Sequence[str], run_dir: str | Path, device: torch.device 
     Stage 04 records the reward model it trained against (``reward_model_dir``); where it has not run, the proxy
     is the one it would train against.
     """
-    from utils.reward import RewardScorer
+    from utils.reward.model import RewardScorer
 
     if not specs:
         raise ValueError("judges: name at least one (e.g. ['proxy', 'judge'])")

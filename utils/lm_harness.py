@@ -56,7 +56,7 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
     log-likelihood decides, which favours the shorter reply; ``acc_norm`` divides by length first.
 
     ``pairs`` are :class:`utils.oasst.Pair` (``prompt``, ``chosen``, ``rejected``), meant to be the evaluation
-    part of the shipped file (:func:`utils.reward_stage.split_hh`), which no reward model trained on. A pair
+    part of the shipped file (:func:`utils.reward.stage.split_hh`), which no reward model trained on. A pair
     whose context and longer reply exceed ``max_tokens`` tokens is left out (lm-eval would cut its context from
     the left); so is one with an empty reply; both are counted. Which of the two choices comes first is drawn per pair with
     ``seed`` (the gold index is recorded), so a tie between the two log-likelihoods, which lm-eval resolves

@@ -30,15 +30,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
+from utils.params import ParameterError  # noqa: F401 (the runner's error, raised here too)
+
 RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile
 HUB_PREFIX = "hf:"
 # Parameters whose value is one of a few words, whichever stage declares them: a typo ("skipp") stops the
 # run before any stage, not hours later in the stage that reads it.
 CHOICES: dict[str, tuple[str, ...]] = {"on_error": ("raise", "skip"), "pair_weighting": ("group", "flat")}
-
-
-class ParameterError(ValueError):
-    """A notebook's parameters cell or a profile's value breaks the rules: the message is one line."""
 
 
 @dataclass(frozen=True)
@@ -189,15 +187,31 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
         known = ", ".join(sorted(set(declared) - set(RUNNER_PARAMS)))
         raise ParameterError(f"{', '.join(unknown)}: not declared in {Path(notebook).name}'s parameters cell (it declares: {known})")
     params = {name: p.default for name, p in declared.items() if name not in RUNNER_PARAMS}
+    hints = _params_annotations(Path(notebook).stem)
     for key, value in overrides.items():
         p = declared[key]
-        params[key] = fit_value(value, p.default, p.nullable, p.takes_a_list, key=key)
+        if key in hints:  # a stage with a Params dataclass: its annotation says what the value may be
+            from utils.params import fit
+
+            params[key] = fit(value, hints[key], p.default, key)
+        else:
+            params[key] = fit_value(value, p.default, p.nullable, p.takes_a_list, key=key)
     for key, allowed in CHOICES.items():
         if key in params and params[key] not in allowed:
             raise ParameterError(f"{key}: {params[key]!r} is not one of {', '.join(allowed)}")
     if root is not None:
         check_paths(params, Path(root))
     return params
+
+
+def _params_annotations(stage: str) -> dict[str, Any]:
+    """The field annotations of the stage's Params dataclass (:data:`utils.stages.PARAMS`); empty for other notebooks."""
+    import typing
+
+    from utils.stages import params_class
+
+    cls = params_class(stage)
+    return typing.get_type_hints(cls) if cls is not None else {}
 
 
 def check_paths(params: dict[str, Any], root: Path) -> None:

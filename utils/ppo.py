@@ -254,7 +254,7 @@ class KLController:
 
 
 def scorer_reward(scorer, batch_size: int = 16) -> RewardFn:
-    """The reward of stage 03: each reply appended to its prompt, scored by ``utils.reward.RewardScorer``
+    """The reward of stage 03: each reply appended to its prompt, scored by ``utils.reward.model.RewardScorer``
     (which tokenizes with the reward model's own tokenizer).
 
     The function carries a ``fingerprint`` of the reward model's weights, so a PPO checkpoint made against

@@ -1,4 +1,4 @@
-"""The kit's repository, in one place: its URL, the notebooks' setup cell and the README's Colab links.
+"""What `python -m utils.repo sync` writes: the notebooks' setup cell, their generated parameters cells, the Colab links.
 
 A fork or mirror changes ``REPO_URL`` here and runs ``python -m utils.repo sync`` (or
 ``python -m utils.repo sync --url https://github.com/me/my-fork``, which rewrites the constant too): every
@@ -50,14 +50,25 @@ def _source_lines(text: str) -> list[str]:
     return [line + "\n" for line in lines[:-1]] + [lines[-1]]
 
 
+def generated_parameters_cell(stage: str) -> str | None:
+    """The parameters cell of a stage with a Params dataclass (:data:`utils.stages.PARAMS`), as sync writes it."""
+    from utils.params import parameters_cell
+    from utils.stages import params_class, params_source
+
+    cls = params_class(stage)
+    return None if cls is None else parameters_cell(cls, stage, params_source(stage))
+
+
 def sync(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
-    """Write the setup cell into every notebook and the Colab links into the README; returns the files changed."""
+    """Write the setup cell (and, for a stage with a Params dataclass, the parameters cell) into every notebook and
+    the Colab links into the README; returns the files changed."""
     changed = []
     for notebook in sorted((root / "notebooks").glob("*.ipynb")):
         nb = json.loads(notebook.read_text(encoding="utf-8"))
-        first = next(c for c in nb["cells"] if c["cell_type"] == "code")
-        if "".join(first["source"]) != setup_cell(url):
-            first["source"] = _source_lines(setup_cell(url))
+        cells = [(c, text) for c, text in _generated_cells(nb, notebook.stem, url) if "".join(c["source"]) != text]
+        for cell, text in cells:
+            cell["source"] = _source_lines(text)
+        if cells:
             notebook.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
             changed.append(notebook)
     readme = root / "README.md"
@@ -69,10 +80,20 @@ def sync(root: Path = ROOT, url: str = REPO_URL) -> list[Path]:
     return changed
 
 
+def _generated_cells(nb: dict, stage: str, url: str) -> list[tuple[dict, str]]:
+    """``(cell, the text sync writes there)``: the first code cell's setup, the ``parameters`` cell's defaults."""
+    out = [(next(c for c in nb["cells"] if c["cell_type"] == "code"), setup_cell(url))]
+    parameters = generated_parameters_cell(stage)
+    if parameters is not None:
+        tagged = [c for c in nb["cells"] if c["cell_type"] == "code" and "parameters" in c.get("metadata", {}).get("tags", [])]
+        out += [(c, parameters) for c in tagged]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m utils.repo", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    sync_cmd = sub.add_parser("sync", help="write the setup cell and the Colab links from REPO_URL")
+    sync_cmd = sub.add_parser("sync", help="write the setup cells, the generated parameters cells and the Colab links")
     sync_cmd.add_argument("--url", help="the repository's new URL (also rewrites REPO_URL in utils/repo.py)")
     args = ap.parse_args(argv)
     url = args.url or REPO_URL

@@ -103,7 +103,7 @@ def stage_reward(run_dir, reward_function: str | None, prompts: Sequence[Convers
         return fn, {"reward_function": reward_function}
     from utils.artifacts import stage_path
     from utils.ppo import scorer_reward
-    from utils.reward import RewardScorer
+    from utils.reward.model import RewardScorer
     from utils.stages import REWARD
 
     model_dir = stage_path(run_dir, REWARD, "model_dir")

