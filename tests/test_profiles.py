@@ -26,16 +26,17 @@ def test_profile_has_every_stage_and_only_declared_keys_of_the_right_type(path: 
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_profile_lists_only_what_it_changes(path: Path):
+    """Against the notebook's defaults, or, for a profile that extends another, against what it would inherit."""
     profile = load_profile(path)
     for stage in STAGES:
-        defaults = notebook_defaults(notebook_path(stage))
-        for key, value in profile.overrides(stage).items():
+        defaults = profile.parent.stage_params(stage) if profile.parent else notebook_defaults(notebook_path(stage))
+        for key, value in profile.own.get(stage, {}).items():
             if isinstance(value, dict):
                 same = sorted(k for k, v in value.items() if defaults[key].get(k) == v)
-                assert not same, f"{path.name}: {stage}.{key} repeats the notebook's defaults for {same}"
+                assert not same, f"{path.name}: {stage}.{key} repeats what it would get anyway for {same}"
             else:
                 assert value != defaults[key] or type(value) is not type(defaults[key]), \
-                    f"{path.name}: {stage}.{key} = {value!r} is the notebook's default: leave it out"
+                    f"{path.name}: {stage}.{key} = {value!r} is what it would get anyway: leave it out"
 
 
 def test_tiny_is_the_notebooks_defaults():
@@ -174,3 +175,29 @@ def test_every_config_field_comes_from_the_notebook_or_is_named_library_only(sta
     assert all(getattr(built, f) == declared[f].default for f in {f.name for f in dataclasses.fields(cls)} & set(declared))
     with pytest.raises(ParameterError, match=f"{name}: no value for"):
         cls.from_params({k: v for k, v in notebook_defaults(notebook_path(stage)).items() if k != "learning_rate"})
+
+
+def test_a_profile_that_extends_another_holds_only_what_differs(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\noffline: true\nstages:\n  01_explore_trees: {seed: 3}\n"
+                                        "  02_sft: {max_steps: 7, learning_rate: 0.01}\n")
+    (tmp_path / "child.yaml").write_text("name: child\nextends: base.yaml\nstages:\n  02_sft: {max_steps: 9}\n"
+                                         "  03_reward: {epochs: 2.0}\n")
+    child = load_profile(tmp_path / "child.yaml")
+    assert child.offline is True and child.parent.name == "base" and child.own == {"02_sft": {"max_steps": 9}, "03_reward": {"epochs": 2.0}}
+    assert child.stages == {"01_explore_trees": {"seed": 3}, "02_sft": {"max_steps": 9, "learning_rate": 0.01},
+                            "03_reward": {"epochs": 2.0}}
+    assert child.stage_params("02_sft")["learning_rate"] == 0.01  # inherited, checked as the parent's would be
+    rtx, t4 = load_profile("rtx-24gb"), load_profile("colab-t4")
+    assert rtx.parent.name == "colab-t4" and rtx.stages["03_reward"]["max_length"] == t4.stages["03_reward"]["max_length"]
+    assert sum(len(v) for v in rtx.own.values()) < sum(len(v) for v in t4.stages.values()) / 4
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name: a\nextends: nowhere\nstages: {}\n", "a.yaml: extends 'nowhere': no profile 'nowhere'"),
+    ("name: a\nextends: a.yaml\nstages: {}\n", r"extends 'a.yaml' makes a cycle \(a -> a\)"),
+    ("name: a\nextends: [x]\nstages: {}\n", "extends must name a profile"),
+])
+def test_a_broken_extends_is_one_line_naming_the_file(tmp_path, text, message):
+    (tmp_path / "a.yaml").write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_profile(tmp_path / "a.yaml")

@@ -13,6 +13,10 @@ the default of the notebook's parameters cell, the one place defaults are writte
 So a profile that leaves a key out and one that lists its default value are the same run (and have the
 same fingerprint). YAML anchors (``&data`` / ``<<: *data``) share values between stages; a key written
 twice in one mapping is an error, not a silent last-one-wins. The runner adds ``run_dir`` and ``out_dir``.
+
+A profile may extend another (``extends: colab-t4``, a name or a path beside it) and hold only what differs: each
+stage's parameters are the parent's with the child's on top, the child's stages are the parent's and its own, and
+``offline`` is the parent's unless the child sets it. Its name, description and hardware are its own.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from utils.notebook_params import ParameterError, effective_parameters
 from utils.stages import NOTEBOOKS_DIR, REPO_ROOT, notebook_path
 
 PROFILES_DIR = REPO_ROOT / "recipes" / "profiles"
-TOP_LEVEL_KEYS = {"name", "description", "offline", "stages", "shared", "hardware", "measured"}
+TOP_LEVEL_KEYS = {"name", "description", "offline", "stages", "shared", "hardware", "measured", "extends"}
 
 __all__ = ["PROFILES_DIR", "REPO_ROOT", "Profile", "load_profile", "profile_path"]
 
@@ -38,7 +42,9 @@ class Profile:
     path: Path
     description: str = ""
     offline: bool = False
-    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # every stage's parameters, the parent's included
+    parent: "Profile | None" = None  # the profile this one extends
+    own: dict[str, dict[str, Any]] = field(default_factory=dict)  # what this profile's file itself lists
 
     def overrides(self, stage: str) -> dict[str, Any]:
         """The parameters this profile itself lists for ``stage``."""
@@ -110,7 +116,7 @@ def profile_path(name_or_path: str | Path) -> Path:
     return PROFILES_DIR / f"{name_or_path}.yaml"
 
 
-def load_profile(name_or_path: str | Path) -> Profile:
+def load_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
     path = profile_path(name_or_path)
     if not path.exists():
         known = sorted(q.stem for q in PROFILES_DIR.glob("*.yaml"))
@@ -133,10 +139,27 @@ def load_profile(name_or_path: str | Path) -> Profile:
     bad = [k for k, v in raw["stages"].items() if v is not None and not isinstance(v, dict)]
     if bad:
         raise ValueError(f"{path}: stage {bad[0]} must be a mapping of parameters (or empty), not {raw['stages'][bad[0]]!r}")
-    return Profile(
-        name=raw.get("name", path.stem),
-        path=path,
-        description=raw.get("description", ""),
-        offline=bool(raw.get("offline", False)),
-        stages={str(k): dict(v or {}) for k, v in raw["stages"].items()},
-    )
+    own = stages = {str(k): dict(v or {}) for k, v in raw["stages"].items()}
+    offline, parent = raw.get("offline"), None
+    if raw.get("extends") is not None:
+        parent = _parent(path, raw["extends"], _seen + (path.resolve(),))
+        stages = {**{k: {**v, **stages.get(k, {})} for k, v in parent.stages.items()},
+                  **{k: v for k, v in stages.items() if k not in parent.stages}}
+        offline = parent.offline if offline is None else offline
+    return Profile(name=raw.get("name", path.stem), path=path, description=raw.get("description", ""),
+                   offline=bool(offline), stages=stages, parent=parent, own=own)
+
+
+def _parent(path: Path, extends: Any, seen: tuple[Path, ...]) -> Profile:
+    """The profile ``path`` extends: a name (``recipes/profiles/<name>.yaml``) or a path relative to ``path``'s folder."""
+    if not isinstance(extends, str) or not extends:
+        raise ValueError(f"{path}: extends must name a profile, got {extends!r}")
+    beside = path.parent / extends
+    target: str | Path = beside if beside.suffix in (".yaml", ".yml") and beside.exists() else extends
+    if profile_path(target).resolve() in seen:
+        chain = " -> ".join(p.stem for p in (*seen, profile_path(target).resolve()))
+        raise ValueError(f"{path}: extends {extends!r} makes a cycle ({chain})")
+    try:
+        return load_profile(target, seen)
+    except (FileNotFoundError, ValueError) as e:
+        raise ValueError(f"{path}: extends {extends!r}: {e}") from None
