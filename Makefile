@@ -28,11 +28,11 @@ pipeline: venv
 	$(PY) -m recipes.run --profile $(PROFILE)
 
 test: venv
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q --durations=20 tests
 
 # The quick loop while working: everything but the tests that run the whole micro pipeline.
 test-fast: venv
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not pipeline" tests
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m pytest -q -m "not pipeline and not slow" tests
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(PY) -m benchmarks.run

@@ -14,8 +14,23 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 MICRO_PROFILE = Path(__file__).parent / "profiles" / "micro.yaml"
 
 
+@pytest.fixture(scope="module")
+def chatml():
+    """A tokenizer with its own chat template (ChatML, as Qwen's), which the kit must use as it is."""
+    from fixtures import CHATML
+    from utils.tiny_base import train_tokenizer
+
+    tok = train_tokenizer(["hi there", "hello", "how are you", "fine thanks"] * 10, 300)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = CHATML
+    return tok
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "pipeline: uses the whole micro pipeline (make test-fast leaves these out)")
+    config.addinivalue_line("markers", "slow: trains a real model, converts one or launches processes: seconds to a minute "
+                                       "each (make test-fast leaves these out)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -9,38 +9,10 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
+from fixtures import CONVERSATION, EXPECTED_IDS, EXPECTED_MASK, word_tokenizer
 from utils import chat_format
 from utils.tiny_base import train_tokenizer
-
-WORDS = ["<|endoftext|>", "<|padding|>", "<|prompter|>", "<|assistant|>", "<|system|>", "[UNK]",
-         "hi", "there", "hello", "how", "are", "you", "fine", "thanks", "be", "brief"]
-
-
-def word_tokenizer() -> PreTrainedTokenizerFast:
-    """One id per whitespace-separated word, ids in the order of WORDS: 0 = <|endoftext|>, 6 = hi, ..."""
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|padding|>", unk_token="[UNK]",
-        extra_special_tokens=["<|prompter|>", "<|assistant|>", "<|system|>"],
-    )
-
-
-CONVERSATION = [
-    {"role": "system", "content": "be brief"},
-    {"role": "user", "content": "hi there"},
-    {"role": "assistant", "content": "hello"},
-    {"role": "prompter", "content": "how are you"},  # OASST's role name for the user
-    {"role": "assistant", "content": "fine thanks"},
-]
-# By hand: <|system|>=4 be=14 brief=15 eot=0 <|prompter|>=2 hi=6 there=7 0 <|assistant|>=3 hello=8 0
-#          2 how=9 are=10 you=11 0 3 fine=12 thanks=13 0
-EXPECTED_IDS = [4, 14, 15, 0, 2, 6, 7, 0, 3, 8, 0, 2, 9, 10, 11, 0, 3, 12, 13, 0]
-EXPECTED_MASK = [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0, 1, 1, 1]
-
 
 def test_oa_ids_and_mask_cover_exactly_the_replies_and_their_end_of_turn():
     enc = chat_format.encode(CONVERSATION, word_tokenizer())
@@ -96,22 +68,6 @@ def test_round_trip_render_encode_decode(bpe, user, reply):
     reply_ids = enc.input_ids[len(chat_format.encode_prompt(messages[:1], tok)):]
     assert chat_format.decode_reply(reply_ids, tok) == reply
     assert chat_format.split_prompt_reply(messages) == (messages[:1], reply)
-
-
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-@pytest.fixture(scope="module")
-def chatml():
-    """A tokenizer with its own chat template (ChatML, as Qwen's), which the kit must use as it is."""
-    tok = train_tokenizer(["hi there", "hello", "how are you", "fine thanks"] * 10, 300)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
-    tok.eos_token = "<|im_end|>"
-    tok.chat_template = CHATML
-    return tok
 
 
 def test_chat_template_is_used_and_mask_covers_replies(chatml):

@@ -8,7 +8,6 @@ import math
 import pytest
 
 from fixtures import CONVERSATION, word_tokenizer
-from test_chat_format import chatml  # noqa: F401 (a fixture)
 from utils import chat_format, dpo
 from utils.reward import stage as reward_stage
 from utils.oasst import Pair, load_split, preference_pairs, rm_groups

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import test_oasst_reference as ref
+import oasst_reference as ref
 from utils import explore
 from utils.oasst import Pair, RankGroup, read_trees
 

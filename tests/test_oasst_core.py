@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-import test_oasst_reference as ref
+import oasst_reference as ref
 from utils.oasst import (
     load_split,
     load_trees,

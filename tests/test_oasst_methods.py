@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import test_oasst_reference as ref
+import oasst_reference as ref
 from utils.oasst import (
     RankGroup,
     compare_sft_variants,

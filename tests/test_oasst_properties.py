@@ -10,7 +10,7 @@ from datasets import Dataset
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import test_oasst_reference as ref
+import oasst_reference as ref
 from utils.oasst import count_views, iter_messages, preference_pairs, read_trees, rl_prompts, rm_groups, sft_conversations
 from utils.oasst.records import ROLES, TYPED_FIELDS, check_message
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from datasets import Dataset
 
-import test_oasst_reference as ref
+import oasst_reference as ref
 from utils.oasst import iter_messages, load_trees, read_trees, rl_prompts, rm_groups, sft_conversations
 
 DATA = Path(__file__).resolve().parent.parent / "data"

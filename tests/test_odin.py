@@ -14,6 +14,8 @@ from utils.reward.model import RewardScorer
 from utils.reward.params import RewardParams
 from utils.reward.training import odin_loss, pearson, train_reward_model
 
+pytestmark = pytest.mark.slow  # real training or a model conversion: make test-fast leaves it out
+
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 

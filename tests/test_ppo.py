@@ -12,12 +12,14 @@ from types import SimpleNamespace
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from fixtures import tiny_gpt_neox
+from fixtures import PPO_WORDS as WORDS
+from fixtures import chat_word_tokenizer
+from fixtures import ppo_config as small_config
+from fixtures import ppo_lm as tiny_lm
+from fixtures import ppo_prompts as prompts
 
-from utils.chat_format import add_special_tokens, encode_prompt, stop_token_ids
+from utils.chat_format import encode_prompt, stop_token_ids
 from utils.ppo import (
     KLController,
     PPOConfig,
@@ -38,26 +40,12 @@ from utils.fixed_set import FixedSetProgress
 from utils.ppo_model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
 from utils.ppo_rollout import sample_rollout, token_logprobs
 
-WORDS = [f"w{i}" for i in range(24)] + ["yes", "no"]
-
-
-# ---- fixtures: a word-level tokenizer in the kit's chat format and a tiny random GPT-NeoX -----------------------
+# ---- fixtures: a word-level tokenizer in the kit's chat format and a tiny random GPT-NeoX (tests/fixtures.py) -------
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    vocab = {w: i for i, w in enumerate(["<unk>", *WORDS])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-    add_special_tokens(hf)
-    return hf
-
-
-def tiny_lm(tokenizer, seed: int = 0) -> GPTNeoXForCausalLM:
-    # A larger init than the default 0.02 gives a random model with peaked next-token distributions, which a
-    # LoRA adapter can move within a few updates (a 0.02 init is nearly uniform and learns slowly).
-    return tiny_gpt_neox(len(tokenizer), seed, num_attention_heads=4, initializer_range=0.2)
+    return chat_word_tokenizer(WORDS)
 
 
 @pytest.fixture
@@ -76,18 +64,8 @@ def sft_adapter(tokenizer, tmp_path):
     return tmp_path / "sft"
 
 
-def prompts(n: int = 20) -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": " ".join(WORDS[(3 * i + j) % 24] for j in range(3))}] for i in range(n)]
-
-
 def yes_fraction(prompts, replies):
     return [sum(w == "yes" for w in r.split()) / max(len(r.split()), 1) for r in replies]
-
-
-def small_config(**overrides) -> PPOConfig:
-    base = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3, init_kl_coef=0.05,
-                reward_norm_samples=0)
-    return PPOConfig(**{**base, **overrides})
 
 
 # ---- the math ---------------------------------------------------------------------------------------------------

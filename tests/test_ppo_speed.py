@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import torch
 
-from test_ppo import prompts, small_config, tiny_lm, tokenizer  # noqa: F401  (tokenizer is a fixture)
+import pytest
+
+from fixtures import PPO_WORDS, chat_word_tokenizer
+from fixtures import ppo_config as small_config
+from fixtures import ppo_lm as tiny_lm
+from fixtures import ppo_prompts as prompts
 from utils.ppo import PPOTrainer
 from utils.ppo_model import build_actor_critic
 from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return chat_word_tokenizer(PPO_WORDS)
 
 
 def padded_rollout(pad_id: int, prompt_lengths, reply_lengths, reply_width: int, vocab: int) -> Rollout:

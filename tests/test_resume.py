@@ -10,28 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, TrainerCallback
+from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from fixtures import CONVERSATION, word_tokenizer
-from test_reward import MINILM, TOPICS_TRAIN, synthetic_pairs
-from test_sft import FAST
+from fixtures import CONVERSATION, FAST, MINILM, TOPICS_TRAIN, KillAfterSave, Killed, synthetic_pairs, word_tokenizer
 from utils import sft
 from utils.modeling import load_causal_lm, load_tokenizer
 from utils.reward.params import RewardParams
 from utils.reward.training import train_reward_model
 
-
-class Killed(Exception):
-    """Stands for the process dying: raised right after a checkpoint was written."""
-
-
-class KillAfterSave(TrainerCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_save(self, args, state, control, **kw):
-        if state.global_step == self.step:
-            raise Killed(f"killed after step {state.global_step}")
+pytestmark = pytest.mark.slow  # real training or a model conversion: make test-fast leaves it out
 
 
 # ------------------------------------------------------------------------------------------------ SFT

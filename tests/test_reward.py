@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from fixtures import MINILM, TOPICS_HELDOUT, TOPICS_TRAIN, synthetic_pairs
 from utils.oasst import Pair, load_trees, preference_pairs, read_hh_pairs, rm_groups
 from utils.profile import REPO_ROOT
 from utils.reward.__main__ import main as cli_main
@@ -37,7 +38,6 @@ from utils.reward.training import (
     weighted_pair_loss,
 )
 
-MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 DATA = REPO_ROOT / "data"
 
 
@@ -220,23 +220,6 @@ def test_load_explains_a_directory_that_is_no_reward_model(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------
 # Training
-
-
-TOPICS_TRAIN = ["the weather", "cooking rice", "learning French", "fixing a bike", "a cat", "saving money",
-                "sleeping well", "running", "painting a room", "planting tomatoes", "chess", "the moon"]
-TOPICS_HELDOUT = ["writing a poem", "baking bread", "the ocean", "a job interview", "guitar", "hiking"]
-GOOD = ["Sure, happy to help! Here is a clear answer about {t}, step by step.",
-        "Great question. Here are a few practical tips about {t} that should help you."]
-BAD = ["No. I won't talk about {t}. Figure it out yourself.",
-       "Stupid question about {t}, go away and stop bothering me."]
-
-
-def synthetic_pairs(topics):
-    """Helpful vs dismissive replies: a preference an encoder can learn from a few dozen pairs."""
-    return [
-        Pair([user(f"Can you tell me about {t}?")], g.format(t=t), b.format(t=t))
-        for t in topics for g in GOOD for b in BAD
-    ]
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -248,6 +248,7 @@ def test_a_stage_01_parameter_redoes_stage_01_only(tmp_path):
 # ------------------------------------------------------------------------------------------------ lock
 
 
+@pytest.mark.slow  # several runner processes on the real notebooks
 def test_two_runners_on_one_folder_the_second_is_refused_at_once(toy, capsys):
     first = subprocess.Popen([sys.executable, "-m", "recipes.run", *toy.cli(make="sleep: 8")], cwd=REPO_ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -454,6 +455,7 @@ class Branches(Toy):
         return {r.stage: r.status for r in results}, logs
 
 
+@pytest.mark.slow  # several runner processes on the real notebooks
 def test_alternative_stages_depend_on_what_came_before_not_on_each_other(tmp_path):
     branches = Branches(tmp_path)
     assert branches.run()[0] == dict.fromkeys(["01_make", "02_a", "02_b", "03_end"], "ran")

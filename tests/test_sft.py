@@ -8,10 +8,8 @@ from pathlib import Path
 import bitsandbytes as bnb
 import pytest
 import torch
-from peft import PeftModel
-from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from test_chat_format import CONVERSATION, EXPECTED_IDS, EXPECTED_MASK, word_tokenizer
+from fixtures import CONVERSATION, EXPECTED_IDS, EXPECTED_MASK, FAST, word_model_dir, word_tokenizer
 from utils import chat_format, sft
 from utils.artifacts import write_metrics
 from utils.modeling import load_causal_lm, load_tokenizer
@@ -19,20 +17,6 @@ from utils.oasst import load_split, message_texts, sft_conversations
 from utils.tiny_base import TinyBaseConfig, build_tiny_base
 
 REPO = Path(__file__).resolve().parent.parent
-FAST = sft.SFTSettings(max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=4, logging_steps=1,
-                       max_length=64, lora_r=4, lora_alpha=8)
-
-
-def word_model_dir(tmp_path: Path) -> Path:
-    """A 16-token GPT-NeoX with the word-level tokenizer of test_chat_format, saved as a base."""
-    torch.manual_seed(0)
-    cfg = GPTNeoXConfig(vocab_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
-    GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path)
-    word_tokenizer().save_pretrained(tmp_path)
-    return tmp_path
-
-
 def test_labels_are_the_assistant_tokens_only(tmp_path):
     """trl builds labels from our assistant_masks: the reply ids where the mask is 1, -100 elsewhere."""
     base = word_model_dir(tmp_path)
@@ -92,7 +76,7 @@ def test_lora_targets_and_trainable_chat_rows(tmp_path):
 
 
 def test_chat_template_tokenizers_need_no_new_rows():
-    from test_chat_format import CHATML
+    from fixtures import CHATML
     from utils.tiny_base import train_tokenizer
 
     tok = train_tokenizer(["hi there", "hello"] * 5, 280)

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from benchmarks.bench_padding import count_tokens, padding_share
-from fixtures import CONVERSATION, word_tokenizer
-from test_sft import FAST, word_model_dir
+from fixtures import CONVERSATION, FAST, word_model_dir, word_tokenizer
 from utils import chat_format, sft
 from utils.modeling import load_causal_lm, load_tokenizer
 
@@ -165,7 +164,7 @@ def test_a_killed_length_grouped_padding_free_run_resumes_as_the_uninterrupted_o
     the same order (with conversations of one length, as test_resume has them, any order would pass)."""
     from safetensors.torch import load_file
 
-    from test_resume import KillAfterSave, Killed
+    from fixtures import KillAfterSave, Killed
 
     convs = varied_conversations(24, seed=1)
     settings = replace(FAST, max_steps=4, per_device_train_batch_size=2, save_steps=1, logging_steps=1,
