@@ -355,6 +355,22 @@ def test_resume_from_a_checkpoint_continues_exactly(tokenizer, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["update-000003.pt"]  # saved after the last update
 
 
+def test_a_trainer_continues_from_another_trainers_state_dict_without_files(tokenizer):
+    config = small_config()
+    straight = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config, log=None)
+    straight.train(2)
+    first = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config, log=None)
+    first.train(1)
+    state = first.state_dict()
+    assert state["fingerprint"] == first.fingerprint and state["update"] == 1
+    second = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config, log=None)
+    second.load_state_dict(state)
+    second.train(2)  # its second update, from the first trainer's weights, optimizer, β and generators
+    assert [r["reward_mean"] for r in second.history] == [r["reward_mean"] for r in straight.history]
+    for a, b in zip(second.model.trainable_parameters(), straight.model.trainable_parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_a_checkpoint_of_another_configuration_is_not_resumed(tokenizer, tmp_path):
     PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, small_config(),
                checkpoint_dir=tmp_path, checkpoint_every=1, log=None).train(1)

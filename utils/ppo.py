@@ -610,6 +610,40 @@ class PPOTrainer:
                 self.model.eval()  # sampling with the KV cache; step() switches back to train mode
                 self.progress.measure(self.update, self.model.policy_model, self.model.reference_model)
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly where this one is: the policy and value adapters, the
+        optimizer, β, the reward normalisation, the logs, every random generator, the fixed set's measurements."""
+        return {
+            "fingerprint": self.fingerprint,
+            "update": self.update,
+            "model": self.model.adapter_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "kl_coef": self.kl_ctl.value,
+            "reward_norm": list(self.reward_norm) if self.reward_norm else [],
+            "history": self.history,
+            "samples": self.samples,
+            "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "shuffle_rng": self.shuffle.get_state(),
+            "progress": self.progress.state_dict() if self.progress is not None else {},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (the caller checked its fingerprint)."""
+        self.model.load_adapter_state(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.value = state["kl_coef"]
+        self.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
+        self.update, self.history, self.samples = state["update"], state["history"], state["samples"]
+        torch.set_rng_state(state["rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        if distributed.world_size() > 1:  # the state holds the first process's generator: the others draw anew
+            torch.manual_seed(self.config.seed + distributed.rank() + ppo_checkpoint.RESUME_RESEED_STRIDE * self.update)
+        self.shuffle.set_state(state["shuffle_rng"].cpu())
+        if self.progress is not None and state.get("progress"):
+            self.progress.load_state_dict(state["progress"])
+
     def save_checkpoint(self) -> Path:
         """Write the full training state (see :mod:`utils.ppo_checkpoint`); one good checkpoint always exists."""
         return ppo_checkpoint.save_checkpoint(self)

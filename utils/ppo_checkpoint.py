@@ -1,4 +1,4 @@
-"""PPO's checkpoints: save the whole training state, and resume only the very run that saved it.
+"""PPO's checkpoints as files: save the trainer's ``state_dict()``, and resume only the very run that saved it.
 
 A checkpoint is resumed only by a trainer with the same **fingerprint**: a hash of everything the training
 depends on, namely the configuration, the prompts, the policy it started from (the SFT adapter's weights) and
@@ -60,22 +60,8 @@ def save_checkpoint(trainer: "PPOTrainer") -> Path:
         trainer.last_checkpoint = path
         return path
     trainer.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state = {
-        "fingerprint": trainer.fingerprint,
-        "update": trainer.update,
-        "model": trainer.model.adapter_state(),
-        "optimizer": trainer.optimizer.state_dict(),
-        "kl_coef": trainer.kl_ctl.value,
-        "reward_norm": list(trainer.reward_norm) if trainer.reward_norm else [],
-        "history": trainer.history,
-        "samples": trainer.samples,
-        "rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "shuffle_rng": trainer.shuffle.get_state(),
-        "progress": trainer.progress.state_dict() if trainer.progress is not None else {},
-    }
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    torch.save(trainer.state_dict(), tmp)
     os.replace(tmp, path)
     for old in trainer.checkpoint_dir.glob(CHECKPOINT_GLOB):
         if old != path:
@@ -94,19 +80,7 @@ def resume(trainer: "PPOTrainer") -> bool:
         trainer.log(f"{found[-1]} was made by another run (another configuration, prompts, SFT adapter or reward model): "
                     "starting from scratch")
         return False
-    trainer.model.load_adapter_state(state["model"])
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    trainer.kl_ctl.value = state["kl_coef"]
-    trainer.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
-    trainer.update, trainer.history, trainer.samples = state["update"], state["history"], state["samples"]
-    torch.set_rng_state(state["rng"].cpu())
-    if state["cuda_rng"]:
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    if distributed.world_size() > 1:  # the checkpoint holds the first process's generator: the others draw anew
-        torch.manual_seed(trainer.config.seed + distributed.rank() + RESUME_RESEED_STRIDE * trainer.update)
-    trainer.shuffle.set_state(state["shuffle_rng"].cpu())
-    if trainer.progress is not None and state.get("progress"):
-        trainer.progress.load_state_dict(state["progress"])
+    trainer.load_state_dict(state)
     trainer.last_checkpoint = found[-1]
     trainer.log(f"resumed from {found[-1]} (update {trainer.update})")
     return True
