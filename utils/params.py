@@ -93,6 +93,15 @@ def _describe(annotation: Any) -> str:
     return {bool: "true or false", int: "an int", float: "a number", str: "a string", type(None): "null"}.get(annotation, str(annotation))
 
 
+_SCALARS: dict[Any, Any] = {  # which values a scalar annotation takes (True is no int here, though Python says so)
+    type(None): lambda v: v is None,
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
 def fit(value: Any, annotation: Any, default: Any = None, key: str = "") -> Any:
     """``value`` as a field annotated ``annotation`` takes it (an int is a fine float, a dict is merged into the
     default's entries), or a one-line :class:`ParameterError` naming ``key``."""
@@ -119,26 +128,10 @@ def fit(value: Any, annotation: Any, default: Any = None, key: str = "") -> Any:
         if value in args:
             return value
         raise ParameterError(f"{key}: {value!r} is not one of {', '.join(map(str, args))}")
-    if annotation is type(None):
-        if value is None:
-            return None
-        raise wrong()
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        raise wrong()
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise wrong()
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise wrong()
-    if annotation is str:
-        if isinstance(value, str):
-            return value
-        raise wrong()
+    if annotation in _SCALARS:
+        if not _SCALARS[annotation](value):
+            raise wrong()
+        return float(value) if annotation is float else value  # an int is a fine float
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise wrong()
