@@ -47,7 +47,7 @@ class Profile:
     own: dict[str, dict[str, Any]] = field(default_factory=dict)  # what this profile's file itself lists
 
     def overrides(self, stage: str) -> dict[str, Any]:
-        """The parameters this profile itself lists for ``stage``."""
+        """The parameters this profile lists for ``stage`` (with those it inherits from the profile it extends)."""
         if stage not in self.stages:
             raise KeyError(f"profile {self.name!r} ({self.path}) has no stage {stage!r}; it has {sorted(self.stages)}")
         return dict(self.stages[stage] or {})
