@@ -186,15 +186,16 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
     if unknown:
         known = ", ".join(sorted(set(declared) - set(RUNNER_PARAMS)))
         raise ParameterError(f"{', '.join(unknown)}: not declared in {Path(notebook).name}'s parameters cell (it declares: {known})")
-    params = {name: p.default for name, p in declared.items() if name not in RUNNER_PARAMS}
-    hints = _params_annotations(Path(notebook).stem)
-    for key, value in overrides.items():
-        p = declared[key]
-        if key in hints:  # a stage with a Params dataclass: its annotation says what the value may be
-            from utils.params import fit
+    from utils.params import fit_all
+    from utils.stages import params_class
 
-            params[key] = fit(value, hints[key], p.default, key)
-        else:
+    cls = params_class(Path(notebook).stem)
+    if cls is not None:  # a stage with a Params dataclass: its defaults (the cell's, by test) and annotations decide
+        params = fit_all(cls, overrides)
+    else:
+        params = {name: p.default for name, p in declared.items() if name not in RUNNER_PARAMS}
+        for key, value in overrides.items():
+            p = declared[key]
             params[key] = fit_value(value, p.default, p.nullable, p.takes_a_list, key=key)
     for key, allowed in CHOICES.items():
         if key in params and params[key] not in allowed:
@@ -202,16 +203,6 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
     if root is not None:
         check_paths(params, Path(root))
     return params
-
-
-def _params_annotations(stage: str) -> dict[str, Any]:
-    """The field annotations of the stage's Params dataclass (:data:`utils.stages.PARAMS`); empty for other notebooks."""
-    import typing
-
-    from utils.stages import params_class
-
-    cls = params_class(stage)
-    return typing.get_type_hints(cls) if cls is not None else {}
 
 
 def check_paths(params: dict[str, Any], root: Path) -> None:

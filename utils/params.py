@@ -50,9 +50,6 @@ class Params:
             raise ParameterError(f"{cls.__name__}: no value for {', '.join(missing)} (run the notebook's parameters cell first)")
         return cls(**{f.name: namespace[f.name] for f in dataclasses.fields(cls)})
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)  # type: ignore[call-overload]
-
 
 @dataclass
 class DataParams(Params):
@@ -74,10 +71,6 @@ class DataParams(Params):
 
 
 # ----------------------------------------------------------------------------------------------- types
-
-
-def _type_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
 
 
 def _describe(annotation: Any) -> str:
@@ -158,7 +151,7 @@ def defaults(cls: type) -> dict[str, Any]:
 
 def fit_all(cls: type, overrides: dict[str, Any]) -> dict[str, Any]:
     """The class's defaults with ``overrides`` fitted in (unknown keys are the caller's to report)."""
-    hints, values = _type_hints(cls), defaults(cls)
+    hints, values = typing.get_type_hints(cls), defaults(cls)
     for key, value in overrides.items():
         values[key] = fit(value, hints[key], values[key], key)
     return values
