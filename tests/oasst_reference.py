@@ -106,3 +106,31 @@ def rm(trees, top_k=None):
 
 def rl(trees):
     return [as_conversation(t) for tree in trees for t in threads(tree, "rl")]
+
+
+# A hand-made tree whose views were worked out by hand (tests/test_oasst_reference.py):
+#
+#   p0 "hi"                       (prompter root)
+#   ├── a1 "A" rank 0             (assistant)
+#   │   ├── p2 "more?"            (first prompter reply, a leaf: SFT keeps [p0, a1] once)
+#   │   └── p3 "other" deleted    (a deleted leaf: in no view)
+#   ├── a4 "B" rank 1
+#   │   └── p5 "go on"
+#   │       └── a6 "C" (unranked, the only reply)
+#   └── a7 "D" rank 2 synthetic
+def hand_tree() -> dict:
+    def m(mid, role, text, rank=None, deleted=False, synthetic=False, replies=()):
+        return {"message_id": mid, "role": role, "text": text, "rank": rank, "deleted": deleted,
+                "synthetic": synthetic, "replies": list(replies)}  # fmt: skip
+
+    a1 = m("a1", "assistant", "A", 0, replies=[m("p2", "prompter", "more?"), m("p3", "prompter", "other", deleted=True)])
+    a4 = m("a4", "assistant", "B", 1, replies=[m("p5", "prompter", "go on", replies=[m("a6", "assistant", "C")])])
+    a7 = m("a7", "assistant", "D", 2, synthetic=True)
+    root = m("p0", "prompter", "hi", replies=[a1, a4, a7])
+    root.update(lang="en", review_result=True)
+    return {"message_tree_id": "p0", "tree_state": "ready_for_export", "prompt": root}
+
+
+def contents(conversations) -> list[list[str]]:
+    """Each conversation as its turns' texts, for comparing views by eye."""
+    return [[turn["content"] for turn in c] for c in conversations]

@@ -29,7 +29,7 @@ def sample():
 @pytest.fixture()
 def hand_tree(tmp_path):
     path = tmp_path / "hand.jsonl"
-    path.write_text(json.dumps(ref._hand_tree()) + "\n")
+    path.write_text(json.dumps(ref.hand_tree()) + "\n")
     return read_trees([path])[0][0]
 
 

@@ -161,12 +161,12 @@ def test_trees_that_are_not_ready_or_not_accepted_are_left_out(flat_raw):
 
 def test_views_on_a_hand_made_tree(tmp_path):
     path = tmp_path / "hand.jsonl"
-    path.write_text(json.dumps(ref._hand_tree()) + "\n")
+    path.write_text(json.dumps(ref.hand_tree()) + "\n")
     trees, _ = load_trees([path])
-    assert ref._texts(sft_conversations(trees)) == [["hi", "A"], ["hi", "B", "go on", "C"]]
-    assert ref._texts(sft_conversations(trees, top_k=1)) == [["hi", "A"]]
+    assert ref.contents(sft_conversations(trees)) == [["hi", "A"], ["hi", "B", "go on", "C"]]
+    assert ref.contents(sft_conversations(trees, top_k=1)) == [["hi", "A"]]
     assert [g.replies for g in rm_groups(trees)] == [["A", "B", "D"]]
-    assert ref._texts(rl_prompts(trees)) == [["hi"], ["hi", "A", "more?"], ["hi", "B", "go on"]]
+    assert ref.contents(rl_prompts(trees)) == [["hi"], ["hi", "A", "more?"], ["hi", "B", "go on"]]
 
 
 def test_hub_source_offline_is_one_line_naming_it(monkeypatch):
