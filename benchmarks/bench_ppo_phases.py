@@ -3,7 +3,7 @@
 Run: ``python -m benchmarks.bench_ppo_phases [--profile tiny] [--updates 3] [--rounds 2] [--threads 1] [--json]``;
 on a GPU without the hub: ``python -m benchmarks.bench_ppo_phases --profile colab-t4 --random-weights --device cuda --clock wall``.
 
-Both sides run ``utils.ppo.PPOTrainer`` on the same policy, reward model, prompts and seeds; ``old`` replaces
+Both sides run ``utils.ppo.trainer.PPOTrainer`` on the same policy, reward model, prompts and seeds; ``old`` replaces
 ``PPOTrainer._forward_batched`` by the version before the speed-up (kept below, verbatim: minibatches in rollout
 order over the whole padded layout), ``new`` is the kit's. Each side runs in its own subprocess, the sides
 alternating ``--rounds`` times; seconds per update are the median over the updates after the first (warm-up)
@@ -12,7 +12,7 @@ trainer's own log) likewise. ``--clock cpu`` (the default) has the trainer's clo
 time instead of the wall clock: with ``--threads 1`` every computation runs on that thread, and other jobs on a
 shared machine then barely move the figures; ``--clock wall`` gives what a user waits.
 
-Settings: the profile's stage 04 parameters (``PPOConfig.from_params``; no reward-normalisation sample, so both
+Settings: the profile's stage 04 parameters (``PPOParams``; no reward-normalisation sample, so both
 sides score the same replies), its stage 02 quantization and LoRA shape:
 
 * ``tiny``: the tiny base's shape and tokenizer with random weights (``benchmarks.bench_sft.build_base``), a
@@ -37,8 +37,8 @@ import torch
 
 from benchmarks import ROOT, run_worker
 
-from utils.ppo import PPOTrainer
-from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
+from utils.ppo.trainer import PPOTrainer
+from utils.ppo.rollout import Rollout, entropy_from_logits, token_logprobs
 
 SIDES = ("old", "new")
 BENCH_DIR = ROOT / "runs" / "bench" / "ppo_phases"
@@ -66,22 +66,23 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
 
     from peft import LoraConfig
 
-    import utils.ppo
+    import utils.ppo.trainer
 
     from utils.modeling import load_causal_lm, load_tokenizer
     from utils.oasst import load_split, rl_prompts
-    from utils.ppo import PPOConfig, scorer_reward
-    from utils.ppo_model import build_actor_critic
+    from utils.ppo.params import PPOParams
+    from utils.ppo.model import build_actor_critic
     from utils.profile import load_profile
     from utils.reward.model import RewardScorer, load_backbone
+    from utils.reward_functions import scorer_reward
     from utils.stages import PPO, SFT
 
     torch.set_num_threads(threads)
     if clock == "cpu":  # the trainer times its phases with time.perf_counter: give it this thread's CPU clock
-        utils.ppo.time = types.SimpleNamespace(perf_counter=time.thread_time)
+        utils.ppo.trainer.time = types.SimpleNamespace(perf_counter=time.thread_time)
     profile = load_profile(setting)
     sft_params, ppo_params = profile.stage_params(SFT), profile.stage_params(PPO)
-    config = PPOConfig.from_params({**ppo_params, "reward_norm_samples": 0})
+    config = PPOParams(**{**ppo_params, "reward_norm_samples": 0})
     train_paths = ppo_params["train_paths"]
     if random_weights:
         from benchmarks.bench_gpu_profile import OFFLINE_TRAIN_PATHS

@@ -1,4 +1,4 @@
-"""The kit's PPO (``utils/ppo.py``) against trl 1.12's ``trl.experimental.ppo.PPOTrainer``, side by side.
+"""The kit's PPO (``utils/ppo/``) against trl 1.12's ``trl.experimental.ppo.PPOTrainer``, side by side.
 
 Both sides train the same policy with the same reward model on the same batch of prompts, and the script
 prints seconds per update and peak memory for each, and the ratios (targets: memory ≤ 0.6× trl's, speed
@@ -140,8 +140,9 @@ def run_ours(args: argparse.Namespace) -> dict:
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
     from utils.chat_format import encode
-    from utils.ppo import PPOConfig, PPOTrainer
-    from utils.ppo_model import build_actor_critic
+    from utils.ppo.params import PPOParams
+    from utils.ppo.trainer import PPOTrainer
+    from utils.ppo.model import build_actor_critic
 
     rows = json.loads((SETUP_DIR / "prompts.json").read_text())
     tokenizer = PreTrainedTokenizerFast.from_pretrained(SETUP_DIR / "tokenizer")
@@ -161,8 +162,8 @@ def run_ours(args: argparse.Namespace) -> dict:
         return reward_model(input_ids=batch, attention_mask=mask).logits[:, 0].tolist()
 
     model = build_actor_critic(policy, lora=LoraConfig(task_type="CAUSAL_LM", **LORA))
-    config = PPOConfig(
-        batch_size=args.batch_size, mini_batch_size=args.mini_batch_size, ppo_epochs=args.epochs, max_new_tokens=args.max_new_tokens,
+    config = PPOParams(
+        batch_size=args.batch_size, replies_per_prompt=1, mini_batch_size=args.mini_batch_size, ppo_epochs=args.epochs, max_new_tokens=args.max_new_tokens,
         max_prompt_tokens=args.max_prompt_tokens, learning_rate=args.learning_rate, init_kl_coef=0.05, target_kl=None,
         missing_eos_penalty=0.0, seed=args.seed,
     )

@@ -130,7 +130,7 @@ def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 04 without the narrative: the calls of notebooks/04_ppo.ipynb, in its order.
+    """Stage 04 without the narrative: the steps of notebooks/04_ppo.ipynb, in its order (plots and replies left out).
 
     Each process samples and trains on its share of every batch (utils.ppo averages what must agree).
     """
@@ -138,46 +138,23 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils import distributed
-    from utils.fixed_set import stage_progress
-    from utils.modeling import peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split, rl_prompts
-    from utils.ppo import PPOConfig, PPOTrainer, snapshot_schedule, stage_metrics
-    from utils.ppo_model import load_sft_policy
-    from utils.reward_functions import stage_reward
+    from utils.ppo import stage as ppo_stage
+    from utils.ppo.params import PPOParams
 
     state = PartialState()  # initialises the process group under accelerate launch / torchrun
-    run_dir = out.parent
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
-                       on_error=p["on_error"])
-    train_prompts = rl_prompts(split.train)
-    reset_peak_memory()
-    model, tokenizer = load_sft_policy(run_dir, p["quantization"], gradient_checkpointing=p["gradient_checkpointing"])
-    reward_fn, reward_source = stage_reward(run_dir, p["reward_function"], train_prompts, batch_size=p["reward_batch_size"], device=state.device)
-    log = print if state.is_main_process else None
-    progress = stage_progress(run_dir, split.heldout, tokenizer, reward_fn, n_prompts=p["n_fixed_prompts"],
-                              replies_per_prompt=p["fixed_replies_per_prompt"], max_new_tokens=p["max_new_tokens"],
-                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["fixed_batch_size"],
-                              reward_batch_size=p["reward_batch_size"], seed=p["seed"], player_prefix="ppo", log=log)
-    checkpoints = Path(p["checkpoint_dir"] or checkpoint_dir(run_dir, PPO))
-    trainer = PPOTrainer(model, tokenizer, train_prompts, reward_fn, PPOConfig.from_params(p), checkpoint_dir=checkpoints,
-                         checkpoint_every=p["checkpoint_every"], log=log,
-                         snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]), snapshot_dir=checkpoints / "snapshots",
-                         progress=progress)
-    if p["resume"]:
-        trainer.resume()
-    trainer.train(p["updates"])
+    params = PPOParams(**p)
+    data = ppo_stage.load_data(params)
+    models = ppo_stage.load_models(params, out.parent, data, device=state.device)
+    trainer = ppo_stage.make_trainer(params, out.parent, data, models, log=print if state.is_main_process else None)
+    trainer.train(params.updates)
     # One number per process that moves with every policy weight: equal everywhere iff the processes stayed in sync.
     checksum = torch.stack([q.detach().double().sum() for q in trainer.params]).sum().reshape(1)
     checksums = [float(c) for c in distributed.all_gather(checksum)]
-    adapter_dir = out / "adapter"
-    snapshots = {}
+    adapter_dir, snapshots = out / "adapter", {}
     if state.is_main_process:
-        model.save_policy_adapter(adapter_dir)
-        tokenizer.save_pretrained(adapter_dir)
-        snapshots = trainer.export_snapshots(out / "snapshots")
-    return stage_metrics(trainer, out, adapter_dir=adapter_dir, snapshots=snapshots, reward_source=reward_source,
-                         data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_memory_mb(),
-                         processes=state.num_processes, policy_checksums=checksums)
+        adapter_dir, snapshots = ppo_stage.save(trainer, models, out)
+    return ppo_stage.stage_metrics(trainer, out, data, models, adapter_dir=adapter_dir, snapshots=snapshots,
+                                   processes=state.num_processes, policy_checksums=checksums)
 
 
 def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -227,7 +204,7 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from utils.fixed_set import stage_progress
     from utils.modeling import peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, rl_prompts
-    from utils.ppo import snapshot_schedule
+    from utils.ppo.stage import snapshot_schedule
     from utils.reward_functions import stage_reward
 
     state = PartialState()

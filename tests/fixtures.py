@@ -143,8 +143,9 @@ def ppo_prompts(n: int = 20) -> list[list[dict[str, str]]]:
 
 
 def ppo_config(**overrides):
-    from utils.ppo import PPOConfig
+    """PPO settings for a test: one reply per prompt, a slow KL controller with a loose target, few tokens."""
+    from utils.ppo.params import PPOParams
 
-    base = dict(batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3, init_kl_coef=0.05,
-                reward_norm_samples=0)
-    return PPOConfig(**{**base, **overrides})
+    base = dict(batch_size=8, replies_per_prompt=1, mini_batch_size=4, ppo_epochs=2, max_new_tokens=6, learning_rate=3e-3,
+                init_kl_coef=0.05, target_kl=6.0, kl_horizon=10_000, reward_norm_samples=0)
+    return PPOParams(**{**base, **overrides})

@@ -147,13 +147,14 @@ def test_a_few_qlora_steps_on_the_packaged_model(smol_dir, smol_tokenizer, tmp_p
 def test_one_ppo_update_on_the_packaged_model(smol_dir, smol_tokenizer):
     from peft import LoraConfig
 
-    from utils.ppo import PPOConfig, PPOTrainer
-    from utils.ppo_model import build_actor_critic
+    from utils.ppo.params import PPOParams
+    from utils.ppo.trainer import PPOTrainer
+    from utils.ppo.model import build_actor_critic
 
     model = load_causal_lm(smol_dir, "none", "cpu", tokenizer=smol_tokenizer)
     policy = build_actor_critic(model, lora=LoraConfig(task_type="CAUSAL_LM", r=8, target_modules=["q_proj", "v_proj"]))
     prompts = [[{"role": "user", "content": q}] for q in ("Name a fruit.", "Name a colour.", "Name a city.", "Name an animal.")]
-    config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, max_new_tokens=8, reward_norm_samples=0, learning_rate=1e-4)
+    config = PPOParams(batch_size=4, replies_per_prompt=1, mini_batch_size=2, ppo_epochs=1, max_new_tokens=8, reward_norm_samples=0, learning_rate=1e-4)
     trainer = PPOTrainer(policy, smol_tokenizer, prompts, lambda p, replies: [float(len(r)) for r in replies], config, log=None)
     row = trainer.step()
     assert row["kl"] == pytest.approx(0.0, abs=1e-3) and np.isfinite(row["policy_loss"])

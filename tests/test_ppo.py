@@ -1,4 +1,4 @@
-"""PPO (utils/ppo.py, utils/ppo_model.py, utils/ppo_rollout.py).
+"""PPO (utils/ppo/: losses, trainer, model, rollout, checkpoint).
 
 The math is checked against plain loops and hand-worked numbers; the loop on a tiny random GPT-NeoX with a
 word-level tokenizer and a synthetic reward (the fraction of reply words that are "yes").
@@ -20,25 +20,25 @@ from fixtures import ppo_lm as tiny_lm
 from fixtures import ppo_prompts as prompts
 
 from utils.chat_format import encode_prompt, stop_token_ids
-from utils.ppo import (
+from utils.fixed_set import FixedSetProgress
+from utils.params import ParameterError
+from utils.ppo.params import PPOParams
+from utils.ppo.losses import (
     KLController,
-    PPOConfig,
-    PPOTrainer,
-    TrainingDiverged,
     clipped_policy_loss,
     clipped_value_loss,
     explained_variance,
     gae,
     kl_penalty_rewards,
     masked_whiten,
+    reward_mean_std,
     rloo_advantages,
-    scorer_reward,
-    snapshot_schedule,
-    summary_metrics,
 )
-from utils.fixed_set import FixedSetProgress
-from utils.ppo_model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
-from utils.ppo_rollout import sample_rollout, token_logprobs
+from utils.ppo.model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
+from utils.ppo.rollout import sample_rollout, token_logprobs
+from utils.ppo.stage import snapshot_schedule, summary_metrics
+from utils.ppo.trainer import PPOTrainer, TrainingDiverged
+from utils.reward_functions import scorer_reward
 
 # ---- fixtures: a word-level tokenizer in the kit's chat format and a tiny random GPT-NeoX (tests/fixtures.py) -------
 
@@ -245,8 +245,8 @@ def test_saved_policy_adapter_loads_as_a_plain_peft_adapter(tokenizer, sft_adapt
 
 
 def learning_run(tokenizer, updates: int, **overrides) -> list[dict[str, float]]:
-    config = PPOConfig(**{**dict(batch_size=16, mini_batch_size=8, ppo_epochs=4, max_new_tokens=8, learning_rate=5e-3,
-                                 init_kl_coef=0.05, target_kl=None, missing_eos_penalty=0.0, seed=0), **overrides})
+    config = PPOParams(**{**dict(batch_size=16, replies_per_prompt=1, mini_batch_size=8, ppo_epochs=4, max_new_tokens=8,
+                                 learning_rate=5e-3, init_kl_coef=0.05, target_kl=None, missing_eos_penalty=0.0, seed=0), **overrides})
     return PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(), yes_fraction, config, log=None).train(updates)
 
 
@@ -428,10 +428,10 @@ def test_scorer_reward_scores_each_reply_as_the_end_of_its_conversation():
 
 
 def test_config_rejects_nonsense():
-    with pytest.raises(ValueError, match="PPOConfig.mini_batch_size must be >= 1"):
-        PPOConfig(mini_batch_size=0)
-    with pytest.raises(ValueError, match="temperature"):
-        PPOConfig(temperature=0.0)
+    with pytest.raises(ParameterError, match="04_ppo: mini_batch_size must be >= 1"):
+        PPOParams(mini_batch_size=0)
+    with pytest.raises(ParameterError, match="temperature"):
+        PPOParams(temperature=0.0)
 
 
 # ---- what a checkpoint belongs to, snapshots, time by phase ------------------------------------------------------
@@ -525,21 +525,21 @@ def test_rloo_advantages_are_each_reply_minus_the_mean_of_the_others_to_its_prom
 def test_reward_scale_is_the_within_prompt_spread_when_each_prompt_has_several_replies():
     # Two prompts far apart (means 0 and 100), the same small spread within each: the scale is that spread.
     scores = torch.tensor([-1.0, 1.0, 99.0, 101.0])
-    mean, std = PPOTrainer._mean_std(scores, group_size=2)
+    mean, std = reward_mean_std(scores, group_size=2)
     assert mean == pytest.approx(50.0) and std == pytest.approx(math.sqrt(2.0))
-    assert PPOTrainer._mean_std(scores)[1] > 40  # one reply per prompt: the spread between prompts too
+    assert reward_mean_std(scores)[1] > 40  # one reply per prompt: the spread between prompts too
 
 
 def test_rloo_config_needs_several_replies_per_prompt():
-    with pytest.raises(ValueError, match="rloo' needs replies_per_prompt >= 2"):
-        PPOConfig(baseline="rloo", replies_per_prompt=1)
-    with pytest.raises(ValueError, match="baseline must be one of value, rloo"):
-        PPOConfig(baseline="critic")
+    with pytest.raises(ParameterError, match="rloo' needs replies_per_prompt >= 2"):
+        PPOParams(baseline="rloo", replies_per_prompt=1)
+    with pytest.raises(ParameterError, match="baseline must be 'value' or 'rloo'"):
+        PPOParams(baseline="critic")
 
 
 def fixed_set_run(tokenizer, reward, updates: int, snapshot_dir, **overrides) -> FixedSetProgress:
     """PPO with the RLOO baseline on the training prompts, read on 8 other prompts x 4 replies at each update."""
-    config = PPOConfig(**{**dict(batch_size=4, replies_per_prompt=4, baseline="rloo", mini_batch_size=8, ppo_epochs=2,
+    config = PPOParams(**{**dict(batch_size=4, replies_per_prompt=4, baseline="rloo", mini_batch_size=8, ppo_epochs=2,
                                  max_new_tokens=8, learning_rate=5e-3, init_kl_coef=0.02, target_kl=None, seed=0,
                                  reward_norm_samples=16), **overrides})
     progress = FixedSetProgress(prompts(28)[20:], {"proxy": yes_fraction}, tokenizer, 4, 8, batch_size=16, seed=1, log=None)
@@ -566,15 +566,15 @@ def test_rloo_ppo_does_not_learn_to_stop_early_under_the_default_missing_eos_pen
     """The default penalty is off: a reward that grows with the reply's length is learned as length, not as stopping."""
     def length(p, r):
         return [float(len(x.split())) for x in r]
-    points = fixed_set_run(tokenizer, length, 4, tmp_path, missing_eos_penalty=PPOConfig().missing_eos_penalty, max_new_tokens=8).points
+    points = fixed_set_run(tokenizer, length, 4, tmp_path, missing_eos_penalty=PPOParams().missing_eos_penalty, max_new_tokens=8).points
     assert points[-1]["ended_fraction"] <= points[0]["ended_fraction"] + 0.05, [p["ended_fraction"] for p in points]
     assert points[-1]["words"] >= points[0]["words"], [p["words"] for p in points]
 
 
 def test_fixed_set_progress_survives_a_resume(tokenizer, tmp_path):
     def run(updates: int, resume: bool) -> FixedSetProgress:
-        config = PPOConfig(batch_size=2, replies_per_prompt=2, baseline="rloo", mini_batch_size=4, ppo_epochs=1, max_new_tokens=4,
-                           learning_rate=5e-3, seed=0, reward_norm_samples=0)
+        config = PPOParams(batch_size=2, replies_per_prompt=2, baseline="rloo", mini_batch_size=4, ppo_epochs=1, max_new_tokens=4,
+                           learning_rate=5e-3, seed=0, reward_norm_samples=0, target_kl=6.0, kl_horizon=10_000)
         progress = FixedSetProgress(prompts(24)[20:], {"proxy": yes_fraction}, tokenizer, 2, 4, seed=1, log=None)
         trainer = PPOTrainer(build_actor_critic(tiny_lm(tokenizer)), tokenizer, prompts(20), yes_fraction, config, log=None,
                              checkpoint_dir=tmp_path / "ckpt", checkpoint_every=1, snapshot_updates=[0, 1, 2],

@@ -10,9 +10,9 @@ from fixtures import PPO_WORDS, chat_word_tokenizer
 from fixtures import ppo_config as small_config
 from fixtures import ppo_lm as tiny_lm
 from fixtures import ppo_prompts as prompts
-from utils.ppo import PPOTrainer
-from utils.ppo_model import build_actor_critic
-from utils.ppo_rollout import Rollout, entropy_from_logits, token_logprobs
+from utils.ppo.trainer import PPOTrainer
+from utils.ppo.model import build_actor_critic
+from utils.ppo.rollout import Rollout, entropy_from_logits, token_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -134,7 +134,7 @@ def test_the_kl_controller_can_move_beta_within_the_run(path: Path):
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_every_profile_draws_a_reward_against_kl_curve_of_at_least_4_points(path: Path):
     """Stage 05 fits reward against sqrt(KL): fewer than 4 snapshots (few updates round points together) fit nothing."""
-    from utils.ppo import snapshot_schedule
+    from utils.ppo.stage import snapshot_schedule
 
     p = load_profile(path).stage_params("04_ppo")
     points = snapshot_schedule(p["updates"], p["kl_curve_points"])
@@ -143,8 +143,8 @@ def test_every_profile_draws_a_reward_against_kl_curve_of_at_least_4_points(path
 
 @pytest.mark.parametrize("path", PROFILES, ids=lambda p: p.stem)
 def test_every_profile_keeps_at_least_4_rloo_snapshots_for_the_reward_against_kl_curve(path: Path):
-    """As 04_ppo's: the schedule of utils.ppo.snapshot_schedule, from update 0 (the SFT policy) to the last."""
-    from utils.ppo import snapshot_schedule
+    """As 04_ppo's: the schedule of utils.ppo.stage.snapshot_schedule, from update 0 (the SFT policy) to the last."""
+    from utils.ppo.stage import snapshot_schedule
 
     p = load_profile(path).stage_params("04_rloo")
     points = snapshot_schedule(p["updates"], p["kl_curve_points"])
@@ -159,7 +159,7 @@ def test_every_online_profile_has_a_judge_from_outside_the_kit(path: Path):
     assert "judge" in judges and any("/" in j for j in judges), f"{path.name}: judges {judges}"
 
 
-@pytest.mark.parametrize("stage, config", [("02_sft", "utils.sft:SFTSettings"), ("04_ppo", "utils.ppo:PPOConfig"), ("04_dpo", "utils.dpo:DPOSettings"),
+@pytest.mark.parametrize("stage, config", [("02_sft", "utils.sft:SFTSettings"), ("04_dpo", "utils.dpo:DPOSettings"),
                                            ("04_rloo", "utils.rloo:RLOOSettings")])
 def test_every_config_field_comes_from_the_notebook_or_is_named_library_only(stage, config):
     """No dataclass default silently stands in for a stage's value: a field is a notebook parameter, or listed."""

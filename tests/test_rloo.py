@@ -20,7 +20,7 @@ from utils import rloo
 from utils.chat_format import encode_prompt, stop_token_ids
 from utils.example_rewards import count_the
 from utils.generation import SamplingConfig, generate_replies
-from utils.ppo_model import GPT_NEOX_LORA
+from utils.ppo.model import GPT_NEOX_LORA
 from utils.reward_functions import RewardFunctionError, load_reward_function, stage_reward
 
 WORDS = [f"w{i}" for i in range(24)] + ["the", "a"]

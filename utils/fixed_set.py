@@ -277,7 +277,7 @@ def stage_progress(run_dir: str | Path, heldout_trees: Sequence[Any], tokenizer,
     if n_prompts <= 0:
         return None
     from utils.judges import load_judges
-    from utils.ppo import scorer_reward
+    from utils.reward_functions import scorer_reward
 
     rewards: dict[str, RewardFn] = {PROXY: proxy}
     try:
@@ -317,7 +317,7 @@ def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicyS
     from math import lcm
 
     from utils.evaluate import use
-    from utils.ppo import scorer_reward
+    from utils.reward_functions import scorer_reward
 
     if any(s.max_new_tokens != max_new_tokens for s in rl_samples):
         found = sorted({s.max_new_tokens for s in rl_samples})

@@ -102,9 +102,29 @@ def stage_reward(run_dir, reward_function: str | None, prompts: Sequence[Convers
     if fn is not None:
         return fn, {"reward_function": reward_function}
     from utils.artifacts import stage_path
-    from utils.ppo import scorer_reward
     from utils.reward.model import RewardScorer
     from utils.stages import REWARD
 
     model_dir = stage_path(run_dir, REWARD, "model_dir")
     return scorer_reward(RewardScorer.load(model_dir, device=device), batch_size=batch_size), {"reward_model_dir": str(model_dir.resolve())}
+
+
+def scorer_reward(scorer, batch_size: int = 16) -> RewardFunction:
+    """The reward of stage 03: each reply appended to its prompt, scored by ``utils.reward.model.RewardScorer``
+    (which tokenizes with the reward model's own tokenizer).
+
+    The function carries a ``fingerprint`` of the reward model's weights, so a PPO checkpoint made against
+    another reward model is never resumed (:mod:`utils.ppo.checkpoint`).
+    """
+
+    def reward(prompts: list, replies: list[str]) -> Sequence[float]:
+        return scorer.score([[*p, {"role": "assistant", "content": r}] for p, r in zip(prompts, replies)], batch_size=batch_size)
+
+    from torch import nn
+
+    from utils.ppo.checkpoint import tensors_digest
+
+    model = getattr(scorer, "model", None)
+    if isinstance(model, nn.Module):
+        reward.fingerprint = f"{tensors_digest(model.state_dict())}:{getattr(scorer, 'max_length', None)}"
+    return reward

@@ -45,14 +45,13 @@ bookkeeping. Details worth naming:
    the reward before the baseline. trl logs the KL per *token*; the per-update log here also gives it per *reply*,
    the unit of PPO's ``kl`` and stage 05's KL (trl's token mean times the mean reply length, which is exactly the
    reply mean: one generation per logged update).
-7. **Snapshots** of the policy adapter at the updates of :func:`utils.ppo.snapshot_schedule` (update 0 is the SFT
+7. **Snapshots** of the policy adapter at the updates of :func:`utils.ppo.stage.snapshot_schedule` (update 0 is the SFT
    policy), peft folders ``snapshots/update-NNNNNN`` for stage 05's reward-against-KL curve, as PPO keeps them.
 """
 
 from __future__ import annotations
 
 import math
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -62,6 +61,7 @@ from typing import Any, Callable, Mapping, Sequence
 from utils import chat_format
 from utils.dpo import POLICY, REFERENCE, as_reference, load_policy, save_policy, sft_as_reference  # noqa: F401 (re-exported)
 from utils.notebook_params import FromParams
+from utils.ppo.checkpoint import export_snapshots, snapshot_path
 
 Conversation = list[dict[str, Any]]
 RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
@@ -131,7 +131,7 @@ class PromptSet:
 
 def encode_prompts(prompts: Sequence[Conversation], tokenizer, max_prompt_tokens: int) -> PromptSet:
     """Each prompt as the policy sees it when it starts to reply (the assistant tag last); longer ones are counted."""
-    from utils.ppo_rollout import encode_prompts as encode
+    from utils.ppo.rollout import encode_prompts as encode
 
     kept, ids, too_long = encode(prompts, tokenizer, max_prompt_tokens)
     if not kept:
@@ -231,10 +231,6 @@ def trainer_args(settings: RLOOSettings, output_dir: str, save_steps: int = 0):
     )
 
 
-def snapshot_path(folder: str | Path, update: int) -> Path:
-    return Path(folder) / f"update-{update:06d}"
-
-
 def save_snapshot(model, folder: str | Path, update: int) -> Path:
     """The policy adapter alone, as a plain peft folder: stage 05 loads it on the base like the final adapter."""
     path = snapshot_path(folder, update)
@@ -324,7 +320,7 @@ def make_trainer(model, tokenizer, prompts: PromptSet, reward: TrlReward, settin
     reference by adapter switch (module note 1)."""
     from transformers import PrinterCallback
 
-    from utils.ppo_model import disable_dropout
+    from utils.ppo.model import disable_dropout
 
     if tokenizer.pad_token_id is None:
         raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
@@ -392,16 +388,6 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, sett
                 checkpoints.remove(save_dir)
     stats = RLOOStats(callback.rows, seconds, trainer.state.global_step // settings.steps_per_update, snapshots, reward.samples, list(trainer.state.log_history))
     return trainer, stats
-
-
-def export_snapshots(source: Path, dest: Path, updates: Sequence[int]) -> dict[int, Path]:
-    """Copy the kept policy adapters into ``dest`` (the stage's folder): ``{update: folder}``."""
-    out = {}
-    for update in updates:
-        path = snapshot_path(source, update)
-        if path.exists():
-            out[update] = Path(shutil.copytree(path, snapshot_path(dest, update), dirs_exist_ok=True))
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------- results

@@ -46,6 +46,7 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 # parameters cell is generated from it (`python -m utils.repo sync`) and profiles are checked against its annotations.
 PARAMS: dict[str, tuple[str, str]] = {
     REWARD: ("utils.reward.params", "RewardParams"),
+    PPO: ("utils.ppo.params", "PPOParams"),
 }
 
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages

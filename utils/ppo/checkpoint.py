@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
@@ -24,7 +23,7 @@ import torch
 from utils import distributed
 
 if TYPE_CHECKING:
-    from utils.ppo import PPOTrainer
+    from utils.ppo.trainer import PPOTrainer
 
 CHECKPOINT_GLOB = "update-*.pt"
 # After a resume with several processes, each process but the first reseeds its sampling generator from the
@@ -43,8 +42,9 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, tor
 
 
 def run_fingerprint(config: Any, prompt_ids: list[list[int]], initial_policy: str, reward: str | None) -> str:
-    """The hash a checkpoint must match to be resumed: configuration, prompts, starting policy, reward."""
-    payload = json.dumps([asdict(config), prompt_ids, initial_policy, reward])
+    """The hash a checkpoint must match to be resumed: settings (``PPOParams.trajectory``), prompts, starting policy,
+    reward."""
+    payload = json.dumps([config.trajectory(), prompt_ids, initial_policy, reward])
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -84,3 +84,26 @@ def resume(trainer: "PPOTrainer") -> bool:
     trainer.last_checkpoint = found[-1]
     trainer.log(f"resumed from {found[-1]} (update {trainer.update})")
     return True
+
+
+def snapshot_path(folder: str | Path, update: int) -> Path:
+    """Where the policy adapter of ``update`` is kept (PPO's and RLOO's snapshots alike): a plain peft folder."""
+    return Path(folder) / f"update-{update:06d}"
+
+
+def kept_snapshots(folder: str | Path, updates: Iterable[int]) -> dict[int, Path]:
+    """``{update: peft folder}`` of the ``updates`` whose snapshot exists in ``folder``."""
+    return {u: snapshot_path(folder, u) for u in updates if snapshot_path(folder, u).exists()}
+
+
+def export_snapshots(folder: str | Path, dest: str | Path, updates: Iterable[int]) -> dict[int, Path]:
+    """Copy the kept policy adapters into ``dest``, the stage's folder: ``{update: copy}``."""
+    import shutil
+
+    out = {}
+    for update, path in kept_snapshots(folder, updates).items():
+        target = Path(dest) / path.name
+        if target.resolve() != path.resolve():
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        out[update] = target
+    return out

@@ -89,7 +89,7 @@ def sample_rollout(
     top_k: int = 0,
     top_p: float = 1.0,
 ) -> Rollout:
-    """Sample one reply per prompt from ``model`` (an :class:`~utils.ppo_model.ActorCritic`, policy adapter active)."""
+    """Sample one reply per prompt from ``model`` (an :class:`~utils.ppo.model.ActorCritic`, policy adapter active)."""
     pad_id = tokenizer.pad_token_id
     stops = stop_token_ids(tokenizer)
     query, query_mask = left_pad(prompt_ids, pad_id, model.device)
@@ -136,3 +136,26 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
 def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     logp = torch.log_softmax(logits / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+class PromptOrder:
+    """Which prompts each update samples: passes over the prompt set, each pass in its own seeded order.
+
+    A function of the update number alone, so a resumed run sees the prompts the uninterrupted one would have."""
+
+    SEED_STRIDE = 100_003  # each pass's seed is seed x this + the pass: never the same as another seed's passes
+
+    def __init__(self, n_prompts: int, batch_size: int, seed: int) -> None:
+        self.n_prompts, self.batch_size, self.seed = n_prompts, batch_size, seed
+        self._orders: dict[int, torch.Tensor] = {}
+
+    def indices(self, update: int) -> list[int]:
+        """The prompts of ``update`` (1, 2, ...), as indices into the prompt set."""
+        picked = []
+        for k in range((update - 1) * self.batch_size, update * self.batch_size):
+            epoch, position = divmod(k, self.n_prompts)
+            if epoch not in self._orders:
+                generator = torch.Generator().manual_seed(self.seed * self.SEED_STRIDE + epoch)
+                self._orders[epoch] = torch.randperm(self.n_prompts, generator=generator)
+            picked.append(int(self._orders[epoch][position]))
+        return picked
