@@ -87,9 +87,9 @@ def sft_tokenizer(params: Mapping[str, Any]):
 
 
 def sft_settings(params: Mapping[str, Any]):
-    from utils import sft
+    from utils.sft.params import SFTParams
 
-    return sft.SFTSettings(**{k: params[k] for k in sft.SFTSettings.__dataclass_fields__ if k in params})
+    return SFTParams(**params)
 
 
 def _small_causal_lm(tokenizer):
@@ -106,13 +106,14 @@ def sft_batches(params: Mapping[str, Any], tokenizer, variant: Mapping[str, bool
     """One epoch of the training batches stage 02 builds with ``params`` (and ``variant`` on top)."""
     from peft import LoraConfig, get_peft_model
 
-    from utils import sft
+    from utils.sft.data import encode_conversations
+    from utils.sft.training import make_trainer
     from utils.oasst import sft_conversations
 
     settings = replace(sft_settings(params), **variant, eval_steps=0, max_steps=-1, num_train_epochs=1)
-    data = sft.encode_conversations(sft_conversations(_split(params).train), tokenizer, settings.max_length).dataset
+    data = encode_conversations(sft_conversations(_split(params).train), tokenizer, settings.max_length).dataset
     model = get_peft_model(_small_causal_lm(tokenizer), LoraConfig(r=2, target_modules=["query_key_value"]))
-    trainer = sft.make_trainer(model, tokenizer, data, data.select(range(2)), settings, out_dir)
+    trainer = make_trainer(model, tokenizer, data, data.select(range(2)), settings, out_dir)
     return list(trainer.get_train_dataloader())
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from benchmarks import ROOT, run_worker
 
@@ -68,27 +69,29 @@ def worker(side: str, steps: int) -> dict:
     """One side, in this process: prepare data, reset the memory window, load, train; return the figures."""
     import torch
 
-    from utils import sft
+    from utils.sft.data import encode_conversations
+    from utils.sft.params import SFTParams
+    from utils.sft.training import add_lora, make_trainer, train_sft
     from utils.modeling import load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, sft_conversations
 
     params = _profile_params()
     base = BENCH_DIR / "base"
     split = load_split(params["train_paths"], params["heldout_paths"], params["lang"], params["eval_fraction"], params["seed"])
-    settings = sft.SFTSettings(
+    settings = SFTParams(
         lora_r=params["lora_r"], lora_alpha=params["lora_alpha"], lora_dropout=params["lora_dropout"],
         lora_target_modules=params["lora_target_modules"], learning_rate=params["learning_rate"], max_steps=steps,
         per_device_train_batch_size=params["per_device_train_batch_size"],
         gradient_accumulation_steps=params["gradient_accumulation_steps"], max_length=params["max_length"],
-        logging_steps=1, seed=params["seed"],
+        logging_steps=1, seed=params["seed"], group_by_length=False, eval_steps=0,  # as when these figures were measured
     )
     tokenizer = load_tokenizer(base)
-    train = sft.encode_conversations(sft_conversations(split.train), tokenizer, settings.max_length).dataset
-    evals = sft.encode_conversations(sft_conversations(split.eval)[:8], tokenizer, settings.max_length).dataset
+    train = encode_conversations(sft_conversations(split.train), tokenizer, settings.max_length).dataset
+    evals = encode_conversations(sft_conversations(split.eval)[:8], tokenizer, settings.max_length).dataset
     reset_peak_memory()
     baseline = _rss_mb()
-    model = sft.add_lora(load_causal_lm(base, side, "cpu", tokenizer=tokenizer), tokenizer, settings)
-    stats = sft.train(sft.make_trainer(model, tokenizer, train, evals, settings, BENCH_DIR / f"out-{side}"))
+    model = add_lora(load_causal_lm(base, side, "cpu", tokenizer=tokenizer), tokenizer, settings)
+    stats = train_sft(make_trainer(model, tokenizer, train, evals, settings, BENCH_DIR / f"out-{side}"))
     peak = peak_memory_mb()
     return {"side": side, "tokens_per_second": stats.tokens_per_second, "tokens": stats.tokens_seen,
             "peak_above_baseline_mb": peak - baseline, "process_peak_mb": peak, "threads": torch.get_num_threads()}

@@ -80,7 +80,8 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     import torch
 
     from benchmarks.bench_padding import sft_settings
-    from utils import sft
+    from utils.sft.data import encode_conversations
+    from utils.sft.training import add_lora, make_trainer, train_sft
     from utils.modeling import load_causal_lm, load_tokenizer
     from utils.oasst import load_split, sft_conversations
     from utils.profile import load_profile
@@ -112,14 +113,14 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     tokenizer = load_tokenizer(base)
     threads_ = sft_conversations(split.train)
     sample = random.Random(0).sample(threads_, min(conversations, len(threads_)))
-    train = sft.encode_conversations(sample, tokenizer, settings.max_length).dataset
-    evals = sft.encode_conversations(sft_conversations(split.eval)[:2], tokenizer, settings.max_length).dataset
-    model = sft.add_lora(load_causal_lm(base, params["quantization"], device, tokenizer=tokenizer), tokenizer, settings)
-    trainer = sft.make_trainer(model, tokenizer, train, evals, settings, BENCH_DIR / f"out-{side}")
+    train = encode_conversations(sample, tokenizer, settings.max_length).dataset
+    evals = encode_conversations(sft_conversations(split.eval)[:2], tokenizer, settings.max_length).dataset
+    model = add_lora(load_causal_lm(base, params["quantization"], device, tokenizer=tokenizer), tokenizer, settings)
+    trainer = make_trainer(model, tokenizer, train, evals, settings, BENCH_DIR / f"out-{side}")
     counter = BatchCounter(trainer)
     cpu = CpuClock()
     trainer.add_callback(cpu)
-    stats = sft.train(trainer)
+    stats = train_sft(trainer)
     return {"side": side, "tokens_per_second": stats.tokens_per_second, "tokens": stats.tokens_seen,
             "counted_tokens": counter.real, "padding_share": 1 - counter.real / counter.computed,
             "seconds": stats.train_seconds, "cpu_seconds": cpu.seconds,

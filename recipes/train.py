@@ -66,50 +66,30 @@ def stage_parameters(stage: str, profile_name: str, overrides: list[str]) -> dic
 
 
 def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 02 without the narrative: the calls of notebooks/02_sft.ipynb, in its order."""
+    """Stage 02 without the narrative: the steps of notebooks/02_sft.ipynb, in its order (plots and replies left out)."""
     from accelerate import PartialState
 
-    from utils import sft
-    from utils.modeling import count_parameters, load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split, message_texts, select_sft, sft_conversations
-    from utils.tiny_base import TinyBaseConfig, build_tiny_base
+    from utils.modeling import count_parameters, peak_memory_mb
+    from utils.sft import stage as sft_stage
+    from utils.sft.params import SFTParams
+    from utils.sft.training import train_sft as train_adapter
 
-    state = PartialState()
-    started = time.time()
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
-                       on_error=p["on_error"])
-    selection = select_sft(split.train, top_k=p["sft_top_k"], max_spam=p["max_spam"], max_red_flag=p["max_red_flag"],
-                           min_quality=p["min_quality"])
-    train_convs, eval_convs = selection.conversations, sft_conversations(split.eval)
-    if p["max_eval_conversations"] is not None:
-        eval_convs = eval_convs[: p["max_eval_conversations"]]
-    base_path, base_report = p["base_model"], None
-    if base_path == "tiny":
-        with state.main_process_first():  # one process builds the base, the others then find it cached
-            base = build_tiny_base(message_texts(split.train), message_texts(split.eval), TinyBaseConfig(**p["tiny_base"]),
-                                   cache_dir=p["base_cache_dir"], device=state.device)
-        base_path, base_report = base.path, base.report
-    tokenizer = load_tokenizer(base_path, trust_remote_code=p["trust_remote_code"])
-    train_set = sft.encode_conversations(train_convs, tokenizer, p["max_length"])
-    eval_set = sft.encode_conversations(eval_convs, tokenizer, p["max_length"])
-    settings = sft.SFTSettings.from_params(p)
-    reset_peak_memory()
-    model = load_causal_lm(base_path, p["quantization"], state.device, trust_remote_code=p["trust_remote_code"], tokenizer=tokenizer)
-    model = sft.add_lora(model, tokenizer, settings)
+    state, started = PartialState(), time.time()
+    params = SFTParams(**p)
+    data = sft_stage.load_data(params)
+    base = sft_stage.load_base(params, data, state.device, build_first=state.main_process_first)  # one process builds
+    train_set, eval_set = sft_stage.encode(params, data, base.tokenizer)
+    model = sft_stage.load_model(params, base, state.device)
     parameters = count_parameters(model)
-    trainer = sft.make_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, settings, out,
-                               checkpoint_dir=checkpoint_dir(out.parent, SFT))
-    stats = sft.train(trainer)
+    trainer = sft_stage.make_trainer(params, model, base.tokenizer, train_set, eval_set, out.parent, out)
+    stats = train_adapter(trainer)
     peak_mb = peak_memory_mb()
-    adapter_dir, merged_dir = out / sft.ADAPTER_DIR, None
+    adapter_dir, merged_dir = out / "adapter", None
     if state.is_main_process:
-        sft.save_adapter(trainer.model, tokenizer, adapter_dir)
-        if p["merge"]:
-            merged_dir = sft.merge_adapter(base_path, adapter_dir, out / sft.MERGED_DIR, p["trust_remote_code"])
-    return sft.stage_metrics(stats, out, adapter_dir=adapter_dir, base_model=base_path, quantization=p["quantization"],
-                             parameters=parameters, train_set=train_set, eval_set=eval_set, selection=selection,
-                             data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_mb, base_report=base_report,
-                             merged_dir=merged_dir, device=state.device, processes=state.num_processes, started=started)
+        adapter_dir, merged_dir = sft_stage.save(params, trainer, base, out)
+    return sft_stage.stage_metrics(out, params, data, base, stats, train_set=train_set, eval_set=eval_set, parameters=parameters,
+                                   adapter_dir=adapter_dir, merged_dir=merged_dir, peak_memory_mb=peak_mb, device=state.device,
+                                   processes=state.num_processes, started=started)
 
 
 def train_reward(p: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, TrainerCallback
 
-from utils import sft
+from utils.sft.params import SFTParams
 from utils.oasst import Pair
 
 # ---- the chat format on a word-level vocabulary: test_chat_format writes the ids out by hand ---------------------
@@ -51,8 +51,8 @@ CHATML = (
 
 # ---- SFT -----------------------------------------------------------------------------------------------------------
 
-FAST = sft.SFTSettings(max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=4, logging_steps=1,
-                       max_length=64, lora_r=4, lora_alpha=8)
+FAST = SFTParams(max_steps=2, per_device_train_batch_size=2, per_device_eval_batch_size=4, logging_steps=1, max_length=64,
+                 lora_r=4, lora_alpha=8, learning_rate=2e-4, group_by_length=False, eval_steps=0)
 
 
 def word_model_dir(tmp_path: Path) -> Path:

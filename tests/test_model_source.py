@@ -131,17 +131,19 @@ def test_generation_stops_at_the_models_end_of_turn(smol_dir, smol_tokenizer):
 
 
 def test_a_few_qlora_steps_on_the_packaged_model(smol_dir, smol_tokenizer, tmp_path):
-    from utils import sft
+    from utils.sft.data import chat_token_ids, encode_conversations
+    from utils.sft.params import SFTParams
+    from utils.sft.training import add_lora, make_trainer, train_sft
 
     convs = [[{"role": "user", "content": f"Count to {n}."}, {"role": "assistant", "content": " ".join(map(str, range(1, n + 1)))}]
              for n in range(3, 11)]
-    data = sft.encode_conversations(convs, smol_tokenizer, 64)
-    settings = sft.SFTSettings(max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1,
-                               lora_dropout=0.0, max_length=64, warmup_steps=0)
-    model = sft.add_lora(load_causal_lm(smol_dir, "nf4", "cpu", tokenizer=smol_tokenizer), smol_tokenizer, settings)
-    stats = sft.train(sft.make_trainer(model, smol_tokenizer, data.dataset, data.dataset, settings, tmp_path))
+    data = encode_conversations(convs, smol_tokenizer, 64)
+    settings = SFTParams(max_steps=3, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1,
+                         lora_dropout=0.0, max_length=64, warmup_steps=0, group_by_length=False, eval_steps=0)
+    model = add_lora(load_causal_lm(smol_dir, "nf4", "cpu", tokenizer=smol_tokenizer), smol_tokenizer, settings)
+    stats = train_sft(make_trainer(model, smol_tokenizer, data.dataset, data.dataset, settings, tmp_path))
     assert stats.eval_loss_after < stats.eval_loss_before  # QLoRA learns on the real model
-    assert sft.chat_token_ids(smol_tokenizer) == []  # its template tokens are its own: no embedding rows to train
+    assert chat_token_ids(smol_tokenizer) == []  # its template tokens are its own: no embedding rows to train
 
 
 def test_one_ppo_update_on_the_packaged_model(smol_dir, smol_tokenizer):

@@ -15,7 +15,7 @@ import pytest
 from utils import params as stage_params
 from utils import repo
 from utils.notebook_params import ParameterError, effective_parameters, notebook_defaults, parameters_cell
-from utils.stages import PARAMS, notebook_path, params_class
+from utils.stages import PARAMS, REWARD, SFT, notebook_path, params_class
 
 MIGRATED = sorted(PARAMS)
 
@@ -91,7 +91,7 @@ def test_the_generated_cell_is_what_papermill_reads(tmp_path):
 
 
 def test_a_profile_value_for_a_migrated_stage_is_checked_by_the_annotation():
-    stage = MIGRATED[0]
+    stage = REWARD
     cls = params_class(stage)
     nullable = next(f.name for f in dataclasses.fields(cls) if f.name == "max_train_pairs")
     assert effective_parameters(notebook_path(stage), {nullable: 64})[nullable] == 64
@@ -100,3 +100,7 @@ def test_a_profile_value_for_a_migrated_stage_is_checked_by_the_annotation():
     with pytest.raises(ParameterError, match="lora_layers: expected"):
         effective_parameters(notebook_path(stage), {"lora_layers": "top"})
     json.dumps(effective_parameters(notebook_path(stage), {}))  # what the run records
+    tiny = effective_parameters(notebook_path(SFT), {"tiny_base": {"steps": 5}})["tiny_base"]  # a mapping: merged into the default
+    assert tiny["steps"] == 5 and tiny["vocab_size"] == 4096
+    with pytest.raises(ParameterError, match="tiny_base: unknown entries layers"):
+        effective_parameters(notebook_path(SFT), {"tiny_base": {"layers": 2}})

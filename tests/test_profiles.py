@@ -159,7 +159,7 @@ def test_every_online_profile_has_a_judge_from_outside_the_kit(path: Path):
     assert "judge" in judges and any("/" in j for j in judges), f"{path.name}: judges {judges}"
 
 
-@pytest.mark.parametrize("stage, config", [("02_sft", "utils.sft:SFTSettings"), ("04_dpo", "utils.dpo:DPOSettings"),
+@pytest.mark.parametrize("stage, config", [("04_dpo", "utils.dpo:DPOSettings"),
                                            ("04_rloo", "utils.rloo:RLOOSettings")])
 def test_every_config_field_comes_from_the_notebook_or_is_named_library_only(stage, config):
     """No dataclass default silently stands in for a stage's value: a field is a notebook parameter, or listed."""

@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
 from fixtures import CONVERSATION, FAST, MINILM, TOPICS_TRAIN, KillAfterSave, Killed, synthetic_pairs, word_tokenizer
-from utils import sft
+from utils.sft.data import encode_conversations
+from utils.sft.model import save_adapter
+from utils.sft.training import add_lora, make_trainer, train_sft
 from utils.modeling import load_causal_lm, load_tokenizer
 from utils.reward.params import RewardParams
 from utils.reward.training import train_reward_model
@@ -42,13 +44,13 @@ SETTINGS = replace(FAST, max_steps=4, save_steps=1, logging_steps=1, lora_dropou
 
 def sft_attempt(base: Path, out: Path, checkpoints: Path, settings=SETTINGS, kill_after: int | None = None):
     tok = load_tokenizer(base)
-    data = sft.encode_conversations([CONVERSATION] * 8, tok, 64)
-    model = sft.add_lora(load_causal_lm(base, "nf4", "cpu", tokenizer=tok), tok, settings)
-    trainer = sft.make_trainer(model, tok, data.dataset, data.dataset, settings, out, checkpoint_dir=checkpoints)
+    data = encode_conversations([CONVERSATION] * 8, tok, 64)
+    model = add_lora(load_causal_lm(base, "nf4", "cpu", tokenizer=tok), tok, settings)
+    trainer = make_trainer(model, tok, data.dataset, data.dataset, settings, out, checkpoint_dir=checkpoints)
     if kill_after:
         trainer.add_callback(KillAfterSave(kill_after))
-    stats = sft.train(trainer)
-    sft.save_adapter(trainer.model, tok, out / "adapter")
+    stats = train_sft(trainer)
+    save_adapter(trainer.model, tok, out / "adapter")
     return stats, load_file(out / "adapter" / "adapter_model.safetensors")
 
 

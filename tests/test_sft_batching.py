@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from benchmarks.bench_padding import count_tokens, padding_share
-from fixtures import CONVERSATION, FAST, word_model_dir, word_tokenizer
-from utils import chat_format, sft
+from fixtures import CONVERSATION, FAST, word_model_dir
+from utils.sft.data import encode_conversations
+from utils.sft.model import save_adapter
+from utils.sft.training import add_lora, make_trainer as sft_trainer, train_sft, trainer_config
 from utils.modeling import load_causal_lm, load_tokenizer
 
 # Four conversations of 20, 7, 11 and 6 tokens (see test_chat_format's vocabulary).
@@ -33,11 +35,11 @@ def make_trainer(tmp_path, settings, conversations=CONVERSATIONS, attn="sdpa", t
     tok = load_tokenizer(base)
     if tokenizer_fn:
         tokenizer_fn(tok)
-    data = sft.encode_conversations(conversations, tok, max_length=64)
+    data = encode_conversations(conversations, tok, max_length=64)
     model = load_causal_lm(base, "none", "cpu", tokenizer=tok)
     model.set_attn_implementation(attn)
-    model = sft.add_lora(model, tok, settings)
-    return sft.make_trainer(model, tok, data.dataset, data.dataset, settings, tmp_path / "out", checkpoint_dir), data
+    model = add_lora(model, tok, settings)
+    return sft_trainer(model, tok, data.dataset, data.dataset, settings, tmp_path / "out", checkpoint_dir), data
 
 
 def loss_of(trainer, batch) -> torch.Tensor:
@@ -95,7 +97,7 @@ def test_padding_free_counts_every_token_even_where_pad_is_the_end_of_turn(tmp_p
 
     settings = replace(FAST, padding_free=True, max_steps=2, per_device_train_batch_size=2, eval_steps=0)
     trainer, data = make_trainer(tmp_path, settings, [CONVERSATION] * 5, tokenizer_fn=pad_with_eos)
-    stats = sft.train(trainer)
+    stats = train_sft(trainer)
     assert stats.tokens_seen == 2 * 2 * len(data.dataset["input_ids"][0]) == 80
 
 
@@ -132,31 +134,12 @@ def test_length_grouped_batches_hold_similar_lengths_and_every_conversation_once
 
 
 def test_settings_reach_the_trainer_config():
-    config = sft.trainer_config(replace(FAST, group_by_length=True, padding_free=True), "/tmp/x", torch.device("cpu"))
+    config = trainer_config(replace(FAST, group_by_length=True, padding_free=True), "/tmp/x", torch.device("cpu"))
     assert config.train_sampling_strategy == "group_by_length" and config.padding_free and config.max_length is None
     assert config.include_num_input_tokens_seen == "all"
-    config = sft.trainer_config(FAST, "/tmp/x", torch.device("cpu"))
+    config = trainer_config(FAST, "/tmp/x", torch.device("cpu"))
     assert config.train_sampling_strategy == "random" and not config.padding_free and config.max_length == FAST.max_length
     assert (config.packing_strategy, config.include_num_input_tokens_seen) == ("wrapped", "non_padding")
-
-
-def test_the_notebook_passes_every_sft_setting_it_declares():
-    """A parameter the notebook declares but never hands to SFTSettings would be a silent no-op in every profile."""
-    import ast
-    import json
-
-    from utils.notebook_params import notebook_defaults
-    from utils.stages import NOTEBOOKS_DIR
-
-    notebook = NOTEBOOKS_DIR / "02_sft.ipynb"
-    declared = set(notebook_defaults(notebook))
-    code = "\n".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code")
-    call = next(node for node in ast.walk(ast.parse(code))
-                if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "SFTSettings")
-    passed = {kw.arg for kw in call.keywords if isinstance(kw.value, ast.Name) and kw.value.id == kw.arg}
-    fields = set(sft.SFTSettings.__dataclass_fields__)
-    assert {"group_by_length", "padding_free"} <= declared
-    assert fields & declared <= passed, sorted((fields & declared) - passed)
 
 
 def test_a_killed_length_grouped_padding_free_run_resumes_as_the_uninterrupted_one(tmp_path):
@@ -174,8 +157,8 @@ def test_a_killed_length_grouped_padding_free_run_resumes_as_the_uninterrupted_o
         trainer, _ = make_trainer(tmp_path / name, settings, convs, checkpoint_dir=tmp_path / checkpoints)
         if kill_after:
             trainer.add_callback(KillAfterSave(kill_after))
-        stats = sft.train(trainer)
-        sft.save_adapter(trainer.model, trainer.processing_class, tmp_path / name / "adapter")
+        stats = train_sft(trainer)
+        save_adapter(trainer.model, trainer.processing_class, tmp_path / name / "adapter")
         return stats, load_file(tmp_path / name / "adapter" / "adapter_model.safetensors")
 
     whole, whole_weights = attempt("whole", "ck-whole")

@@ -190,7 +190,7 @@ def load_policy(run_dir: str | Path, quantization: str | None = None, device=Non
     """``(peft model, tokenizer, SFT adapter dir)``: stage 02's base once, its adapter as the trainable policy."""
     from peft import PeftModel
 
-    from utils.sft import load_sft_base
+    from utils.sft.model import load_sft_base
 
     base, tokenizer, adapter_dir = load_sft_base(run_dir, quantization, device)
     model = PeftModel.from_pretrained(base, str(adapter_dir), adapter_name=POLICY, is_trainable=True)

@@ -73,7 +73,7 @@ def load_models(run_dir: str | Path, quantization: str | None = None, device: st
     """
     from peft import PeftModel
 
-    from utils.sft import load_sft_base
+    from utils.sft.model import load_sft_base
 
     base, tokenizer, sft_dir = load_sft_base(run_dir, quantization, device)
     model = PeftModel.from_pretrained(base, str(sft_dir), adapter_name="sft")

@@ -26,6 +26,7 @@ RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile;
 CELL_HEADER = ("# Parameters: the defaults are the `tiny` profile's, written by `python -m utils.repo sync` from {source}\n"
                "# (each default lives there, once); papermill and the runner override them.")
 COMMENT_COLUMN = 31
+CELL_WIDTH = 120
 
 
 class ParameterError(ValueError):
@@ -178,13 +179,31 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
+def _wrapped_dict(name: str, value: dict) -> str:
+    """``name = {...}`` over as many lines as it takes to stay within :data:`CELL_WIDTH`, entries aligned."""
+    indent = " " * (len(name) + 4)
+    rows, row = [], ""
+    for entry in (f"{_literal(k)}: {_literal(v)}" for k, v in value.items()):
+        if row and len(indent) + len(row) + len(entry) + 2 > CELL_WIDTH:
+            rows.append(row + ",")
+            row = ""
+        row = f"{row}, {entry}" if row else entry
+    rows.append(row + "}")
+    return f"{name} = {{" + f"\n{indent}".join(rows)
+
+
 def parameters_cell(cls: type, stage: str, source: str) -> str:
     """The notebook's parameters cell for ``cls``: the header, ``name = default  # help`` per field, then the
     runner's ``run_dir`` and ``out_dir`` (for the ``tiny`` profile's folder)."""
     lines = [CELL_HEADER.format(source=source)]
     for f in dataclasses.fields(cls):
-        assignment = f"{f.name} = {_literal(defaults(cls)[f.name])}"
+        value = defaults(cls)[f.name]
+        assignment = f"{f.name} = {_literal(value)}"
         help_text = f.metadata.get("help", "")
+        if isinstance(value, dict) and len(assignment) > CELL_WIDTH:  # a long mapping: its help above, its entries wrapped
+            lines += [f"# {help_text}"] if help_text else []
+            lines.append(_wrapped_dict(f.name, value))
+            continue
         lines.append(f"{assignment.ljust(COMMENT_COLUMN - 1)} # {help_text}" if help_text else assignment)
     lines += ['run_dir = "runs/tiny"', f'out_dir = "runs/tiny/{stage}"']
     return "\n".join(lines)

@@ -160,7 +160,7 @@ def load_sft_policy(
 
     ``quantization=None`` loads the base as SFT trained on it (its metrics say): the adapter was fitted to those weights.
     """
-    from utils.sft import load_sft_base
+    from utils.sft.model import load_sft_base
 
     model, tokenizer, adapter_dir = load_sft_base(run_dir, quantization, device, trust_remote_code)
     return build_actor_critic(model, adapter_dir, gradient_checkpointing=gradient_checkpointing), tokenizer
