@@ -105,7 +105,7 @@ def stage_overrides(profile, args, models: dict[str, Path]) -> dict[str, list[st
     if args.random_weights:
         for stage, key in ((SFT, "base_model"), (REWARD, "base_model")):
             short[stage].append(f"{key}={models[profile.stage_params(stage)[key]]}")
-        for stage in short:
+        for stage in (SFT, REWARD, PPO, RLOO):  # DPO has no data parameters: it rebuilds stage 03's pairs
             short[stage].append(f"train_paths={json.dumps(OFFLINE_TRAIN_PATHS)}")
     return short
 

@@ -138,83 +138,50 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 04_dpo without the narrative: the calls of notebooks/04_dpo.ipynb, in its order (plot and replies left out)."""
+    """Stage 04_dpo without the narrative: the steps of notebooks/04_dpo.ipynb, in its order (plot and replies left out)."""
     from accelerate import PartialState
 
-    from utils import dpo
-    from utils.modeling import count_parameters, peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split
+    from utils.dpo import stage as dpo_stage
+    from utils.dpo.params import DPOParams
+    from utils.modeling import count_parameters, peak_memory_mb
 
-    state = PartialState()
-    started = time.time()
-    run_dir = out.parent
-    _, reward_parameters = dpo.reward_stage(run_dir)
-    dpo.check_same_split(p, reward_parameters, DPO)
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
-                       on_error=p["on_error"])
-    train_pairs = dpo.training_pairs(split, p["judge_fraction"], p["seed"])[: p["max_train_pairs"]]
-    heldout_sets = dpo.heldout_pairs(split, p["max_eval_pairs"])
-    reset_peak_memory()
-    model, tokenizer, sft_adapter_dir = dpo.load_policy(run_dir, p["quantization"], state.device)
-    train_set = dpo.encode_pairs(train_pairs, tokenizer, p["max_length"])
-    heldout = dpo.encode_pairs([x for ps in heldout_sets.values() for x in ps], tokenizer, p["max_length"])
-    settings = dpo.DPOSettings.from_params(p)
-    trainer, stats = dpo.run_training(model, tokenizer, train_set, heldout, settings, sft_adapter_dir,
-                                      checkpoint_root=checkpoint_dir(run_dir, DPO), save_steps=p["save_steps"],
-                                      eval_batch_size=p["eval_batch_size"])
+    state, started = PartialState(), time.time()
+    params = DPOParams(**p)
+    data = dpo_stage.load_data(params, out.parent)
+    policy = dpo_stage.load_policy_and_pairs(params, out.parent, data, state.device)
+    trainer, stats = dpo_stage.train(params, out.parent, policy)
     peak_mb = peak_memory_mb()
     parameters = count_parameters(trainer.model)
     adapter_dir = out / "adapter"
     if state.is_main_process:
-        dpo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
-    return dpo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, train_set=train_set, heldout=heldout,
-                             heldout_sets=heldout_sets, parameters=parameters, data_skipped=split.report.as_dict()["skipped"],
-                             peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
+        adapter_dir = dpo_stage.save(trainer, policy, out)
+    return dpo_stage.stage_metrics(out, params, data, policy, stats, adapter_dir=adapter_dir, parameters=parameters,
+                                   peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
 
 def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 04_rloo without the narrative: the calls of notebooks/04_rloo.ipynb, in its order (plot and replies left out).
+    """Stage 04_rloo without the narrative: the steps of notebooks/04_rloo.ipynb, in its order (plots and replies left out).
 
     Under accelerate launch each process samples its share of every update's prompts (trl gathers the rewards, so
     each prompt's k replies still share one leave-one-out baseline).
     """
     from accelerate import PartialState
 
-    from utils import rloo
-    from utils.fixed_set import stage_progress
-    from utils.modeling import peak_memory_mb, reset_peak_memory
-    from utils.oasst import load_split, rl_prompts
-    from utils.ppo.stage import snapshot_schedule
-    from utils.reward_functions import stage_reward
+    from utils.modeling import peak_memory_mb
+    from utils.rloo import stage as rloo_stage
+    from utils.rloo.params import RLOOParams
 
-    state = PartialState()
-    started = time.time()
-    run_dir = out.parent
-    split = load_split(p["train_paths"], p["heldout_paths"], lang=p["lang"], eval_fraction=p["eval_fraction"], seed=p["seed"],
-                       on_error=p["on_error"])
-    train_prompts = rl_prompts(split.train)
-    reset_peak_memory()
-    model, tokenizer, sft_adapter_dir = rloo.load_policy(run_dir, p["quantization"], state.device)
-    prompt_set = rloo.encode_prompts(train_prompts, tokenizer, p["max_prompt_tokens"])
-    reward_fn, reward_source = stage_reward(run_dir, p["reward_function"], prompt_set.conversations, p["reward_batch_size"],
-                                            device=state.device)
-    settings = rloo.RLOOSettings.from_params(p)
-    log = print if state.is_main_process else None
-    progress = stage_progress(run_dir, split.heldout, tokenizer, reward_fn, n_prompts=p["n_fixed_prompts"],
-                              replies_per_prompt=p["fixed_replies_per_prompt"], max_new_tokens=p["max_new_tokens"],
-                              max_prompt_tokens=p["max_prompt_tokens"], batch_size=p["fixed_batch_size"],
-                              reward_batch_size=p["reward_batch_size"], seed=p["seed"], player_prefix="rloo", log=log)
-    trainer, stats = rloo.run_training(model, tokenizer, prompt_set, reward_fn, settings, sft_adapter_dir, out,
-                                       snapshot_updates=snapshot_schedule(p["updates"], p["kl_curve_points"]),
-                                       checkpoint_root=checkpoint_dir(run_dir, RLOO), save_steps=p["save_steps"], log=log,
-                                       progress=progress)
+    state, started = PartialState(), time.time()
+    params = RLOOParams(**p)
+    data = rloo_stage.load_data(params)
+    models = rloo_stage.load_models(params, out.parent, data, state.device)
+    trainer, stats, progress = rloo_stage.train(params, out.parent, out, data, models, log=print if state.is_main_process else None)
     peak_mb = peak_memory_mb()
     adapter_dir = out / "adapter"
     if state.is_main_process:
-        rloo.save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, adapter_dir)
-    return rloo.stage_metrics(stats, out, adapter_dir=adapter_dir, settings=settings, prompts=prompt_set, reward=reward_source,
-                              data_skipped=split.report.as_dict()["skipped"], peak_memory_mb=peak_mb, processes=state.num_processes,
-                              started=started, progress=progress)
+        adapter_dir = rloo_stage.save(trainer, models, out)
+    return rloo_stage.stage_metrics(out, params, data, models, stats, adapter_dir=adapter_dir, progress=progress,
+                                    peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
 
 TRAINERS: dict[str, Callable[[dict[str, Any], Path], dict[str, Any]]] = {"sft": train_sft, "reward": train_reward, "ppo": train_ppo,

@@ -11,7 +11,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-MICRO_PROFILE = Path(__file__).parent / "profiles" / "micro.yaml"
+from fixtures import MICRO_PROFILE  # noqa: E402 (after the environment above)
 
 
 @pytest.fixture(scope="module")

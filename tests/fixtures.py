@@ -15,6 +15,8 @@ from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerF
 from utils.sft.params import SFTParams
 from utils.oasst import Pair
 
+MICRO_PROFILE = Path(__file__).parent / "profiles" / "micro.yaml"  # the seconds-long pipeline of the micro_run fixture
+
 # ---- the chat format on a word-level vocabulary: test_chat_format writes the ids out by hand ---------------------
 
 WORDS = ["<|endoftext|>", "<|padding|>", "<|prompter|>", "<|assistant|>", "<|system|>", "[UNK]",

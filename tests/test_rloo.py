@@ -1,4 +1,4 @@
-"""RLOO (utils/rloo.py): trl's RLOOTrainer on the SFT policy, with the kit's prompts, stop tokens and rewards.
+"""RLOO (utils/rloo/): trl's RLOOTrainer on the SFT policy, with the kit's prompts, stop tokens and rewards.
 
 The model is a tiny random GPT-NeoX with a word-level tokenizer whose words include "the", and an "SFT adapter" with
 non-zero LoRA and chat-token weights, so the reference differs from the bare base. The learning test trains against
@@ -16,7 +16,10 @@ from peft.utils import load_peft_weights
 
 from fixtures import chat_word_tokenizer, tiny_gpt_neox
 
-from utils import rloo
+from utils.dpo.policy import POLICY, REFERENCE, as_reference, save_policy
+from utils.rloo.params import RLOOParams
+from utils.rloo.training import TrlReward, encode_prompts, make_trainer, run_training, trainer_args
+from utils.params import ParameterError
 from utils.chat_format import encode_prompt, stop_token_ids
 from utils.example_rewards import count_the
 from utils.generation import SamplingConfig, generate_replies
@@ -53,22 +56,22 @@ def sft_adapter(tokenizer, tmp_path_factory):
 
 def sft_policy(tokenizer, sft_adapter) -> PeftModel:
     """The SFT model as stage 04_rloo loads it: the base with the SFT adapter as the trainable "default"."""
-    return PeftModel.from_pretrained(tiny_lm(tokenizer), str(sft_adapter), adapter_name=rloo.POLICY, is_trainable=True)
+    return PeftModel.from_pretrained(tiny_lm(tokenizer), str(sft_adapter), adapter_name=POLICY, is_trainable=True)
 
 
 def prompts(n: int = 16, offset: int = 0) -> list[list[dict[str, str]]]:
     return [[{"role": "user", "content": " ".join(WORDS[(5 * i + j + offset) % 24] for j in range(3))}] for i in range(n)]
 
 
-def settings(**overrides) -> rloo.RLOOSettings:
+def settings(**overrides) -> RLOOParams:
     base = dict(updates=2, prompts_per_update=4, replies_per_prompt=4, max_new_tokens=8, learning_rate=2e-2, beta=0.05)
-    return rloo.RLOOSettings(**{**base, **overrides})
+    return RLOOParams(**{**base, **overrides})
 
 
 def train(tokenizer, sft_adapter, tmp_path, reward=count_the, **overrides):
     model = sft_policy(tokenizer, sft_adapter)
-    prompt_set = rloo.encode_prompts(prompts(), tokenizer, max_prompt_tokens=64)
-    trainer, stats = rloo.run_training(model, tokenizer, prompt_set, reward, settings(**overrides), sft_adapter, tmp_path,
+    prompt_set = encode_prompts(prompts(), tokenizer, max_prompt_tokens=64)
+    trainer, stats = run_training(model, tokenizer, prompt_set, reward, settings(**overrides), sft_adapter, tmp_path,
                                        snapshot_updates=[0, 1, overrides.get("updates", 2)], log=None)
     return model, trainer, stats
 
@@ -93,22 +96,22 @@ def saved_tensors(folder) -> dict[str, torch.Tensor]:
 
 def test_the_reference_is_the_frozen_sft_adapter_and_only_the_policy_moves(tokenizer, sft_adapter, tmp_path):
     model, trainer, stats = train(tokenizer, sft_adapter, tmp_path)
-    assert set(model.peft_config) == {rloo.POLICY, rloo.REFERENCE}  # trl added "ref" (no peft_config was passed)
+    assert set(model.peft_config) == {POLICY, REFERENCE}  # trl added "ref" (no peft_config was passed)
     sft = saved_tensors(sft_adapter)
-    ref = adapter_tensors(model, rloo.REFERENCE)
-    policy = adapter_tensors(model, rloo.POLICY)
+    ref = adapter_tensors(model, REFERENCE)
+    policy = adapter_tensors(model, POLICY)
     # The reference holds exactly the SFT weights after training, the chat-token rows included (trl's own copy misses
-    # them: utils.dpo.sft_as_reference puts them back), and none of it is trainable.
+    # them: utils.dpo.policy.sft_as_reference puts them back), and none of it is trainable.
     assert any("trainable_tokens_delta" in k for k in ref)
     assert set(ref) == set(sft)
     assert all(torch.equal(ref[k], sft[k]) for k in sft)
-    assert not any(p.requires_grad for n, p in model.named_parameters() if f".{rloo.REFERENCE}." in n or n.endswith(f".{rloo.REFERENCE}"))
+    assert not any(p.requires_grad for n, p in model.named_parameters() if f".{REFERENCE}." in n or n.endswith(f".{REFERENCE}"))
     # The policy started there too (trl's first KL is exactly 0: π = π_ref at the first sample) and then moved.
     assert stats.train_log[0]["kl"] == 0.0 and stats.train_log[0]["kl_per_token"] == 0.0
     assert any(not torch.equal(policy[k], ref[k]) for k in policy if "lora" in k)
     # The reference is the SFT model, not the bare base: its log-probs differ from the base's.
     ids = torch.tensor([encode_prompt(prompts(1)[0], tokenizer)])
-    with torch.no_grad(), rloo.as_reference(model):
+    with torch.no_grad(), as_reference(model):
         ref_logits = model(input_ids=ids).logits
     with torch.no_grad(), model.disable_adapter():
         base_logits = model(input_ids=ids).logits
@@ -118,8 +121,8 @@ def test_the_reference_is_the_frozen_sft_adapter_and_only_the_policy_moves(token
     first, last = saved_tensors(stats.snapshots[0]), saved_tensors(stats.snapshots[2])
     assert all(torch.equal(first[k], sft[k]) for k in sft)
     assert any(not torch.equal(last[k], sft[k]) for k in sft)
-    assert not (stats.snapshots[2] / rloo.REFERENCE).exists()
-    saved = rloo.save_policy(model, tokenizer, tmp_path / "adapter")
+    assert not (stats.snapshots[2] / REFERENCE).exists()
+    saved = save_policy(model, tokenizer, tmp_path / "adapter")
     reloaded = PeftModel.from_pretrained(tiny_lm(tokenizer), str(saved)).eval()
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-5)
@@ -198,8 +201,8 @@ def test_a_reward_function_that_does_not_import_or_miscounts_stops_before_traini
 
 
 def test_a_reward_that_miscounts_during_training_stops_in_one_line(tokenizer):
-    prompt_set = rloo.encode_prompts(prompts(2), tokenizer, max_prompt_tokens=64)
-    reward = rloo.TrlReward(load_reward_function("test_rloo:wrong_count"), prompt_set, tokenizer)
+    prompt_set = encode_prompts(prompts(2), tokenizer, max_prompt_tokens=64)
+    reward = TrlReward(load_reward_function("test_rloo:wrong_count"), prompt_set, tokenizer)
     ids = [encode_prompt(prompts(1)[0], tokenizer)] * 2
     with pytest.raises(RewardFunctionError, match="reward_function 'test_rloo:wrong_count': returned 1 scores for 2 replies") as info:
         reward(prompts=prompt_set.texts, completions=["", ""], completion_ids=ids, prompt_index=[0, 1])
@@ -210,22 +213,22 @@ def test_a_reward_that_miscounts_during_training_stops_in_one_line(tokenizer):
 
 
 def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer):
-    with pytest.raises(ValueError, match="replies_per_prompt must be >= 2"):
-        rloo.RLOOSettings(replies_per_prompt=1)
+    with pytest.raises(ParameterError, match="replies_per_prompt must be >= 2"):
+        RLOOParams(replies_per_prompt=1)
     with pytest.raises(ValueError, match="mini_batch_size must divide the 16 replies"):
-        rloo.RLOOSettings(mini_batch_size=5)
-    args = rloo.trainer_args(rloo.RLOOSettings(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8), "/tmp/unused")
+        RLOOParams(mini_batch_size=5)
+    args = trainer_args(RLOOParams(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.generation_batch_size) == (8, 2, 16)
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.num_iterations) == (1.0, 0, 1.0, 1.0, 1)
-    args = rloo.trainer_args(rloo.RLOOSettings(updates=3, mini_batch_size=4, steps_per_update=2), "/tmp/unused")
+    args = trainer_args(RLOOParams(updates=3, mini_batch_size=4, steps_per_update=2), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 2, 4)
     assert (args.generation_batch_size, args.max_steps, args.logging_steps) == (16, 6, 2)
     with pytest.raises(ValueError, match="steps_per_update must divide the 4 micro-batches"):
-        rloo.RLOOSettings(mini_batch_size=4, steps_per_update=3)
+        RLOOParams(mini_batch_size=4, steps_per_update=3)
     with pytest.raises(ValueError, match="2 prompts fit, fewer than prompts_per_update=4"):
-        rloo.make_trainer(None, tokenizer, rloo.encode_prompts(prompts(2), tokenizer, 64), None, rloo.RLOOSettings(), None, "/tmp/unused")
+        make_trainer(None, tokenizer, encode_prompts(prompts(2), tokenizer, 64), None, RLOOParams(), None, "/tmp/unused")
     long = [[{"role": "user", "content": " ".join(WORDS * 3)}]]
-    prompt_set = rloo.encode_prompts(prompts(3) + long, tokenizer, max_prompt_tokens=20)
+    prompt_set = encode_prompts(prompts(3) + long, tokenizer, max_prompt_tokens=20)
     assert (len(prompt_set), prompt_set.too_long) == (3, 1)
     assert prompt_set.ids[0] == encode_prompt(prompts(1)[0], tokenizer)
 
@@ -255,10 +258,10 @@ class CountTheUntil:
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_ends_as_the_uninterrupted_one(tokenizer, sft_adapter, tmp_path):
     def run(reward, root):
         model = sft_policy(tokenizer, sft_adapter)
-        prompt_set = rloo.encode_prompts(prompts(), tokenizer, max_prompt_tokens=64)
-        _, stats = rloo.run_training(model, tokenizer, prompt_set, reward, settings(updates=3), sft_adapter, root / "out",
-                                     snapshot_updates=[0, 1, 2, 3], checkpoint_root=root / "checkpoints", save_steps=1, log=None)
-        return adapter_tensors(model, rloo.POLICY), stats
+        prompt_set = encode_prompts(prompts(), tokenizer, max_prompt_tokens=64)
+        _, stats = run_training(model, tokenizer, prompt_set, reward, settings(updates=3, save_steps=1), sft_adapter, root / "out",
+                                snapshot_updates=[0, 1, 2, 3], checkpoint_root=root / "checkpoints", log=None)
+        return adapter_tensors(model, POLICY), stats
 
     straight, straight_stats = run(CountTheUntil(), tmp_path / "straight")
     with pytest.raises(RewardFunctionError, match="killed at update 3"):

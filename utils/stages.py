@@ -45,9 +45,12 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 # Each migrated stage's parameters dataclass (module, class): the one place its defaults are written. The notebook's
 # parameters cell is generated from it (`python -m utils.repo sync`) and profiles are checked against its annotations.
 PARAMS: dict[str, tuple[str, str]] = {
+    EXPLORE: ("utils.explore.params", "ExploreParams"),
     SFT: ("utils.sft.params", "SFTParams"),
     REWARD: ("utils.reward.params", "RewardParams"),
     PPO: ("utils.ppo.params", "PPOParams"),
+    DPO: ("utils.dpo.params", "DPOParams"),
+    RLOO: ("utils.rloo.params", "RLOOParams"),
 }
 
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages

@@ -13,12 +13,13 @@ from utils.ppo.params import PPOParams
 
 if TYPE_CHECKING:
     from utils.ppo.trainer import PPOTrainer
+    from utils.rloo.params import RLOOParams
 
 
 @dataclass
-class PPOData:
+class PromptData:
     """Step 1, :func:`load_data`: the split, the training prompts (the **rl** view of the training trees) and a few
-    prompts of the eval split answered before and after training."""
+    prompts of the eval split answered before and after training (stage 04_rloo's too)."""
 
     split: Any
     train_prompts: list
@@ -29,11 +30,11 @@ class PPOData:
         return self.split.report.as_dict()["skipped"]  # records the readers skipped (on_error: skip), by reason
 
 
-def load_data(params: PPOParams) -> PPOData:
+def load_data(params: PPOParams | RLOOParams) -> PromptData:
     from utils.oasst import rl_prompts
 
     split = params.load_split()
-    return PPOData(split, rl_prompts(split.train), rl_prompts(split.eval)[: params.n_compare_prompts])
+    return PromptData(split, rl_prompts(split.train), rl_prompts(split.eval)[: params.n_compare_prompts])
 
 
 @dataclass
@@ -47,7 +48,7 @@ class PPOModels:
     reward_source: dict[str, str]
 
 
-def load_models(params: PPOParams, run_dir: str | Path, data: PPOData, device: Any = None) -> PPOModels:
+def load_models(params: PPOParams, run_dir: str | Path, data: PromptData, device: Any = None) -> PPOModels:
     from utils.modeling import reset_peak_memory
     from utils.ppo.model import load_sft_policy
     from utils.reward_functions import stage_reward
@@ -59,7 +60,7 @@ def load_models(params: PPOParams, run_dir: str | Path, data: PPOData, device: A
     return PPOModels(model, tokenizer, reward_fn, reward_source)
 
 
-def make_trainer(params: PPOParams, run_dir: str | Path, data: PPOData, models: PPOModels,
+def make_trainer(params: PPOParams, run_dir: str | Path, data: PromptData, models: PPOModels,
                  log: Callable[[str], None] | None = print) -> PPOTrainer:
     """Step 3: the fixed set progress is read on, and the trainer, resumed from this run's last checkpoint if
     ``resume`` and there is one. Then ``trainer.train(params.updates)``."""
@@ -102,7 +103,7 @@ def snapshot_schedule(updates: int, points: int) -> list[int]:
 def stage_metrics(
     trainer: PPOTrainer,
     out_dir: str | Path,
-    data: PPOData,
+    data: PromptData,
     models: PPOModels,
     *,
     adapter_dir: str | Path,
