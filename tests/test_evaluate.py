@@ -11,19 +11,11 @@ from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 from fixtures import tiny_gpt_neox
 
 from utils import chat_format
-from utils.evaluate import (
-    Sample,
-    fitting_prompts,
-    generate_answers,
-    is_refusal,
-    markdown_table,
-    perplexity,
-    refusal_rate,
-    reply_logprobs,
-    sample_replies,
-    sample_table,
-    score_answers,
-)
+from utils.evaluate.answers import fitting_prompts, generate_answers, score_answers
+from utils.evaluate.harmless import is_refusal, refusal_rate
+from utils.evaluate.kl import Sample, reply_logprobs, sample_replies
+from utils.evaluate.perplexity import perplexity
+from utils.evaluate.tables import markdown_table, sample_table
 from utils.generation import sampling_preset
 from utils.sampling_reports import prompt_key
 
@@ -280,7 +272,7 @@ def fake_run(tmp_path_factory, tokenizer):
 def test_models_share_one_base_and_switch_adapters(fake_run, tokenizer, tmp_path):
     import shutil
 
-    from utils.evaluate import load_models, use
+    from utils.evaluate.models import load_models, use
 
     models = load_models(fake_run)
     assert models.names == ["base", "sft", "ppo"]

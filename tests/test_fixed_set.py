@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from utils.fixed_set import WORDS, best_of_n_kl, best_of_n_scores, mean_se, paired_gain, point, rl_check
+from utils.evaluate.reward_vs_kl import rl_check
+from utils.fixed_set import WORDS, best_of_n_kl, best_of_n_scores, mean_se, paired_gain, point
 
 
 def test_paired_gain_removes_the_prompts_difficulty():

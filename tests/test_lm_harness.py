@@ -114,7 +114,7 @@ def test_the_preferred_reply_is_the_one_scored_as_gold(hh_pairs, tokenizer, tmp_
 def test_players_switch_adapters_on_the_shared_model(hh_pairs, tokenizer, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from utils.evaluate import Models
+    from utils.evaluate.models import Models
 
     write_hh_pairs_task(hh_pairs, tmp_path, tokenizer, max_tokens=CONTEXT)
     peft = get_peft_model(model(tokenizer, seed=5, sharpen=20), LoraConfig(r=4, target_modules=["query_key_value"]), adapter_name="sft")

@@ -61,22 +61,26 @@ def test_a_wrong_type_names_profile_stage_and_key(tmp_path):
         load_profile(path).stage_params("03_reward")
 
 
-def test_type_rules_follow_the_parameters_cell(tmp_path):
+def test_type_rules_follow_the_params_annotations(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump({"name": "p", "stages": {
         "02_sft": {"tiny_base": {"steps": 10}, "lora_target_modules": ["dense"], "num_train_epochs": 2},
-        "03_reward": {"lora_layers": None, "epochs": 2},   # "None: all" in its comment; an int is a fine float
-        "04_ppo": {"quantization": "nf4"},                 # a None default takes anything
+        "03_reward": {"lora_layers": None, "epochs": 2},   # list[int] | None; an int is a fine float
+        "04_ppo": {"quantization": "nf4"},                 # Literal["nf4", "none"] | None
     }}))
     profile = load_profile(path)
     sft = profile.stage_params("02_sft")
     assert sft["tiny_base"]["steps"] == 10 and sft["tiny_base"]["vocab_size"] == 4096  # merged into the default dict
-    assert sft["lora_target_modules"] == ["dense"]  # "or a list" in its comment
+    assert sft["lora_target_modules"] == ["dense"]  # str | list[str]
     reward = profile.stage_params("03_reward")
     assert reward["lora_layers"] is None and reward["epochs"] == 2.0 and isinstance(reward["epochs"], float)
     assert profile.stage_params("04_ppo")["quantization"] == "nf4"
-    assert declared_parameters(notebook_path("03_reward"))["lora_layers"].nullable
-    assert not declared_parameters(notebook_path("02_sft"))["max_steps"].nullable
+    for stage, key, value, message in (("02_sft", "max_steps", None, "max_steps: expected an int"),
+                                       ("04_ppo", "quantization", "int8", "quantization: 'int8' is not one of nf4, none"),
+                                       ("01_explore_trees", "on_error", "skipp", "on_error: 'skipp' is not one of raise, skip")):
+        path.write_text(yaml.safe_dump({"name": "p", "stages": {stage: {key: value}}}))
+        with pytest.raises(ParameterError, match=message):
+            load_profile(path).stage_params(stage)
 
 
 @pytest.mark.parametrize("stage", STAGES)

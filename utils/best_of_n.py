@@ -8,7 +8,7 @@ construction, an independent judge's need not.
 
 Details worth naming:
 
-* **Nested samples, common random numbers**: the candidates are :func:`utils.evaluate.generate_answers`'s
+* **Nested samples, common random numbers**: the candidates are :func:`utils.evaluate.answers.generate_answers`'s
   samples, sample s drawn with seed ``seed + 1000 s``, as every player's are. Answer j of best-of-n chooses
   among samples ``j·n … j·n + n − 1``; so best-of-1 is plain sampling with the same seed, answer for answer,
   and best-of-4's first answer chooses among the first 4 of best-of-16's candidates. One sampling pass of
@@ -77,7 +77,7 @@ def best_of_n(
 ) -> dict[int, dict[str, list[str]]]:
     """``{n: {prompt key: [answer]}}`` for every n: candidates sampled once from ``model`` (the SFT policy) with
     ``sampling``, scored once by ``proxy`` (a scorer), the best of each block of n kept."""
-    from utils.evaluate import generate_answers, score_answers
+    from utils.evaluate.answers import generate_answers, score_answers
     from utils.sampling_reports import prompt_key
 
     ns = check_ns(ns)
@@ -95,7 +95,7 @@ def best_of_n_players(models, prompts: Sequence[str], configs: Mapping[str, Any]
     """Stage 05's best-of-n players: ``(answers, {player: n})``, one per n and sampling preset, picked among the SFT
     model's samples by the proxy (:func:`proxy_scorer`). A greedy preset is passed over (said in ``log``); nothing is
     sampled when ``ns`` is empty or the run has no SFT model."""
-    from utils.evaluate import use
+    from utils.evaluate.models import use
 
     answers: dict[str, dict[str, list[str]]] = {}
     best_of: dict[str, int] = {}

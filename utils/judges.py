@@ -151,7 +151,7 @@ def score_players(
     batch_size: int = 16,
 ) -> dict[str, dict[str, dict[str, list[float]]]]:
     """``scores[judge][player][prompt]``: every judge's reward for every answer of every player."""
-    from utils.evaluate import score_answers
+    from utils.evaluate.answers import score_answers
 
     return {j: {p: score_answers(judge.scorer, prompts, a, batch_size=batch_size) for p, a in players.items()}
             for j, judge in judges.items()}

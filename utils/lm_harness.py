@@ -194,8 +194,8 @@ def run_tasks(model, tokenizer, tasks: Sequence[str], limit: int | None = None, 
 def evaluate_players(models, players: Sequence[str], tasks: Sequence[str], limit: int | None = None, batch_size: int = 16,
                      include_path: str | Path | None = None) -> dict[str, Results]:
     """:func:`run_tasks` for each of ``players`` (names in ``models.names``: base, sft, ppo, dpo, rloo), switching
-    adapters on the one shared model with :func:`utils.evaluate.use`: ``{player: {task: {...}}}``."""
-    from utils.evaluate import use
+    adapters on the one shared model with :func:`utils.evaluate.models.use`: ``{player: {task: {...}}}``."""
+    from utils.evaluate.models import use
 
     results = {}
     for name in players:

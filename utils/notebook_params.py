@@ -1,22 +1,18 @@
-"""A notebook's parameters cell: what it declares, and whether a profile's values fit what it declares.
+"""A notebook's parameters cell: what it declares, and whether a profile's values fit it.
 
 The runner's rules for a stage notebook (``notebooks/<NN_stage>.ipynb``):
 
 * exactly one code cell is tagged ``parameters`` (papermill's convention), and it holds only
   ``name = literal`` lines and comments. A literal is what :func:`ast.literal_eval` reads: numbers,
   strings, booleans, ``None``, and lists, tuples and dicts of them; ``2 * 192`` is not one.
-* it declares ``run_dir`` and ``out_dir``, which the runner sets (to the run folder and the stage's folder);
-* the defaults are the values a notebook run by hand uses, and the one place a default is written.
+* it declares ``run_dir`` and ``out_dir``, which the runner sets (to the run folder and the stage's folder).
 
-A profile's value must fit its parameter's default (checked before any stage runs):
-
-* the same type as the default: a bool for a bool, an int for an int, a string for a string; an int is a
-  fine float (and becomes one); a default of ``None`` takes anything;
-* ``None`` only where the default is ``None`` or the parameter's comment says what ``None`` means;
-* a list's elements are of the type of the default's first element; a string parameter whose comment
-  says "or a list" also takes a list of strings;
-* a dict names only keys of the default dict and is merged into it: a profile lists the entries it changes;
-* a parameter named ``*_path`` or ``*_paths`` names files that must exist (``hf:`` names are the Hub's).
+The kit's stages write their cell from a ``Params`` dataclass (:mod:`utils.params`), whose annotations decide which
+values a profile may give (:func:`utils.params.fit`). A notebook of your own without one is checked against its
+defaults (:func:`fit_value`): the same type as the default (an int is a fine float), ``None`` only where the default is
+``None`` (which takes anything), a list's elements of the type of the default's first, a dict merged into the
+default's entries. Either way a parameter named ``*_path`` or ``*_paths`` names files that must exist (``hf:`` names
+are the Hub's).
 """
 
 from __future__ import annotations
@@ -28,15 +24,12 @@ import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from utils.params import ParameterError  # noqa: F401 (the runner's error, raised here too)
 
 RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile
 HUB_PREFIX = "hf:"
-# Parameters whose value is one of a few words, whichever stage declares them: a typo ("skipp") stops the
-# run before any stage, not hours later in the stage that reads it.
-CHOICES: dict[str, tuple[str, ...]] = {"on_error": ("raise", "skip"), "pair_weighting": ("group", "flat")}
 
 
 @dataclass(frozen=True)
@@ -45,14 +38,6 @@ class Parameter:
     default: Any
     line: int  # in the parameters cell, 1-based
     comment: str
-
-    @property
-    def nullable(self) -> bool:
-        return self.default is None or "None" in self.comment
-
-    @property
-    def takes_a_list(self) -> bool:
-        return "or a list" in self.comment
 
 
 def parameters_cell(notebook: Path) -> str:
@@ -126,8 +111,9 @@ def _type_name(value: Any) -> str:
             dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def fit_value(value: Any, default: Any, nullable: bool = False, takes_a_list: bool = False, key: str = "") -> Any:
-    """``value`` as the parameter whose default is ``default`` takes it, or a one-line :class:`ParameterError`."""
+def fit_value(value: Any, default: Any, key: str = "") -> Any:
+    """``value`` as the parameter whose default is ``default`` takes it (a notebook without a ``Params`` class), or a
+    one-line :class:`ParameterError`."""
 
     def wrong(expected: str) -> ParameterError:
         return ParameterError(f"{key}: expected {expected} (the notebook's default is {default!r}), got {value!r} ({_type_name(value)})")
@@ -135,9 +121,7 @@ def fit_value(value: Any, default: Any, nullable: bool = False, takes_a_list: bo
     if default is None:
         return value
     if value is None:
-        if nullable:
-            return None
-        raise ParameterError(f"{key}: null is not allowed (the notebook's default is {default!r}; its comment gives None no meaning)")
+        raise ParameterError(f"{key}: null is not allowed (the notebook's default is {default!r})")
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise wrong("true or false")
@@ -153,9 +137,7 @@ def fit_value(value: Any, default: Any, nullable: bool = False, takes_a_list: bo
     if isinstance(default, str):
         if isinstance(value, str):
             return value
-        if takes_a_list and isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return list(value)
-        raise wrong("a string or a list of strings" if takes_a_list else "a string")
+        raise wrong("a string")
     if isinstance(default, (list, tuple)):
         if not isinstance(value, (list, tuple)):
             raise wrong("a list")
@@ -195,11 +177,7 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
     else:
         params = {name: p.default for name, p in declared.items() if name not in RUNNER_PARAMS}
         for key, value in overrides.items():
-            p = declared[key]
-            params[key] = fit_value(value, p.default, p.nullable, p.takes_a_list, key=key)
-    for key, allowed in CHOICES.items():
-        if key in params and params[key] not in allowed:
-            raise ParameterError(f"{key}: {params[key]!r} is not one of {', '.join(allowed)}")
+            params[key] = fit_value(value, declared[key].default, key=key)
     if root is not None:
         check_paths(params, Path(root))
     return params
@@ -214,23 +192,3 @@ def check_paths(params: dict[str, Any], root: Path) -> None:
                 continue
             if not (root / str(item)).exists():
                 raise ParameterError(f"{key}: {item} does not exist (relative paths start at {root})")
-
-
-class FromParams:
-    """A config dataclass built from a stage's parameters (a notebook's ``globals()``, a script's dict).
-
-    The fields of the same names are taken, so the stage's values are the ones that apply and a library
-    default never silently stands in for the notebook's: a field the parameters lack is an error, unless the
-    class lists it in ``LIBRARY_ONLY`` (a setting no stage exposes, whose default is the one that applies).
-    The dataclass defaults serve direct use from Python (tests, benchmarks); a stage's values are its notebook's.
-    """
-
-    LIBRARY_ONLY: ClassVar[tuple[str, ...]] = ()
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]):
-        fields = cls.__dataclass_fields__  # type: ignore[attr-defined]
-        missing = [name for name in fields if name not in params and name not in cls.LIBRARY_ONLY]
-        if missing:
-            raise ParameterError(f"{cls.__name__}: no value for {', '.join(missing)} (declare it in the stage's parameters cell)")
-        return cls(**{name: params[name] for name in fields if name in params})

@@ -179,17 +179,19 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
-def _wrapped_dict(name: str, value: dict) -> str:
-    """``name = {...}`` over as many lines as it takes to stay within :data:`CELL_WIDTH`, entries aligned."""
+def _wrapped(name: str, value: list | dict) -> str:
+    """``name = [...]`` or ``{...}`` over as many lines as it takes to stay within :data:`CELL_WIDTH`, items aligned."""
     indent = " " * (len(name) + 4)
+    items = [f"{_literal(k)}: {_literal(v)}" for k, v in value.items()] if isinstance(value, dict) else [_literal(v) for v in value]
+    opening, closing = ("{", "}") if isinstance(value, dict) else ("[", "]")
     rows, row = [], ""
-    for entry in (f"{_literal(k)}: {_literal(v)}" for k, v in value.items()):
-        if row and len(indent) + len(row) + len(entry) + 2 > CELL_WIDTH:
+    for item in items:
+        if row and len(indent) + len(row) + len(item) + 2 > CELL_WIDTH:
             rows.append(row + ",")
             row = ""
-        row = f"{row}, {entry}" if row else entry
-    rows.append(row + "}")
-    return f"{name} = {{" + f"\n{indent}".join(rows)
+        row = f"{row}, {item}" if row else item
+    rows.append(row + closing)
+    return f"{name} = {opening}" + f"\n{indent}".join(rows)
 
 
 def parameters_cell(cls: type, stage: str, source: str) -> str:
@@ -200,9 +202,9 @@ def parameters_cell(cls: type, stage: str, source: str) -> str:
         value = defaults(cls)[f.name]
         assignment = f"{f.name} = {_literal(value)}"
         help_text = f.metadata.get("help", "")
-        if isinstance(value, dict) and len(assignment) > CELL_WIDTH:  # a long mapping: its help above, its entries wrapped
+        if isinstance(value, (list, dict)) and len(assignment) > CELL_WIDTH:  # long: its help above, its items wrapped
             lines += [f"# {help_text}"] if help_text else []
-            lines.append(_wrapped_dict(f.name, value))
+            lines.append(_wrapped(f.name, value))
             continue
         lines.append(f"{assignment.ljust(COMMENT_COLUMN - 1)} # {help_text}" if help_text else assignment)
     lines += ['run_dir = "runs/tiny"', f'out_dir = "runs/tiny/{stage}"']

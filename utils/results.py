@@ -37,7 +37,7 @@ def results_rows(
 ) -> list[dict[str, str]]:
     """Rows of the results table, players ranked by the first independent judge's Elo.
 
-    ``summaries[judge][player]`` are :func:`utils.evaluate.summarize` dicts; ``extra[player]`` adds columns
+    ``summaries[judge][player]`` are :func:`utils.evaluate.answers.summarize` dicts; ``extra[player]`` adds columns
     (KL, perplexity, ...). A judge PPO was trained against is starred.
     """
     lead = lead_judge(judges)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.notebook_params import RUNNER_PARAMS, declared_parameters, fit_value
+from utils.notebook_params import RUNNER_PARAMS, declared_parameters, effective_parameters
 from utils.stages import NOTEBOOKS_DIR, STAGES, notebook_path, upstream
 
 STAGE_FILE = "stage.json"
@@ -187,8 +187,7 @@ def record_notebook_run(out_dir: str | Path, notebooks_dir: str | Path = NOTEBOO
     notebook = notebook_path(out.name, notebooks_dir)
     declared = declared_parameters(notebook)
     try:
-        params = {name: fit_value(ns[name], p.default, p.nullable, p.takes_a_list, key=name)
-                  for name, p in declared.items() if name not in RUNNER_PARAMS and name in ns}
+        params = effective_parameters(notebook, {name: ns[name] for name in declared if name not in RUNNER_PARAMS and name in ns})
     except ValueError as e:
         log(f"not recorded as finished: {e}")
         return None

@@ -51,6 +51,7 @@ PARAMS: dict[str, tuple[str, str]] = {
     PPO: ("utils.ppo.params", "PPOParams"),
     DPO: ("utils.dpo.params", "DPOParams"),
     RLOO: ("utils.rloo.params", "RLOOParams"),
+    EVALUATE: ("utils.evaluate.params", "EvaluateParams"),
 }
 
 STAGE_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+$")  # NN_name: the number orders the stages

@@ -55,7 +55,7 @@ class ImplicitRewards:
 def reply_logprob_sums(model, encoded: EncodedPairs, pad_id: int, batch_size: int = 16, reference: bool = False) -> np.ndarray:
     """``log π(y|x)`` of each chosen reply, then of each rejected reply, summed over the reply tokens alone (as
     trl's loss sums them): under the policy (``"default"``), or with ``reference`` under π_ref (``"ref"``)."""
-    from utils.evaluate import masked_logprob_sums
+    from utils.evaluate.kl import masked_logprob_sums
 
     sequences = [p + c for p, c in zip(encoded.prompt_ids, encoded.chosen_ids)] + \
                 [p + r for p, r in zip(encoded.prompt_ids, encoded.rejected_ids)]
