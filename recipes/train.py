@@ -143,6 +143,7 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
 
     from utils.dpo import stage as dpo_stage
     from utils.dpo.params import DPOParams
+    from utils.dpo.policy import save_trained_policy
     from utils.modeling import count_parameters, peak_memory_mb
 
     state, started = PartialState(), time.time()
@@ -154,7 +155,7 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     parameters = count_parameters(trainer.model)
     adapter_dir = out / "adapter"
     if state.is_main_process:
-        adapter_dir = dpo_stage.save(trainer, policy, out)
+        adapter_dir = save_trained_policy(trainer, policy.tokenizer, out)
     return dpo_stage.stage_metrics(out, params, data, policy, stats, adapter_dir=adapter_dir, parameters=parameters,
                                    peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 
@@ -167,6 +168,7 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """
     from accelerate import PartialState
 
+    from utils.dpo.policy import save_trained_policy
     from utils.modeling import peak_memory_mb
     from utils.rloo import stage as rloo_stage
     from utils.rloo.params import RLOOParams
@@ -179,7 +181,7 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     peak_mb = peak_memory_mb()
     adapter_dir = out / "adapter"
     if state.is_main_process:
-        adapter_dir = rloo_stage.save(trainer, models, out)
+        adapter_dir = save_trained_policy(trainer, models.tokenizer, out)
     return rloo_stage.stage_metrics(out, params, data, models, stats, adapter_dir=adapter_dir, progress=progress,
                                     peak_memory_mb=peak_mb, processes=state.num_processes, started=started)
 

@@ -56,3 +56,9 @@ def save_policy(model, tokenizer, path: str | Path) -> Path:
     model.save_pretrained(str(path), selected_adapters=[POLICY])
     tokenizer.save_pretrained(str(path))
     return Path(path)
+
+
+def save_trained_policy(trainer, tokenizer, out_dir: str | Path) -> Path:
+    """A trl trainer's policy as a plain peft adapter folder, ``<out_dir>/adapter``: stages 04_dpo's and 04_rloo's last
+    step (stage 05 loads it beside SFT's on the same base)."""
+    return save_policy(trainer.accelerator.unwrap_model(trainer.model), tokenizer, Path(out_dir) / "adapter")

@@ -1,6 +1,6 @@
 """Stage 04_dpo in steps: the notebook (``notebooks/04_dpo.ipynb``) and the script (``python -m recipes.train dpo``) call
 the same steps in the same order, :func:`load_data`, :func:`load_policy_and_pairs`,
-:func:`~utils.dpo.training.run_training`, :func:`save`, and :func:`stage_metrics`, the one writer of its metrics.json.
+:func:`train`, :func:`~utils.dpo.policy.save_trained_policy`, and :func:`stage_metrics`, the one writer of its metrics.json.
 Every step reads its settings from :class:`utils.dpo.params.DPOParams`."""
 
 from __future__ import annotations
@@ -81,13 +81,6 @@ def train(params: DPOParams, run_dir: str | Path, policy: DPOModel):
 
     return run_training(policy.model, policy.tokenizer, policy.train_set, policy.heldout, params, policy.sft_adapter_dir,
                         checkpoint_root=stages.checkpoint_dir(run_dir, stages.DPO))
-
-
-def save(trainer, policy: DPOModel, out_dir: str | Path) -> Path:
-    """Step 4: the trained policy as a plain peft adapter folder (stage 05 loads it beside SFT's on the same base)."""
-    from utils.dpo.policy import save_policy
-
-    return save_policy(trainer.accelerator.unwrap_model(trainer.model), policy.tokenizer, Path(out_dir) / "adapter")
 
 
 def stage_metrics(

@@ -1,6 +1,6 @@
 """Stage 04_rloo in steps: the notebook (``notebooks/04_rloo.ipynb``) and the script (``python -m recipes.train rloo``)
 call the same steps in the same order, :func:`load_data` (PPO's: the same prompts), :func:`load_models`,
-:func:`train`, :func:`save`, and :func:`stage_metrics`, the one writer of its metrics.json. Every step reads its
+:func:`train`, :func:`utils.dpo.policy.save_trained_policy`, and :func:`stage_metrics`, the one writer of its metrics.json. Every step reads its
 settings from :class:`utils.rloo.params.RLOOParams`."""
 
 from __future__ import annotations
@@ -58,13 +58,6 @@ def train(params: RLOOParams, run_dir: str | Path, out_dir: str | Path, data: Pr
                                   models.sft_adapter_dir, out_dir, snapshot_updates=snapshot_schedule(params.updates, params.kl_curve_points),
                                   checkpoint_root=stages.checkpoint_dir(run_dir, stages.RLOO), log=log, progress=progress)
     return trainer, stats, progress
-
-
-def save(trainer, models: RLOOModels, out_dir: str | Path) -> Path:
-    """Step 4: the trained policy as a plain peft adapter folder (stage 05 loads it beside SFT's on the same base)."""
-    from utils.dpo.policy import save_policy
-
-    return save_policy(trainer.accelerator.unwrap_model(trainer.model), models.tokenizer, Path(out_dir) / "adapter")
 
 
 def stage_metrics(
