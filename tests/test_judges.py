@@ -1,5 +1,5 @@
 """Judges (utils/judges.py): the judge's own trees, released (question, answer) reward models, agreement, the
-reward-against-KL fit (utils/evaluate.py) and the results table (utils/results.py)."""
+reward-against-KL fit (utils/evaluate/) and the results table (utils/results.py)."""
 
 from __future__ import annotations
 
