@@ -17,7 +17,7 @@ from utils.evaluate.kl import Sample, reply_logprobs, sample_replies
 from utils.evaluate.perplexity import perplexity
 from utils.evaluate.tables import markdown_table, sample_table
 from utils.generation import sampling_preset
-from utils.sampling_reports import prompt_key
+from utils.evaluate.sampling_reports import prompt_key
 
 TEXTS = ["How do I bake bread?", "Mix flour, water, salt and yeast, then bake it.", "What is the capital of France?",
          "Paris is the capital of France.", "Tell me a joke about cats.", "Why did the cat sit on the computer?"] * 5
@@ -149,7 +149,7 @@ class LengthScorer:  # reward = characters in the reply: which reply a judge pre
 
 
 def test_best_of_one_is_plain_sampling_with_the_same_seed(tokenizer):
-    from utils.best_of_n import best_of_n
+    from utils.evaluate.best_of_n import best_of_n
 
     model = tiny_lm(tokenizer, 4)
     prompts = ["How do I bake bread?", "Why?", "Tell me a joke about cats."]
@@ -161,7 +161,7 @@ def test_best_of_one_is_plain_sampling_with_the_same_seed(tokenizer):
 
 
 def test_best_of_n_answers_with_the_proxys_favourite_among_nested_samples(tokenizer):
-    from utils.best_of_n import best_of_n
+    from utils.evaluate.best_of_n import best_of_n
 
     model = tiny_lm(tokenizer, 4)
     prompts = ["How do I bake bread?", "Why?"]
@@ -176,7 +176,7 @@ def test_best_of_n_answers_with_the_proxys_favourite_among_nested_samples(tokeni
 
 
 def test_pick_best_blocks_ties_and_the_kl_bound():
-    from utils.best_of_n import check_ns, kl_bound, pick_best
+    from utils.evaluate.best_of_n import check_ns, kl_bound, pick_best
 
     candidates = {"p": ["a", "bbb", "cc", "dd", "e", "f"]}
     scores = {"p": [1.0, 3.0, 2.0, 2.0, 0.0, 0.0]}

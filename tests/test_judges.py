@@ -1,5 +1,5 @@
 """Judges (utils/judges.py): the judge's own trees, released (question, answer) reward models, agreement, the
-reward-against-KL fit (utils/evaluate/) and the results table (utils/results.py)."""
+reward-against-KL fit (utils/evaluate/) and the results table (utils/evaluate/results.py)."""
 
 from __future__ import annotations
 
@@ -133,8 +133,8 @@ def test_agreement_counts_pairs_both_models_order_the_same_way():
 
 
 def test_results_rows_rank_players_by_the_independent_judge_and_star_the_proxy():
-    from utils.results import results_rows
-    from utils.tournament import Rating
+    from utils.evaluate.results import results_rows
+    from utils.evaluate.tournament import Rating
 
     js = {"proxy": judges.Judge("proxy", None, "p", True), "judge": judges.Judge("judge", None, "j", False)}
     elo = {"proxy": {"a": Rating(1100, 1090, 1110, 10), "b": Rating(900, 890, 910, 10)},

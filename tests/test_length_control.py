@@ -1,4 +1,4 @@
-"""Length-controlled win rates (utils.length_control): a player that wins only by length has an LC win rate near
+"""Length-controlled win rates (utils.evaluate.length_control): a player that wins only by length has an LC win rate near
 one half, a player that wins at equal length keeps its win, and the fit recovers known coefficients."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from utils.length_control import (LengthGames, fit_length_glm, lc_rows, lc_win_rate, length_controlled,
+from utils.evaluate.length_control import (LengthGames, fit_length_glm, lc_rows, lc_win_rate, length_controlled,
                                   length_controlled_table, length_games)
 
 

@@ -15,7 +15,7 @@ from tokenizers import pre_tokenizers
 
 from fixtures import chat_word_tokenizer, tiny_gpt_neox
 
-from utils.lm_harness import (HH_TASK, evaluate_players, harness_rows, lead_metric, local_tasks, run_tasks, with_diffs,
+from utils.evaluate.lm_harness import (HH_TASK, evaluate_players, harness_rows, lead_metric, local_tasks, run_tasks, with_diffs,
                               write_hh_pairs_task)
 
 HH_FILE = "data/hh_rlhf_harmless_base_test_part1.jsonl.gz"

@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from utils.sampling_reports import load_players, prompt_key, read_sampling_report
+from utils.evaluate.sampling_reports import load_players, prompt_key, read_sampling_report
 
 REPORTS = "data/oa_sampling_reports"
 ONE_B = f"{REPORTS}/2023-03-01_pythia-1b-deduped-sft_sampling.json"

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from utils.tournament import (
+from utils.evaluate.tournament import (
     Game,
     bootstrap_draws,
     bootstrap_elo,

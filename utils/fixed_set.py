@@ -25,7 +25,7 @@ import numpy as np
 from utils import chat_format
 from utils.evaluate.answers import as_prompt, fitting_prompts, word_count
 from utils.evaluate.kl import reply_logprobs, sample_replies
-from utils.sampling_reports import prompt_key
+from utils.evaluate.sampling_reports import prompt_key
 
 Conversation = list[dict[str, Any]]
 RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]

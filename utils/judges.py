@@ -158,8 +158,8 @@ def score_players(
 
 
 def judge_tournaments(scores: Mapping[str, Mapping[str, Mapping[str, Sequence[float]]]], **tournament_kwargs) -> dict[str, Any]:
-    """One tournament per judge (``utils.tournament.run_tournament``): the same games, each judge deciding them."""
-    from utils.tournament import run_tournament
+    """One tournament per judge (``utils.evaluate.tournament.run_tournament``): the same games, each judge deciding them."""
+    from utils.evaluate.tournament import run_tournament
 
     return {j: run_tournament(by_player, **tournament_kwargs) for j, by_player in scores.items()}
 
@@ -186,7 +186,7 @@ def plot_elo_by_judge(tournaments: Mapping[str, Any], judges: Mapping[str, Judge
     """Elo ratings and intervals, one panel per judge, players in the same order (the first independent judge's)."""
     import matplotlib.pyplot as plt
 
-    from utils.tournament import ELO_INITIAL
+    from utils.evaluate.tournament import ELO_INITIAL
 
     lead = lead_judge(judges)
     order = sorted(tournaments[lead].elo, key=lambda p: tournaments[lead].elo[p].rating)

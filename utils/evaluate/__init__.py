@@ -16,6 +16,9 @@ side and :func:`~utils.evaluate.models.use` switches between them (``"base"`` ru
 The package: :mod:`~utils.evaluate.params` (``EvaluateParams``, each default once), :mod:`~utils.evaluate.stage` (the
 steps notebook 05 calls, and its metrics), :mod:`~utils.evaluate.models` (one base, the adapters by name),
 :mod:`~utils.evaluate.answers` (sampling and scoring), :mod:`~utils.evaluate.kl`, :mod:`~utils.evaluate.perplexity`,
-:mod:`~utils.evaluate.harmless` and :mod:`~utils.evaluate.tables`. The tournament, the judges, best-of-n, length
-control, the reward-against-KL picture and lm-eval are still modules of their own in ``utils/``.
+:mod:`~utils.evaluate.harmless`, :mod:`~utils.evaluate.tournament` (win rates and Elo with intervals),
+:mod:`~utils.evaluate.best_of_n`, :mod:`~utils.evaluate.length_control`, :mod:`~utils.evaluate.reward_vs_kl`,
+:mod:`~utils.evaluate.lm_harness` (lm-eval), :mod:`~utils.evaluate.sampling_reports` (OpenAssistant's own models'
+answers), :mod:`~utils.evaluate.results` (the results table) and :mod:`~utils.evaluate.tables`. The judges are
+:mod:`utils.judges`: the RL stages' fixed set asks them too.
 """

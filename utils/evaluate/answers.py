@@ -8,8 +8,8 @@ import numpy as np
 
 from utils import chat_format
 from utils.generation import SamplingConfig, generate_replies
-from utils.sampling_reports import prompt_key
-from utils.tournament import bootstrap_mean_ci
+from utils.evaluate.sampling_reports import prompt_key
+from utils.evaluate.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from utils.evaluate.models import Models, use
 from utils.generation import SamplingConfig, generate_replies
-from utils.tournament import bootstrap_mean_ci
+from utils.evaluate.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
 

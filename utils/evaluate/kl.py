@@ -11,7 +11,7 @@ import torch
 from utils import chat_format
 from utils.batching import length_batches
 from utils.evaluate.models import Models, use
-from utils.tournament import bootstrap_mean_ci
+from utils.evaluate.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
 

@@ -17,7 +17,7 @@ class Prompts:
     """Step 1, :func:`load_prompts`: the held-out root prompts and the prompt lottery's, each once."""
 
     split: Any
-    heldout: list[str]  # keys: the whitespace-normalised texts (utils.sampling_reports.prompt_key)
+    heldout: list[str]  # keys: the whitespace-normalised texts (utils.evaluate.sampling_reports.prompt_key)
     lottery: list[str]
     lottery_report: Any  # what was read of the lottery file, and skipped
 
@@ -29,7 +29,7 @@ class Prompts:
 
 def load_prompts(params: EvaluateParams) -> Prompts:
     from utils.oasst import Report, read_prompts
-    from utils.sampling_reports import prompt_key
+    from utils.evaluate.sampling_reports import prompt_key
 
     split = params.load_split()
     lottery_report = Report()
@@ -66,8 +66,8 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
 
 def best_of_n(params: EvaluateParams, run_dir: str | Path, models, prompts: Prompts, configs: Mapping[str, Any],
               judges: Mapping[str, Any]) -> tuple[dict, dict]:
-    """Step 4: ``(answers, best_of)``: the best-of-n players (:mod:`utils.best_of_n`), ``best_of[player]`` its n."""
-    from utils.best_of_n import best_of_n_players
+    """Step 4: ``(answers, best_of)``: the best-of-n players (:mod:`utils.evaluate.best_of_n`), ``best_of[player]`` its n."""
+    from utils.evaluate.best_of_n import best_of_n_players
 
     return best_of_n_players(models, list(prompts.texts.values()), configs, params.best_of_n, judges, run_dir,
                              answers_per_prompt=params.samples_per_prompt, batch_size=params.batch_size,
@@ -76,7 +76,7 @@ def best_of_n(params: EvaluateParams, run_dir: str | Path, models, prompts: Prom
 
 def external_players(params: EvaluateParams, prompts: Prompts) -> dict[str, dict[str, list[str]]]:
     """Step 5: OpenAssistant's own models' answers (its sampling reports) to the held-out prompts we share."""
-    from utils.sampling_reports import load_players
+    from utils.evaluate.sampling_reports import load_players
 
     external = load_players(params.sampling_report_paths, params.report_configs, samples=params.samples_per_prompt)
     return {p: {k: v for k, v in a.items() if k in prompts.heldout} for p, a in external.items()}
@@ -109,7 +109,7 @@ class Lengths:
 
 def lengths(params: EvaluateParams, scores: Mapping[str, Any], players: Mapping[str, Any], lead: str) -> Lengths:
     from utils.evaluate.answers import word_count
-    from utils.length_control import length_controlled_table
+    from utils.evaluate.length_control import length_controlled_table
 
     words = {p: {k: [word_count(x) for x in v] for k, v in a.items()} for p, a in players.items()}
     lengths = {p: [n for v in w.values() for n in v] for p, w in words.items()}
@@ -223,7 +223,7 @@ def harmless(params: EvaluateParams, models, configs: Mapping[str, Any], judges:
 
 def lm_eval(params: EvaluateParams, models, hh: Harmless, out_dir: str | Path, log=print) -> dict:
     """Step 12: lm-eval's tasks on every model (``{}`` without tasks): ``model -> task -> {"n", "acc": {...}, ...}``."""
-    from utils.lm_harness import HH_TASK, evaluate_players, local_tasks, write_hh_pairs_task
+    from utils.evaluate.lm_harness import HH_TASK, evaluate_players, local_tasks, write_hh_pairs_task
 
     if not params.lm_eval_tasks:
         return {}
@@ -261,8 +261,8 @@ def stage_metrics(
     """What stage 05 records (every step's result, as the notebook showed it)."""
     from utils.evaluate.kl import KL_SAMPLING
     from utils.judges import judges_metrics, lead_judge
-    from utils.lm_harness import with_diffs
-    from utils.results import players_summary
+    from utils.evaluate.lm_harness import with_diffs
+    from utils.evaluate.results import players_summary
 
     lead = lead_judge(judges)
     return {

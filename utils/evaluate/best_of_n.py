@@ -78,7 +78,7 @@ def best_of_n(
     """``{n: {prompt key: [answer]}}`` for every n: candidates sampled once from ``model`` (the SFT policy) with
     ``sampling``, scored once by ``proxy`` (a scorer), the best of each block of n kept."""
     from utils.evaluate.answers import generate_answers, score_answers
-    from utils.sampling_reports import prompt_key
+    from utils.evaluate.sampling_reports import prompt_key
 
     ns = check_ns(ns)
     if not sampling.do_sample:

@@ -105,10 +105,10 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
         "metric_list": [{"metric": m, "aggregation": "mean", "higher_is_better": True} for m in METRICS],
         # Not "description": lm-eval would put that text in front of every context.
         "metadata": {"version": 1.0, "note": "NOT a standard benchmark: does the model give the preferred HH-RLHF reply "
-                                              "a higher likelihood than the rejected one (built by utils.lm_harness)"},
+                                              "a higher likelihood than the rejected one (built by utils.evaluate.lm_harness)"},
     }
     yaml_path = folder / f"{name}.yaml"
-    yaml_path.write_text("# Written by utils.lm_harness.write_hh_pairs_task: a kit task, NOT a standard benchmark.\n"
+    yaml_path.write_text("# Written by utils.evaluate.lm_harness.write_hh_pairs_task: a kit task, NOT a standard benchmark.\n"
                          + yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return {"task": name, "pairs": len(docs), "too_long": too_long, "empty_reply": empty, "yaml": str(yaml_path), "data": str(data)}
 

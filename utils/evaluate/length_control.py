@@ -27,7 +27,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from utils.tournament import bootstrap_draws, judge
+from utils.evaluate.tournament import bootstrap_draws, judge
 
 RIDGE = 1e-3  # a little L2 on θ and φ: a player that wins every game still gets a finite θ
 
@@ -126,7 +126,7 @@ def length_controlled_table(scores: Mapping[str, Mapping[str, Mapping[str, Seque
 
 def lc_rows(table: Mapping[str, Mapping[str, Mapping]], judge_labels: Mapping[str, str]) -> list[dict[str, str]]:
     """Readable rows: per player, per judge ``raw → LC`` win rates against the baseline, with intervals."""
-    from utils.results import fmt_ci
+    from utils.evaluate.results import fmt_ci
 
     players = list(dict.fromkeys(p for by_player in table.values() for p in by_player))
     rows = []

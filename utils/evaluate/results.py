@@ -73,7 +73,7 @@ def player_extras(model_of: Mapping[str, str], ppl: Mapping[str, float], kl: Map
 def best_of_extras(best_of: Mapping[str, int]) -> dict[str, dict[str, str]]:
     """The judge-free columns of the best-of-n players (``{player: n}``): KL to SFT by its analytic bound; no
     perplexity (best-of-n is a way to pick among SFT's samples, not a model with a likelihood of its own)."""
-    from utils.best_of_n import kl_bound
+    from utils.evaluate.best_of_n import kl_bound
 
     return {p: {"KL to SFT": f"≤ {kl_bound(n):.2f} (analytic)", "KL to base": "–", "perplexity": "–"} for p, n in best_of.items()}
 
@@ -123,7 +123,7 @@ def cost_columns(model_of: Mapping[str, str], best_of: Mapping[str, int], costs:
 
 def win_columns(length_controlled: Mapping[str, Mapping[str, Mapping[str, Any]]], judge: str) -> dict[str, dict[str, str]]:
     """Per player, its raw and length-controlled win rate against SFT under ``judge``, with intervals
-    (:func:`utils.length_control.length_controlled_table`)."""
+    (:func:`utils.evaluate.length_control.length_controlled_table`)."""
     out = {}
     for player, r in length_controlled.get(judge, {}).items():
         if r.get("lc_win_rate") is not None:
@@ -154,7 +154,7 @@ def players_summary(players: Sequence[str], lead_summaries: Mapping[str, Mapping
     """Stage 05's ``models`` metrics: per player its answers' length and count (under the lead judge), and for the
     run's own models perplexity, KL to the base and to SFT, HH-RLHF refusals and rewards, training cost; for a
     best-of-n player its n and the analytic KL bound."""
-    from utils.best_of_n import kl_bound
+    from utils.evaluate.best_of_n import kl_bound
 
     out = {}
     for p in players:
