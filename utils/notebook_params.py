@@ -18,9 +18,7 @@ are the Hub's).
 from __future__ import annotations
 
 import ast
-import io
 import json
-import tokenize
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,7 +35,6 @@ class Parameter:
     name: str
     default: Any
     line: int  # in the parameters cell, 1-based
-    comment: str
 
 
 def parameters_cell(notebook: Path) -> str:
@@ -52,22 +49,13 @@ def parameters_cell(notebook: Path) -> str:
     return "".join(source) if isinstance(source, list) else source
 
 
-def _comments(source: str) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
-        if tok.type == tokenize.COMMENT:
-            out[tok.start[0]] = tok.string.lstrip("#").strip()
-    return out
-
-
 @lru_cache(maxsize=64)
 def _declared(notebook: str, mtime_ns: int, size: int) -> tuple[Parameter, ...]:
     source = parameters_cell(Path(notebook))
     where = f"{notebook}, parameters cell"
     try:
         tree = ast.parse(source)
-        comments = _comments(source)
-    except (SyntaxError, tokenize.TokenError) as e:
+    except SyntaxError as e:
         raise ParameterError(f"{where} line {getattr(e, 'lineno', '?')}: not valid Python: {e.args[0]}") from None
     lines = source.splitlines()
     params = []
@@ -83,8 +71,7 @@ def _declared(notebook: str, mtime_ns: int, size: int) -> tuple[Parameter, ...]:
                 f"{where} line {node.lineno}: {target.id} = {ast.get_source_segment(source, node.value)} is not a literal "
                 f"(write the value itself, e.g. 384, not an expression: papermill and the runner read it as data)"
             ) from None
-        comment = " ".join(comments[i] for i in range(node.lineno, (node.end_lineno or node.lineno) + 1) if i in comments)
-        params.append(Parameter(target.id, default, node.lineno, comment))
+        params.append(Parameter(target.id, default, node.lineno))
     missing = [name for name in RUNNER_PARAMS if name not in {p.name for p in params}]
     if missing:
         raise ParameterError(f"{where}: declares no {' and no '.join(missing)} (the runner sets both; every stage notebook declares them)")
@@ -92,7 +79,7 @@ def _declared(notebook: str, mtime_ns: int, size: int) -> tuple[Parameter, ...]:
 
 
 def declared_parameters(notebook: str | Path) -> dict[str, Parameter]:
-    """The parameters of ``notebook``'s parameters cell, in order, each with its default and comment."""
+    """The parameters of ``notebook``'s parameters cell, in order, each with its default and line."""
     path = Path(notebook)
     try:
         stat = path.stat()
