@@ -36,8 +36,8 @@ from typing import Any
 
 from benchmarks.run import machine, write_table
 from recipes.train import STAGES
-from utils.profile import REPO_ROOT, load_profile
-from utils.stages import DPO, PPO, REWARD, RLOO, SFT
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.stages import DPO, PPO, REWARD, RLOO, SFT
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 

@@ -31,7 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from utils.stages import REWARD, SFT
+from utils.pipeline.stages import REWARD, SFT
 
 ROOT = Path(__file__).resolve().parent.parent
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
@@ -141,7 +141,7 @@ def reward_batches(params: Mapping[str, Any], grouped: bool, out_dir: Path) -> l
 
 
 def measure(profile_name: str) -> dict[str, Any]:
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     profile = load_profile(profile_name)
     sft_params, reward_params = profile.stage_params(SFT), profile.stage_params(REWARD)
@@ -184,7 +184,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from benchmarks.run import write_table
-    from utils.profile import PROFILES_DIR
+    from utils.pipeline.profile import PROFILES_DIR
 
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_padding", description=__doc__.split("\n")[0])
     ap.add_argument("--profile", action="append", help="profile name (repeatable); default: every profile")

@@ -72,10 +72,10 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
     from utils.oasst import load_split, rl_prompts
     from utils.ppo.params import PPOParams
     from utils.ppo.model import build_actor_critic
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
     from utils.reward.model import RewardScorer, load_backbone
     from utils.reward_functions import scorer_reward
-    from utils.stages import PPO, SFT
+    from utils.pipeline.stages import PPO, SFT
 
     torch.set_num_threads(threads)
     if clock == "cpu":  # the trainer times its phases with time.perf_counter: give it this thread's CPU clock

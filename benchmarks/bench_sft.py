@@ -31,14 +31,14 @@ from pathlib import Path
 
 from benchmarks import ROOT, run_worker
 
-from utils.stages import SFT
+from utils.pipeline.stages import SFT
 
 BENCH_DIR = ROOT / "runs" / "bench" / "sft"
 SIDES = ("nf4", "none")
 
 
 def _profile_params() -> dict:
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     return load_profile("tiny").stage_params(SFT)
 

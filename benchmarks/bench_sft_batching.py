@@ -40,7 +40,7 @@ from transformers import TrainerCallback
 from benchmarks import ROOT, run_worker
 from benchmarks.bench_padding import SFT_VARIANTS, count_tokens
 
-from utils.stages import SFT
+from utils.pipeline.stages import SFT
 
 BENCH_DIR = ROOT / "runs" / "bench" / "sft_batching"
 
@@ -84,7 +84,7 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     from utils.sft.training import add_lora, make_trainer, train_sft
     from utils.modeling import load_causal_lm, load_tokenizer
     from utils.oasst import load_split, sft_conversations
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     torch.set_num_threads(threads)
     params = load_profile(profile).stage_params(SFT)

@@ -50,7 +50,7 @@ def combinations(sets: list[str]) -> list[dict]:
 
 def run_one(stage: str, profile: str, run_dir: Path, overrides: dict, seed: int) -> dict:
     from recipes.train import stage_parameters, train_ppo, train_rloo
-    from utils.stages import PPO, RLOO
+    from utils.pipeline.stages import PPO, RLOO
 
     given = [f"{k}={v}" for k, v in {**overrides, "seed": seed}.items()]
     p = stage_parameters(RLOO if stage == RLOO else PPO, profile, given)

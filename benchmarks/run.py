@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from utils.profile import REPO_ROOT, load_profile
-from utils.stages import PPO, REWARD, SFT
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.stages import PPO, REWARD, SFT
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.profile import REPO_ROOT, load_profile
-from utils.stages import PPO, REWARD, SFT
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.stages import PPO, REWARD, SFT
 
 OFFLINE_TRAIN_PATHS = ["data/oasst1_en_validation_messages.jsonl"]
 OASST1_SCALE = 88_838 / 4_401  # OpenAssistant/oasst1 on the hub: all messages over its validation split's

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recipes.run import RUNS_DIR, OneLineParser
-from utils.profile import REPO_ROOT, load_profile
-from utils.stages import REWARD
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.stages import REWARD
 
 DEFAULT_WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0)
 
@@ -40,8 +40,8 @@ def overrides_for(weight: float, share: float | None, extra: Sequence[str]) -> l
 def is_done(run_dir: Path, profile: str, overrides: Sequence[str]) -> bool:
     """Whether ``run_dir`` already holds stage 03 run with exactly these settings (its fingerprint says)."""
     from recipes.train import stage_parameters
-    from utils.stage_record import StageRecord, read_record, upstream_on_disk
-    from utils.stages import notebook_path
+    from utils.pipeline.stage_record import StageRecord, read_record, upstream_on_disk
+    from utils.pipeline.stages import notebook_path
 
     on_disk = read_record(run_dir / REWARD)
     if on_disk is None:

@@ -10,16 +10,16 @@ Each stage writes ``runs/<profile>/<NN_stage>/``: the executed notebook, ``metri
 ``stage.json``. It runs in a temporary folder renamed into place only when the notebook finished, so a
 folder there is a finished stage. ``stage.json`` holds the stage's fingerprint: its effective parameters
 (the notebook's defaults with the profile's values), its notebook's code and the fingerprints of the
-stages it depends on (utils/stages.py says which; utils/stage_record.py). A rerun skips a stage whose
+stages it depends on (utils/pipeline/stages.py says which; utils/pipeline/stage_record.py). A rerun skips a stage whose
 fingerprint is unchanged and redoes it otherwise, saying why (so changing SFT settings redoes DPO, PPO
 and the evaluation but not the reward models, and changing PPO's redoes PPO and the evaluation, not DPO).
 ``python -m recipes.train`` and a notebook run by hand write the same record, so the runner knows what
 they did.
 
 Before the first stage runs, every stage's parameters are checked against its notebook's parameters cell
-(names, types, files that must exist; utils/notebook_params.py states the rules), so a typo fails in
+(names, types, files that must exist; utils/pipeline/notebook_params.py states the rules), so a typo fails in
 one line naming profile, stage and key, not hours later. The run folder is locked while the runner works
-(utils/run_lock.py): a second runner or script on it is refused at once. ``<run_dir>/checkpoints/<stage>/``
+(utils/pipeline/run_lock.py): a second runner or script on it is refused at once. ``<run_dir>/checkpoints/<stage>/``
 outlives a failed attempt so the next one resumes; it is emptied when the stage's fingerprint changed and
 by ``--force``, which starts a stage fresh.
 
@@ -29,7 +29,7 @@ notebook is kept in ``runs/<profile>/<NN_stage>.failed/`` for reading.
 The rules for a stage notebook: its name is the stage's key in the profile and its folder's name
 (``NN_name``, the number giving the order); it has one cell tagged ``parameters`` holding only
 ``name = literal`` lines, ``run_dir`` and ``out_dir`` among them; it writes its results into ``out_dir``
-and ends with :func:`utils.artifacts.write_metrics`; it never reassigns a parameter.
+and ends with :func:`utils.pipeline.artifacts.write_metrics`; it never reassigns a parameter.
 """
 
 from __future__ import annotations
@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.notebook_params import RUNNER_PARAMS, ParameterError, declared_parameters, notebook_defaults
-from utils.profile import REPO_ROOT, Profile, load_profile
-from utils.run_lock import RunFolderInUse, RunLock, lock_holder
-from utils.stage_record import (
+from utils.pipeline.notebook_params import RUNNER_PARAMS, ParameterError, declared_parameters, notebook_defaults
+from utils.pipeline.profile import REPO_ROOT, Profile, load_profile
+from utils.pipeline.run_lock import RunFolderInUse, RunLock, lock_holder
+from utils.pipeline.stage_record import (
     StageRecord,
     checkpoint_folder,
     claim_checkpoints,
@@ -56,7 +56,7 @@ from utils.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
-from utils.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
+from utils.pipeline.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
 
@@ -271,7 +271,7 @@ def format_seconds(s: float) -> str:
 def write_run_report(run_dir: Path, log=print) -> None:
     """The whole run's report (stage 05 owns its format); a run without it still stands."""
     try:
-        from utils.report import write_report
+        from utils.pipeline.report import write_report
     except ImportError:
         return
     path = write_report(run_dir)

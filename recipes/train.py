@@ -29,10 +29,10 @@ from typing import Any, Callable
 import yaml
 
 from recipes.run import RUNS_DIR, OneLineParser
-from utils.notebook_params import ParameterError, effective_parameters
-from utils.profile import REPO_ROOT, load_profile
-from utils.run_lock import RunFolderInUse, RunLock
-from utils.stage_record import (
+from utils.pipeline.notebook_params import ParameterError, effective_parameters
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.run_lock import RunFolderInUse, RunLock
+from utils.pipeline.stage_record import (
     StageRecord,
     checkpoint_folder,
     claim_checkpoints,
@@ -42,7 +42,7 @@ from utils.stage_record import (
     tidy_checkpoints,
     upstream_on_disk,
 )
-from utils.stages import DPO, PPO, REWARD, RLOO, SFT, checkpoint_dir, notebook_path
+from utils.pipeline.stages import DPO, PPO, REWARD, RLOO, SFT, checkpoint_dir, notebook_path
 
 STAGES = {"sft": SFT, "reward": REWARD, "ppo": PPO, "dpo": DPO, "rloo": RLOO}  # the script's name for a stage -> the stage
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
-    from utils.artifacts import write_metrics
+    from utils.pipeline.artifacts import write_metrics
 
     # First, before any library makes its own: accelerate's process state is a singleton, and without a GPU
     # only cpu=True makes it see the launcher's processes (MULTI_CPU over gloo) instead of a single one.

@@ -46,7 +46,7 @@ def micro_run(tmp_path_factory) -> Path:
     A failing stage fails every test that uses this fixture with the runner's one-line message.
     """
     from recipes.run import run_profile, write_run_report
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     run_dir = tmp_path_factory.mktemp("runs") / "micro"
     run_profile(load_profile(MICRO_PROFILE), run_dir, progress=False, log=lambda *_: None)

@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModel, AutoModelForCausalLM
 
 from benchmarks.bench_gpu_profile import SHAPES, shape_config
-from utils.profile import load_profile
+from utils.pipeline.profile import load_profile
 
 # Parameter counts as published (Pythia: Biderman et al. 2023, Table 1 / the model cards; DeBERTa-v3: the
 # backbone with its 128k-token embedding matrix, as the hub's model cards count it).
@@ -44,8 +44,8 @@ def test_the_benchmark_shortens_every_stage_the_script_runs(profile):
 
     from benchmarks.bench_gpu_profile import stage_overrides, table_rows
     from recipes.train import STAGES
-    from utils.notebook_params import declared_parameters
-    from utils.stages import notebook_path
+    from utils.pipeline.notebook_params import declared_parameters
+    from utils.pipeline.stages import notebook_path
 
     p = load_profile(profile)
     args = SimpleNamespace(sft_steps=2, reward_pairs=8, ppo_updates=1, dpo_pairs=8, rloo_updates=1, random_weights=True)

@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from utils.profile import REPO_ROOT
+from utils.pipeline.profile import REPO_ROOT
 
 MICRO = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
 # Dropout off: otherwise each layout draws different dropout masks and the trajectories differ by design.

@@ -18,10 +18,10 @@ from utils.dpo.policy import POLICY, REFERENCE, load_policy
 from utils.dpo.training import make_trainer
 from utils.oasst import Pair, preference_pairs, rm_groups
 from utils.params import ParameterError
-from utils.profile import load_profile
+from utils.pipeline.profile import load_profile
 from utils.reward import stage as reward_stage
 from utils.reward.params import RewardParams
-from utils.stages import REWARD
+from utils.pipeline.stages import REWARD
 from utils.oasst.trees import iter_messages
 
 

@@ -213,7 +213,7 @@ def test_notebook_defaults_are_the_tiny_profile():
 
     import papermill
 
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     declared = {k: ast.literal_eval(v["default"]) for k, v in papermill.inspect_notebook(NOTEBOOK).items()}
     profile = load_profile("tiny").stage_params("05_evaluate")
@@ -240,7 +240,7 @@ def fake_run(tmp_path_factory, tokenizer):
 
     from peft import LoraConfig, get_peft_model
 
-    from utils.artifacts import write_metrics
+    from utils.pipeline.artifacts import write_metrics
     from utils.reward.model import load_backbone
 
     run = tmp_path_factory.mktemp("run")
@@ -295,7 +295,7 @@ def test_notebook_on_the_micro_run(micro_run):
     """Stage 05 as the runner executed it in the session's micro pipeline (tests/conftest.py)."""
     import json
 
-    from utils.profile import load_profile
+    from utils.pipeline.profile import load_profile
 
     params = load_profile("tests/profiles/micro.yaml").stage_params("05_evaluate")
     out = micro_run / "05_evaluate"

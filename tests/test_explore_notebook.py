@@ -10,7 +10,7 @@ import papermill
 import pytest
 
 from utils.oasst import count_views, load_split
-from utils.profile import load_profile
+from utils.pipeline.profile import load_profile
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "01_explore_trees.ipynb"

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils.artifacts import write_metrics
+from utils.pipeline.artifacts import write_metrics
 from utils.oasst import Pair
 from utils.reward import stage as reward_stage
 from utils.reward.__main__ import main as cli_main

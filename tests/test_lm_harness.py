@@ -164,7 +164,7 @@ def test_profiles_name_tasks_that_exist_and_offline_ones_need_no_hub():
     """A misspelt lm-eval task would fail only online, hours into a GPU run: every name must be in lm-eval's index."""
     from lm_eval.tasks import TaskManager
 
-    from utils.profile import PROFILES_DIR, REPO_ROOT, load_profile
+    from utils.pipeline.profile import PROFILES_DIR, REPO_ROOT, load_profile
 
     known = set(TaskManager().all_tasks)
     for path in sorted(PROFILES_DIR.glob("*.yaml")) + [REPO_ROOT / "tests" / "profiles" / "micro.yaml"]:

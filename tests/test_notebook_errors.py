@@ -7,7 +7,7 @@ import json
 import papermill
 import pytest
 
-from utils.stages import DPO, EXPLORE, NOTEBOOKS_DIR, PPO, REWARD, SFT
+from utils.pipeline.stages import DPO, EXPLORE, NOTEBOOKS_DIR, PPO, REWARD, SFT
 
 
 @pytest.mark.parametrize("stage, done, todo", [(PPO, [], [SFT, REWARD]), (DPO, [EXPLORE, SFT], [REWARD])])

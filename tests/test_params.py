@@ -14,8 +14,8 @@ import pytest
 
 from utils import params as stage_params
 from utils import repo
-from utils.notebook_params import ParameterError, effective_parameters, notebook_defaults, parameters_cell
-from utils.stages import PARAMS, REWARD, SFT, notebook_path, params_class
+from utils.pipeline.notebook_params import ParameterError, effective_parameters, notebook_defaults, parameters_cell
+from utils.pipeline.stages import PARAMS, REWARD, SFT, notebook_path, params_class
 
 MIGRATED = sorted(PARAMS)
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from utils.artifacts import read_metrics, stage_path
+from utils.pipeline.artifacts import read_metrics, stage_path
 
 REQUIRED = {
     "01_explore_trees": ["trees", "messages", "sft_threads", "rm_groups", "rm_pairs", "rl_prompts", "skipped"],

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from utils.notebook_params import ParameterError, declared_parameters, notebook_defaults
-from utils.profile import PROFILES_DIR, REPO_ROOT, load_profile
-from utils.stages import STAGES, notebook_path
+from utils.pipeline.notebook_params import ParameterError, declared_parameters, notebook_defaults
+from utils.pipeline.profile import PROFILES_DIR, REPO_ROOT, load_profile
+from utils.pipeline.stages import STAGES, notebook_path
 
 PROFILES = sorted(PROFILES_DIR.glob("*.yaml")) + [REPO_ROOT / "tests" / "profiles" / "micro.yaml"]
 

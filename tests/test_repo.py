@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from utils import repo
-from utils.stages import STAGES
+from utils.pipeline.stages import STAGES
 
 
 

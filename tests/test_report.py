@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from utils.report import fmt, write_report
+from utils.pipeline.report import fmt, write_report
 
 STAGES = ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]
 

@@ -15,7 +15,7 @@ import torch
 
 from fixtures import MINILM, TOPICS_HELDOUT, TOPICS_TRAIN, synthetic_pairs
 from utils.oasst import Pair, load_trees, preference_pairs, read_hh_pairs, rm_groups
-from utils.profile import REPO_ROOT
+from utils.pipeline.profile import REPO_ROOT
 from utils.reward.__main__ import main as cli_main
 from utils.reward.evaluation import (
     correlation,

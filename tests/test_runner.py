@@ -15,9 +15,9 @@ import nbformat
 import pytest
 
 from recipes.run import StageError, expected_records, main, plan_stages, resolve_stage, run_profile, stage_states
-from utils.profile import REPO_ROOT, load_profile
-from utils.run_lock import LOCK_FILE, lock_holder
-from utils.stage_record import CHECKPOINT_MARK, claim_checkpoints, read_record
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.run_lock import LOCK_FILE, lock_holder
+from utils.pipeline.stage_record import CHECKPOINT_MARK, claim_checkpoints, read_record
 
 
 def make_notebook(path: Path, params: str, body: str) -> None:
@@ -486,7 +486,7 @@ def test_list_of_alternative_stages_says_which_changed(tmp_path, capsys):
 
 
 def test_the_kits_stage_graph():
-    from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, RLOO, SFT, STAGES, downstream, upstream
+    from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, RLOO, SFT, STAGES, downstream, upstream
 
     assert upstream(PPO) == upstream(DPO) == upstream(RLOO) == [SFT, REWARD]  # no alternative reads another
     assert upstream(EVALUATE) == [SFT, REWARD, DPO, PPO, RLOO]
@@ -506,7 +506,7 @@ def test_the_kits_stage_graph():
 def test_a_dpo_setting_changes_dpo_and_evaluation_fingerprints_only(tmp_path):
     import yaml
 
-    from utils.profile import PROFILES_DIR
+    from utils.pipeline.profile import PROFILES_DIR
 
     raw = yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())
     raw["stages"]["04_dpo"] = {"beta": 0.2}

@@ -14,7 +14,7 @@ from utils import chat_format
 from utils.sft.data import chat_token_ids, encode_conversations, heldout_prompts, show_mask
 from utils.sft.model import load_sft_base, load_sft_model, merge_adapter, save_adapter
 from utils.sft.training import add_lora, make_trainer, train_sft
-from utils.artifacts import write_metrics
+from utils.pipeline.artifacts import write_metrics
 from utils.modeling import load_causal_lm, load_tokenizer
 from utils.oasst import load_split, message_texts, sft_conversations
 from utils.tiny_base import TinyBaseConfig, build_tiny_base

@@ -11,8 +11,8 @@ import os
 import subprocess
 import sys
 
-from utils.profile import REPO_ROOT
-from utils.stages import DPO, PPO, REWARD, SFT
+from utils.pipeline.profile import REPO_ROOT
+from utils.pipeline.stages import DPO, PPO, REWARD, SFT
 
 MICRO = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
 SCRIPT_ONLY = {"script", "parameters", "gpu_peak_reserved_mb"}  # what only a script run adds

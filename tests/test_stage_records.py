@@ -13,10 +13,10 @@ import papermill
 import pytest
 
 from recipes.run import expected_records, plan_stages, run_profile, stage_states
-from utils.profile import REPO_ROOT, load_profile
-from utils.run_lock import RunLock
-from utils.stage_record import read_record
-from utils.stages import EXPLORE, PPO, REWARD, SFT, notebook_path
+from utils.pipeline.profile import REPO_ROOT, load_profile
+from utils.pipeline.run_lock import RunLock
+from utils.pipeline.stage_record import read_record
+from utils.pipeline.stages import EXPLORE, PPO, REWARD, SFT, notebook_path
 
 MICRO = REPO_ROOT / "tests" / "profiles" / "micro.yaml"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}

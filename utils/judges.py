@@ -22,10 +22,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from utils import chat_format
-from utils.artifacts import StageNotRun, stage_path
+from utils.pipeline.artifacts import StageNotRun, stage_path
 from utils.modeling import default_device
 from utils.reward.evaluation import Scorer
-from utils.stages import PPO, REWARD
+from utils.pipeline.stages import PPO, REWARD
 
 PROXY = "proxy"
 HELDOUT_JUDGE = "judge"

@@ -51,9 +51,9 @@ def _source_lines(text: str) -> list[str]:
 
 
 def generated_parameters_cell(stage: str) -> str | None:
-    """The parameters cell of a stage with a Params dataclass (:data:`utils.stages.PARAMS`), as sync writes it."""
+    """The parameters cell of a stage with a Params dataclass (:data:`utils.pipeline.stages.PARAMS`), as sync writes it."""
     from utils.params import parameters_cell
-    from utils.stages import params_class, params_source
+    from utils.pipeline.stages import params_class, params_source
 
     cls = params_class(stage)
     return None if cls is None else parameters_cell(cls, stage, params_source(stage))

@@ -101,9 +101,9 @@ def stage_reward(run_dir, reward_function: str | None, prompts: Sequence[Convers
     fn = reward_function_or_none(reward_function, prompts)
     if fn is not None:
         return fn, {"reward_function": reward_function}
-    from utils.artifacts import stage_path
+    from utils.pipeline.artifacts import stage_path
     from utils.reward.model import RewardScorer
-    from utils.stages import REWARD
+    from utils.pipeline.stages import REWARD
 
     model_dir = stage_path(run_dir, REWARD, "model_dir")
     return scorer_reward(RewardScorer.load(model_dir, device=device), batch_size=batch_size), {"reward_model_dir": str(model_dir.resolve())}

@@ -34,12 +34,12 @@ class DPOData:
 def load_data(params: DPOParams, run_dir: str | Path) -> DPOData:
     """The proxy's pairs to train on and the held-out pairs to measure on, exactly as stage 03 split them (its
     record's parameters): no tree of the judge's, the eval split's or the held-out file's is trained on."""
-    from utils.artifacts import read_metrics, stage_dir
+    from utils.pipeline.artifacts import read_metrics, stage_dir
     from utils.params import ParameterError, fit_all
     from utils.reward.params import RewardParams
     from utils.reward.stage import HELDOUT_SETS, load_data as reward_data
-    from utils.stage_record import read_record
-    from utils.stages import DPO, REWARD
+    from utils.pipeline.stage_record import read_record
+    from utils.pipeline.stages import DPO, REWARD
 
     metrics = read_metrics(run_dir, REWARD)
     record = read_record(stage_dir(run_dir, REWARD))
@@ -76,7 +76,7 @@ def load_policy_and_pairs(params: DPOParams, run_dir: str | Path, data: DPOData,
 
 def train(params: DPOParams, run_dir: str | Path, policy: DPOModel):
     """Step 3: ``(trainer, stats)``, trl's DPO trainer trained, the held-out implicit rewards before and after."""
-    from utils import stages
+    from utils.pipeline import stages
     from utils.dpo.training import run_training
 
     return run_training(policy.model, policy.tokenizer, policy.train_set, policy.heldout, params, policy.sft_adapter_dir,
@@ -97,7 +97,7 @@ def stage_metrics(
     started: float | None = None,
 ) -> dict[str, Any]:
     """What the DPO stage records, the same whether a notebook or a script ran it."""
-    from utils.artifacts import record_path
+    from utils.pipeline.artifacts import record_path
     from utils.dpo.evaluation import per_set
     from utils.reward.evaluation import length_baseline_accuracy
 

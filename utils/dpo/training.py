@@ -77,7 +77,7 @@ class DPOStats:
 
 def train_dpo(trainer, heldout: EncodedPairs, batch_size: int = 16) -> DPOStats:
     """Held-out implicit rewards, training (resumed from the last checkpoint, if any), held-out rewards again."""
-    from utils import checkpoints
+    from utils.pipeline import checkpoints
 
     beta, pad_id = trainer.args.beta, trainer.processing_class.pad_token_id
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -100,7 +100,7 @@ def run_training(model, tokenizer, train_set: EncodedPairs, heldout: EncodedPair
                  checkpoint_root: str | Path | None = None):
     """Build the trainer and train: ``(trainer, stats)``. With ``save_steps > 0`` checkpoints go to a folder of
     ``checkpoint_root`` named after the settings and the pairs (another configuration never resumes them)."""
-    from utils import checkpoints
+    from utils.pipeline import checkpoints
 
     saving = params.save_steps > 0 and checkpoint_root is not None
     with tempfile.TemporaryDirectory(prefix="dpo-trainer-") as scratch:

@@ -119,8 +119,8 @@ def proxy_scorer(judges: Mapping[str, Any], run_dir) -> Any:
     for judge in judges.values():
         if judge.trained_against:
             return judge.scorer
-    from utils.artifacts import stage_path
+    from utils.pipeline.artifacts import stage_path
     from utils.reward.model import RewardScorer
-    from utils.stages import REWARD
+    from utils.pipeline.stages import REWARD
 
     return RewardScorer.load(stage_path(run_dir, REWARD, "model_dir"))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from utils.artifacts import StageNotRun, read_metrics, stage_path
-from utils.stages import DPO, PPO, RLOO, SFT
+from utils.pipeline.artifacts import StageNotRun, read_metrics, stage_path
+from utils.pipeline.stages import DPO, PPO, RLOO, SFT
 
 BASE = "base"  # the model with no adapter
 

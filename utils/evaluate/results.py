@@ -84,8 +84,8 @@ def training_costs(run_dir: str | Path) -> dict[str, dict[str, float | None]]:
     Seconds are training alone (the optimizer steps; PPO's and RLOO's include their sampling and scoring), peak memory the
     stage's (GPU: torch's allocator; CPU: the process's resident memory). Stages that have not run are left out.
     """
-    from utils.artifacts import StageNotRun, read_metrics
-    from utils.stages import DPO, PPO, REWARD, RLOO, SFT
+    from utils.pipeline.artifacts import StageNotRun, read_metrics
+    from utils.pipeline.stages import DPO, PPO, REWARD, RLOO, SFT
 
     costs = {}
     for name, stage in (("sft", SFT), ("reward model", REWARD), ("ppo", PPO), ("dpo", DPO), ("rloo", RLOO)):

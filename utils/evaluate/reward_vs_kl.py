@@ -12,7 +12,7 @@ from utils.fixed_set import (JUDGE, PROXY, WORDS, Conversation, PolicySamples, b
 
 def stage_samples(run_dir: str | Path, stage: str) -> list[PolicySamples]:
     """The fixed-set samples an RL stage saved at its snapshots (``[]`` where it has not run or kept none)."""
-    from utils.artifacts import StageNotRun, read_metrics, stage_dir
+    from utils.pipeline.artifacts import StageNotRun, read_metrics, stage_dir
 
     try:
         name = read_metrics(run_dir, stage).get("fixed_set")

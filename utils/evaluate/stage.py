@@ -154,8 +154,8 @@ class RewardAgainstKL:
 
 
 def reward_against_kl(params: EvaluateParams, run_dir: str | Path, models, judges: Mapping[str, Any], prompts: Prompts) -> RewardAgainstKL:
-    from utils import stages
-    from utils.artifacts import has_run, read_metrics
+    from utils.pipeline import stages
+    from utils.pipeline.artifacts import has_run, read_metrics
     from utils.evaluate.answers import as_prompt
     from utils.evaluate.reward_vs_kl import reward_vs_kl, rl_check, stage_samples
     from utils.fixed_set import fixed_prompts

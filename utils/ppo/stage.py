@@ -64,7 +64,7 @@ def make_trainer(params: PPOParams, run_dir: str | Path, data: PromptData, model
                  log: Callable[[str], None] | None = print) -> PPOTrainer:
     """Step 3: the fixed set progress is read on, and the trainer, resumed from this run's last checkpoint if
     ``resume`` and there is one. Then ``trainer.train(params.updates)``."""
-    from utils import stages
+    from utils.pipeline import stages
     from utils.fixed_set import stage_progress
     from utils.ppo.trainer import PPOTrainer
 
@@ -112,7 +112,7 @@ def stage_metrics(
     policy_checksums: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """What stage 04 records, the same whether a notebook or a script ran it."""
-    from utils.artifacts import record_path
+    from utils.pipeline.artifacts import record_path
     from utils.modeling import peak_memory_mb
 
     return {

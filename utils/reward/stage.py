@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from utils.artifacts import record_path
+from utils.pipeline.artifacts import record_path
 from utils.reward.params import RewardParams
 
 PROXY, JUDGE = "proxy", "judge"

@@ -315,7 +315,7 @@ def train_reward_model(
     """
     from transformers import set_seed
 
-    from utils import checkpoints
+    from utils.pipeline import checkpoints
 
     if not pairs:
         raise ValueError("no preference pairs to train on")

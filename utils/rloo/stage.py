@@ -45,7 +45,7 @@ def train(params: RLOOParams, run_dir: str | Path, out_dir: str | Path, data: Pr
           log: Callable[[str], None] | None = print):
     """Step 3: ``(trainer, stats, progress)``: the fixed set progress is read on, measured at update 0 and at each
     snapshot, and trl's RLOO trainer trained (resumed from this run's last checkpoint, if any)."""
-    from utils import stages
+    from utils.pipeline import stages
     from utils.fixed_set import stage_progress
     from utils.ppo.stage import snapshot_schedule
     from utils.rloo.training import run_training
@@ -74,7 +74,7 @@ def stage_metrics(
     started: float | None = None,
 ) -> dict[str, Any]:
     """What the RLOO stage records, the same whether a notebook or a script ran it."""
-    from utils.artifacts import record_path
+    from utils.pipeline.artifacts import record_path
 
     log = stats.train_log
     if not log:

@@ -269,7 +269,7 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, para
     settings, prompts, reward and snapshot schedule (another configuration never resumes them), every ``save_steps``
     updates; a killed run resumes from the last complete one, and the snapshots taken before it are kept there too.
     """
-    from utils import checkpoints
+    from utils.pipeline import checkpoints
 
     save_steps = params.save_steps
     saving = save_steps > 0 and checkpoint_root is not None

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from peft import PeftModel
 
-from utils.artifacts import read_metrics, stage_dir
+from utils.pipeline.artifacts import read_metrics, stage_dir
 from utils.modeling import load_causal_lm, load_tokenizer
-from utils.stages import SFT
+from utils.pipeline.stages import SFT
 
 ADAPTER_DIR = "adapter"
 MERGED_DIR = "merged"

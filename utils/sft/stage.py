@@ -89,7 +89,7 @@ def load_model(params: SFTParams, base: SFTBase, device: Any):
 def make_trainer(params: SFTParams, model, tokenizer, train_set, eval_set, run_dir: str | Path, out_dir: str | Path):
     """Step 5: trl's SFTTrainer, its checkpoints (``save_steps``) in ``<run_dir>/checkpoints/02_sft``. Then
     :func:`~utils.sft.training.train_sft`."""
-    from utils import stages
+    from utils.pipeline import stages
     from utils.sft.training import make_trainer as sft_trainer
 
     return sft_trainer(model, tokenizer, train_set.dataset, eval_set.dataset, params, out_dir,
@@ -130,7 +130,7 @@ def stage_metrics(
     ``base_model_dir`` is a path relative to the stage folder when the base lives inside it, absolute for a
     cached build (the tiny base, a converted GGUF), and the name as given for a hub name or ``gguf:`` source.
     """
-    from utils.artifacts import record_path
+    from utils.pipeline.artifacts import record_path
 
     trainable, total = parameters
     return {

@@ -13,7 +13,7 @@ from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_t
 from transformers import PrinterCallback, TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
-from utils import checkpoints
+from utils.pipeline import checkpoints
 from utils.modeling import compute_dtype, trainer_device_args
 from utils.sft.data import chat_token_ids
 from utils.sft.params import SFTParams

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
-from utils.artifacts import METRICS_FILE
-from utils.profile import REPO_ROOT, load_profile, profile_path
-from utils.stage_record import STAGE_FILE  # the runner's record of a finished stage
-from utils.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT
+from utils.pipeline.artifacts import METRICS_FILE
+from utils.pipeline.profile import REPO_ROOT, load_profile, profile_path
+from utils.pipeline.stage_record import STAGE_FILE  # the runner's record of a finished stage
+from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT
 
 STAGE_DIR = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 EMBED_LIMIT = 3_000_000  # bytes: bigger plots are linked from the HTML rather than embedded

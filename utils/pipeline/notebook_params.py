@@ -156,7 +156,7 @@ def effective_parameters(notebook: str | Path, overrides: dict[str, Any], root: 
         known = ", ".join(sorted(set(declared) - set(RUNNER_PARAMS)))
         raise ParameterError(f"{', '.join(unknown)}: not declared in {Path(notebook).name}'s parameters cell (it declares: {known})")
     from utils.params import fit_all
-    from utils.stages import params_class
+    from utils.pipeline.stages import params_class
 
     cls = params_class(Path(notebook).stem)
     if cls is not None:  # a stage with a Params dataclass: its defaults (the cell's, by test) and annotations decide

@@ -46,7 +46,7 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     ``<run_dir>/<stage>``, it also records the stage as the runner would (``stage.json``, same fingerprint),
     so ``python -m recipes.run --list`` shows it finished and the runner does not redo it.
     """
-    from utils.stage_record import record_notebook_run
+    from utils.pipeline.stage_record import record_notebook_run
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -74,7 +74,7 @@ class StageNotRun(FileNotFoundError):
     """
 
     def __init__(self, run_dir: str | Path, missing: str | list[str], needed_by: str | None = None) -> None:
-        from utils.stages import upstream
+        from utils.pipeline.stages import upstream
 
         if isinstance(missing, str):  # one stage's results were asked for: it and every stage it needs still to run
             missing = [s for s in upstream(missing) if not has_run(run_dir, s)] + [missing]
@@ -100,8 +100,8 @@ def begin_stage(run_dir: str | Path, out_dir: str | Path, stage: str, optional: 
     reads "not run", never new files under the old record. Under the runner ``out_dir`` is a fresh
     temporary folder.
     """
-    from utils.stage_record import STAGE_FILE
-    from utils.stages import upstream
+    from utils.pipeline.stage_record import STAGE_FILE
+    from utils.pipeline.stages import upstream
 
     missing = [s for s in upstream(stage) if s not in optional and not has_run(run_dir, s)]
     if missing:

@@ -5,7 +5,7 @@ profile's values fitted in, so leaving a key out and listing its default are the
 code (the code cells' sources, so outputs saved by JupyterLab change nothing; the parameters cell is left
 out, its values are the parameters), and the fingerprints of the stages it depends on as they were when it
 ran. The runner, ``python -m recipes.train`` and a notebook run by hand (through
-:func:`utils.artifacts.write_metrics`) all write the same record, so each knows what the others did; the
+:func:`utils.pipeline.artifacts.write_metrics`) all write the same record, so each knows what the others did; the
 record keeps the parts of the fingerprint, so a stage that must be redone can say why.
 
 A stage is written into a temporary folder and renamed into place whole (:func:`publish`): a folder named
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.notebook_params import RUNNER_PARAMS, declared_parameters, effective_parameters
-from utils.stages import NOTEBOOKS_DIR, STAGES, notebook_path, upstream
+from utils.pipeline.notebook_params import RUNNER_PARAMS, declared_parameters, effective_parameters
+from utils.pipeline.stages import NOTEBOOKS_DIR, STAGES, notebook_path, upstream
 
 STAGE_FILE = "stage.json"
 FAILED_SUFFIX = ".failed"
@@ -178,7 +178,7 @@ def record_notebook_run(out_dir: str | Path, notebooks_dir: str | Path = NOTEBOO
     run_dir = Path(ns["run_dir"])
     if out.resolve().parent != run_dir.resolve():
         return None
-    from utils.run_lock import lock_holder
+    from utils.pipeline.run_lock import lock_holder
 
     holder = lock_holder(run_dir)
     if holder:
@@ -204,7 +204,7 @@ CHECKPOINT_MARK = ".fingerprint"
 
 def checkpoint_folder(run_dir: str | Path, stage: str, params: dict[str, Any], root: str | Path) -> tuple[Path, bool]:
     """A stage's checkpoint folder (its ``checkpoint_dir`` parameter if set) and whether it is the default one."""
-    from utils.stages import checkpoint_dir
+    from utils.pipeline.stages import checkpoint_dir
 
     custom = params.get("checkpoint_dir")
     if custom:

@@ -27,8 +27,8 @@ from typing import Any
 
 import yaml
 
-from utils.notebook_params import ParameterError, effective_parameters
-from utils.stages import NOTEBOOKS_DIR, REPO_ROOT, notebook_path
+from utils.pipeline.notebook_params import ParameterError, effective_parameters
+from utils.pipeline.stages import NOTEBOOKS_DIR, REPO_ROOT, notebook_path
 
 PROFILES_DIR = REPO_ROOT / "recipes" / "profiles"
 TOP_LEVEL_KEYS = {"name", "description", "offline", "stages", "shared", "hardware", "measured", "extends"}
@@ -56,7 +56,7 @@ class Profile:
         """This profile with ``key: value`` in every stage whose notebook declares ``key`` (``--on-error skip``)."""
         from dataclasses import replace
 
-        from utils.notebook_params import declared_parameters
+        from utils.pipeline.notebook_params import declared_parameters
 
         stages = {stage: ({**(given or {}), key: value} if key in declared_parameters(notebook_path(stage, notebooks_dir)) else given)
                   for stage, given in self.stages.items()}
