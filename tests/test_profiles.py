@@ -95,7 +95,7 @@ def test_notebooks_are_committed_without_outputs(stage: str):
 
 @pytest.mark.parametrize("stage", STAGES)
 def test_notebooks_never_reassign_a_parameter(stage: str):
-    """A notebook run by hand is recorded from its variables at the end: they must still be the parameters."""
+    """A parameter holds through the whole notebook: what the reader sees in the parameters cell is what ran."""
     import ast
 
     import nbformat

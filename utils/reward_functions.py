@@ -114,7 +114,7 @@ def scorer_reward(scorer, batch_size: int = 16) -> RewardFunction:
     (which tokenizes with the reward model's own tokenizer).
 
     The function carries a ``fingerprint`` of the reward model's weights, so a PPO checkpoint made against
-    another reward model is never resumed (:mod:`utils.ppo.checkpoint`).
+    another reward model is never resumed (:mod:`utils.pipeline.checkpoints`).
     """
 
     def reward(prompts: list, replies: list[str]) -> Sequence[float]:
@@ -122,7 +122,7 @@ def scorer_reward(scorer, batch_size: int = 16) -> RewardFunction:
 
     from torch import nn
 
-    from utils.ppo.checkpoint import tensors_digest
+    from utils.pipeline.checkpoints import tensors_digest
 
     model = getattr(scorer, "model", None)
     if isinstance(model, nn.Module):

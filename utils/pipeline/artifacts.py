@@ -39,12 +39,14 @@ def record_path(out_dir: str | Path, path: str | Path) -> str:
         return str(path)
 
 
-def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+def write_metrics(out_dir: str | Path, metrics: dict[str, Any], params: Any = None, run_dir: str | Path | None = None) -> Path:
     """Write ``metrics.json`` atomically (a reader never sees half a file).
 
-    Every stage notebook ends with this call. In a notebook run by hand (not by the runner) into
-    ``<run_dir>/<stage>``, it also records the stage as the runner would (``stage.json``, same fingerprint),
-    so ``python -m recipes.run --list`` shows it finished and the runner does not redo it.
+    Every stage notebook ends with ``write_metrics(out, metrics, params, run_dir)``. Run by hand (not by the
+    runner) into ``<run_dir>/<stage>``, the stage is then recorded as the runner would record it, from ``params``
+    (the stage's ``Params``): ``stage.json``, same fingerprint, so ``python -m recipes.run --list`` shows it
+    finished and the runner does not redo it. Under the runner ``out_dir`` is a temporary folder, which the runner
+    records itself.
     """
     from utils.pipeline.stage_record import record_notebook_run
 
@@ -54,7 +56,8 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     # Keys keep the order the stage wrote them in: a results row reads player first, then its figures.
     tmp.write_text(json.dumps(_jsonable(metrics), indent=2) + "\n")
     os.replace(tmp, out / METRICS_FILE)
-    record_notebook_run(out)
+    if params is not None and run_dir is not None:
+        record_notebook_run(out, params, run_dir)
     return out / METRICS_FILE
 
 

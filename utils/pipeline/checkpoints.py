@@ -1,27 +1,37 @@
-"""Trainer checkpoints that let a killed SFT or reward-model run resume where it stopped.
+"""Every stage's checkpoints, the one module that reads and writes them: a killed run resumes where it stopped.
 
-transformers' ``Trainer`` does the saving and the resuming (weights, optimizer, schedule, random state,
-position in the data); this module decides where checkpoints live and which one a run may resume:
+A checkpoint is resumed only by the very run that wrote it: :func:`run_key` hashes everything that decides the
+training (settings, data, the weights it starts from, the reward), so a changed configuration starts fresh
+instead of resuming another's checkpoint. Three kinds:
 
-* a run's checkpoints sit in a folder named by :func:`run_key`, a hash of everything that decides the
-  training (settings, data, base model), so a changed configuration starts fresh instead of resuming
-  another's checkpoint;
-* :func:`last_complete` picks the newest checkpoint whose ``trainer_state.json`` (written last) is whole,
-  so a kill in the middle of a save falls back to the one before.
+* **transformers' ``Trainer``** (SFT, reward model, DPO, RLOO) saves and resumes itself (weights, optimizer,
+  schedule, random state, position in the data); its checkpoints sit in a folder named by :func:`run_key`, and
+  :func:`last_complete` picks the newest whose ``trainer_state.json`` (written last) is whole, so a kill in the
+  middle of a save falls back to the one before;
+* **a state dict in one file** (our PPO: ``PPOTrainer.state_dict()``): :func:`save_state` writes it atomically and
+  deletes older ones only after, :func:`newest_state` reads it back;
+* **policy snapshots** (PPO's and RLOO's adapters at chosen updates, for the reward-against-KL curve): plain peft
+  folders, :func:`snapshot_path`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from utils import distributed
 
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STATE_GLOB = "update-*.pt"
 
 
 def _hash_part(h, part: Any) -> None:
@@ -43,7 +53,7 @@ def _hash_part(h, part: Any) -> None:
 
 
 def run_key(*parts: Any) -> str:
-    """A short hash of settings (dicts, dataclasses) and data (datasets, lists of records)."""
+    """A short hash of settings (dicts, dataclasses) and data (datasets, lists of records, digests of weights)."""
     h = hashlib.sha256()
     for part in parts:
         _hash_part(h, part)
@@ -74,3 +84,67 @@ def tokens_seen(checkpoint: str | Path) -> int:
 def remove(folder: str | Path) -> None:
     """A finished run's checkpoints: nothing will resume them."""
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def tensors_digest(tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> str:
+    """A short hash of named tensors' values (order-independent in the names), e.g. an adapter or a reward model."""
+    items = tensors.items() if isinstance(tensors, Mapping) else tensors
+    h = hashlib.sha256()
+    for name, t in sorted(items, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------------
+# A state dict in one file (our PPO)
+
+
+def save_state(folder: str | Path, update: int, state: dict[str, Any]) -> Path:
+    """Write ``state`` atomically as ``update-N.pt``, then delete the older ones (one good checkpoint always exists).
+    With several processes only the first writes (the adapters are equal on all of them)."""
+    folder = Path(folder)
+    path = folder / f"update-{update:06d}.pt"
+    if distributed.rank() != 0:
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    for old in folder.glob(STATE_GLOB):
+        if old != path:
+            old.unlink()
+    return path
+
+
+def newest_state(folder: str | Path | None, map_location: Any = "cpu") -> tuple[Path, dict[str, Any]] | None:
+    """The newest state :func:`save_state` wrote in ``folder`` and its path, or None."""
+    found = sorted(Path(folder).glob(STATE_GLOB)) if folder else []
+    if not found:
+        return None
+    return found[-1], torch.load(found[-1], map_location=map_location, weights_only=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Policy snapshots (PPO's and RLOO's adapters at chosen updates)
+
+
+def snapshot_path(folder: str | Path, update: int) -> Path:
+    """Where the policy adapter of ``update`` is kept: a plain peft folder."""
+    return Path(folder) / f"update-{update:06d}"
+
+
+def kept_snapshots(folder: str | Path, updates: Iterable[int]) -> dict[int, Path]:
+    """``{update: peft folder}`` of the ``updates`` whose snapshot exists in ``folder``."""
+    return {u: snapshot_path(folder, u) for u in updates if snapshot_path(folder, u).exists()}
+
+
+def export_snapshots(folder: str | Path, dest: str | Path, updates: Iterable[int]) -> dict[int, Path]:
+    """Copy the kept policy adapters into ``dest``, the stage's folder: ``{update: copy}``."""
+    out = {}
+    for update, path in kept_snapshots(folder, updates).items():
+        target = Path(dest) / path.name
+        if target.resolve() != path.resolve():
+            shutil.copytree(path, target, dirs_exist_ok=True)
+        out[update] = target
+    return out

@@ -24,9 +24,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from utils.params import ParameterError  # noqa: F401 (the runner's error, raised here too)
+from utils.params import RUNNER_PARAMS, ParameterError  # noqa: F401 (the runner's error, raised here too)
 
-RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile
 HUB_PREFIX = "hf:"
 
 

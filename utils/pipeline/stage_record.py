@@ -14,6 +14,7 @@ after a stage is a finished stage.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from utils.pipeline.notebook_params import RUNNER_PARAMS, declared_parameters, effective_parameters
+from utils.pipeline.notebook_params import RUNNER_PARAMS, effective_parameters
 from utils.pipeline.stages import NOTEBOOKS_DIR, STAGES, notebook_path, upstream
 
 STAGE_FILE = "stage.json"
@@ -154,29 +155,15 @@ def publish(tmp: Path, final: Path) -> None:
 # A notebook run by hand (JupyterLab, or papermill without the runner)
 
 
-def _kernel_namespace() -> dict[str, Any] | None:
-    """The notebook's globals when this runs inside an IPython kernel, else None."""
-    import sys
+def record_notebook_run(out_dir: str | Path, params: Any, run_dir: str | Path, notebooks_dir: str | Path = NOTEBOOKS_DIR,
+                        log=print) -> Path | None:
+    """Record a stage the way the runner does when its notebook ran by hand into ``<run_dir>/<stage>``.
 
-    if "IPython" not in sys.modules:
-        return None
-    ip = sys.modules["IPython"].get_ipython()
-    return getattr(ip, "user_ns", None) if ip is not None else None
-
-
-def record_notebook_run(out_dir: str | Path, notebooks_dir: str | Path = NOTEBOOKS_DIR, log=print) -> Path | None:
-    """Record a stage the way the runner does when its notebook runs by hand into ``<run_dir>/<stage>``.
-
-    The parameters are the notebook's own variables at this point (the notebooks never reassign them),
-    fitted to their declared types as the runner fits a profile's. Under the runner ``out_dir`` is a
-    temporary folder: nothing to do here, the runner records the stage itself.
+    ``params`` is the stage's ``Params`` (or a dict of its values), fitted to the declared types as the runner
+    fits a profile's. Anywhere else (the runner's temporary folder, a folder of one's own) nothing is recorded.
     """
-    ns = _kernel_namespace()
-    out = Path(out_dir)
-    if ns is None or out.name not in STAGES or ns.get("run_dir") is None:
-        return None
-    run_dir = Path(ns["run_dir"])
-    if out.resolve().parent != run_dir.resolve():
+    out, run_dir = Path(out_dir), Path(run_dir)
+    if out.name not in STAGES or out.resolve().parent != run_dir.resolve():
         return None
     from utils.pipeline.run_lock import lock_holder
 
@@ -185,13 +172,13 @@ def record_notebook_run(out_dir: str | Path, notebooks_dir: str | Path = NOTEBOO
         log(f"not recorded as finished: {run_dir} is in use by {holder}, which will replace this stage")
         return None
     notebook = notebook_path(out.name, notebooks_dir)
-    declared = declared_parameters(notebook)
+    values = dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
     try:
-        params = effective_parameters(notebook, {name: ns[name] for name in declared if name not in RUNNER_PARAMS and name in ns})
+        fitted = effective_parameters(notebook, {k: v for k, v in values.items() if k not in RUNNER_PARAMS})
     except ValueError as e:
         log(f"not recorded as finished: {e}")
         return None
-    record = StageRecord.make(out.name, params, notebook, upstream_on_disk(run_dir, out.name), how="notebook")
+    record = StageRecord.make(out.name, fitted, notebook, upstream_on_disk(run_dir, out.name), how="notebook")
     return record.write(out)
 
 

@@ -3,7 +3,7 @@
 * :mod:`~utils.ppo.trainer`: the training loop, one update at a time, every implementation detail named where it
   happens; :mod:`~utils.ppo.losses`: its pure pieces (GAE, whitening, clipped losses, the KL controller);
 * :mod:`~utils.ppo.model`: policy, frozen reference and value head on one base; :mod:`~utils.ppo.rollout`: sampling
-  and log-probs; :mod:`~utils.ppo.checkpoint`: the trainer's state as files, resumed only by the run that wrote it;
+  and log-probs; the trainer's ``state_dict()`` is the checkpoint, :mod:`utils.pipeline.checkpoints` its file;
 * :mod:`~utils.ppo.params`: ``PPOParams``, the stage's parameters (each default written once); :mod:`~utils.ppo.stage`:
   the stage's steps, which the notebook and ``recipes.train`` both call, and its metrics; :mod:`~utils.ppo.plots`.
 

@@ -138,6 +138,28 @@ def entropy_from_logits(logits: torch.Tensor, temperature: float = 1.0) -> torch
     return -(logp.exp() * logp).sum(-1)
 
 
+def forward_in_chunks(model, rollout: Rollout, chunk: int, temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probs, values and entropies of the rollout's reply tokens from ``model`` (an ActorCritic), ``chunk`` rows at a time.
+
+    Detail (speed): a rollout is laid out for the longest prompt and the longest reply of the whole batch, so
+    much of it is padding. Rows go through the model in chunks of similar length (sorted by their number of
+    tokens), each chunk cut to the columns where it has tokens (:meth:`Rollout.model_inputs`): every reply
+    token gets what the full layout gives; positions after a reply's end that a chunk no longer reaches read
+    0 (masked out everywhere they are used).
+    """
+    n, width = rollout.response_mask.shape
+    logprobs, values, entropy = (torch.zeros(n, width, device=rollout.input_ids.device) for _ in range(3))
+    order = torch.argsort(rollout.attention_mask.sum(1), stable=True)
+    for first in range(0, n, chunk):
+        rows = order[first : first + chunk]
+        input_ids, attention_mask, replied = rollout.model_inputs(rows)
+        logits, chunk_values = model(input_ids, attention_mask, replied)
+        logprobs[rows, :replied] = token_logprobs(logits, rollout.response_ids[rows, :replied], temperature)
+        values[rows, :replied] = chunk_values
+        entropy[rows, :replied] = entropy_from_logits(logits, temperature)
+    return logprobs, values, entropy
+
+
 class PromptOrder:
     """Which prompts each update samples: passes over the prompt set, each pass in its own seeded order.
 

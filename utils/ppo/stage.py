@@ -87,7 +87,7 @@ def save(trainer: PPOTrainer, models: PPOModels, out_dir: str | Path) -> tuple[P
     machinery, kept only in the checkpoints), and the snapshots for stage 05's reward-against-KL curve."""
     adapter_dir = models.model.save_policy_adapter(Path(out_dir) / "adapter")
     models.tokenizer.save_pretrained(adapter_dir)
-    from utils.ppo.checkpoint import export_snapshots
+    from utils.pipeline.checkpoints import export_snapshots
 
     snapshots = export_snapshots(trainer.snapshot_dir, Path(out_dir) / "snapshots", trainer.snapshot_updates)
     return adapter_dir, snapshots

@@ -16,12 +16,11 @@ One update (:meth:`PPOTrainer.step`) does, in order:
 6. **PPO epochs** over shuffled minibatches: clipped policy loss (+ clipped value loss), gradient clipping;
 7. **adaptive KL controller**: β moves so that the KL to the reference tracks a target.
 
-The model is an :class:`~utils.ppo.model.ActorCritic` (policy adapter, frozen reference adapter and value head
-on one base model); rollouts come from :mod:`utils.ppo.rollout`; checkpoints, and the fingerprint that decides
-whether one may be resumed, from :mod:`utils.ppo.checkpoint`. Each update's seconds are logged by phase
-(generation, scoring, log-probs, optimisation), and the policy adapter can be kept at chosen updates
-(``snapshot_updates``) for measuring reward against KL along the run. The loss pieces (GAE, whitening,
-clipping, the KL controller) are :mod:`utils.ppo.losses`, the settings :class:`~utils.ppo.params.PPOParams`.
+The model is an :class:`~utils.ppo.model.ActorCritic` (policy adapter, frozen reference adapter and value head on
+one base model); rollouts come from :mod:`utils.ppo.rollout`, checkpoint files from :mod:`utils.pipeline.checkpoints`,
+the loss pieces (GAE, whitening, clipping, the KL controller) from :mod:`utils.ppo.losses`, the settings from
+:class:`~utils.ppo.params.PPOParams`. Each update's seconds are logged by phase (generation, scoring, log-probs,
+optimisation); the policy adapter can be kept at chosen updates (``snapshot_updates``) for reward against KL.
 """
 
 from __future__ import annotations
@@ -35,14 +34,15 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from utils import distributed
-from utils.ppo import checkpoint as ppo_checkpoint
+from utils.pipeline import checkpoints
 from utils.ppo.params import PPOParams
 from utils.ppo.losses import (KLController, clipped_policy_loss, clipped_value_loss, explained_variance, gae,
                               kl_penalty_rewards, masked_mean, masked_whiten, reward_mean_std,
                               rloo_advantages)
 from utils.ppo.model import ActorCritic
 from utils.ppo.stage import format_row
-from utils.ppo.rollout import Conversation, PromptOrder, Rollout, encode_prompts, entropy_from_logits, sample_rollout, token_logprobs
+from utils.ppo.rollout import (Conversation, PromptOrder, Rollout, encode_prompts, forward_in_chunks, sample_rollout,
+                               token_logprobs)
 
 if TYPE_CHECKING:
     from utils.fixed_set import FixedSetProgress
@@ -57,6 +57,9 @@ class TrainingDiverged(RuntimeError):
 
 # The sample that sets the reward normalisation draws its prompts and replies apart from the training stream.
 REWARD_NORM_SEED_OFFSET = 31_337
+# After a resume with several processes, each but the first reseeds its sampling generator from the update number
+# (a checkpoint holds only the first process's generator); this spreads those seeds apart.
+RESUME_RESEED_STRIDE = 7919
 
 
 class PPOTrainer:
@@ -108,9 +111,9 @@ class PPOTrainer:
         self.history: list[dict[str, float]] = []
         self.samples: list[dict[str, Any]] = []
         self.last_checkpoint: Path | None = None
-        self.fingerprint = ppo_checkpoint.run_fingerprint(
-            config, self.prompt_ids, ppo_checkpoint.tensors_digest(model.adapter_state()), getattr(reward_fn, "fingerprint", None)
-        )
+        # A checkpoint resumes only this very run: settings, prompts, the policy it starts from, the reward.
+        self.fingerprint = checkpoints.run_key(config.trajectory(), self.prompt_ids, checkpoints.tensors_digest(model.adapter_state()),
+                                               getattr(reward_fn, "fingerprint", None))
         if config.batch_size % distributed.world_size() or config.mini_batch_size % distributed.world_size():
             raise ValueError(f"batch_size {config.batch_size} and mini_batch_size {config.mini_batch_size} must be "
                              f"multiples of the {distributed.world_size()} processes")
@@ -291,25 +294,7 @@ class PPOTrainer:
         return mean, std
 
     def _forward_batched(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Log-probs, values and entropies of the rollout's reply tokens, a minibatch at a time (memory).
-
-        Detail (speed): a rollout is laid out for the longest prompt and the longest reply of the whole batch, so
-        much of it is padding. Rows go through the model in chunks of similar length (sorted by their number of
-        tokens), each chunk cut to the columns where it has tokens (:meth:`Rollout.model_inputs`): every reply
-        token gets what the full layout gives; positions after a reply's end that a chunk no longer reaches read
-        0 (masked out everywhere they are used).
-        """
-        n, width = rollout.response_mask.shape
-        logprobs, values, entropy = (torch.zeros(n, width, device=rollout.input_ids.device) for _ in range(3))
-        order = torch.argsort(rollout.attention_mask.sum(1), stable=True)
-        for first in range(0, n, self.local_mini_batch):
-            rows = order[first : first + self.local_mini_batch]
-            input_ids, attention_mask, replied = rollout.model_inputs(rows)
-            logits, chunk_values = self.model(input_ids, attention_mask, replied)
-            logprobs[rows, :replied] = token_logprobs(logits, rollout.response_ids[rows, :replied], self.config.temperature)
-            values[rows, :replied] = chunk_values
-            entropy[rows, :replied] = entropy_from_logits(logits, self.config.temperature)
-        return logprobs, values, entropy
+        return forward_in_chunks(self.model, rollout, self.local_mini_batch, self.config.temperature)
 
     def _prompt_batch(self, update: int) -> tuple[list[Conversation], list[list[int]]]:
         picked = self.prompt_order.indices(update)[distributed.rank() :: distributed.world_size()]  # this process's share
@@ -342,11 +327,11 @@ class PPOTrainer:
 
     def snapshots(self) -> dict[int, Path]:
         """The policy adapters kept so far: ``{update: peft folder}``."""
-        return ppo_checkpoint.kept_snapshots(self.snapshot_dir, self.snapshot_updates) if self.snapshot_dir else {}
+        return checkpoints.kept_snapshots(self.snapshot_dir, self.snapshot_updates) if self.snapshot_dir else {}
 
     def _maybe_snapshot(self) -> None:
         if self.update in self.snapshot_updates and distributed.rank() == 0:
-            self.model.save_policy_adapter(ppo_checkpoint.snapshot_path(self.snapshot_dir, self.update))
+            self.model.save_policy_adapter(checkpoints.snapshot_path(self.snapshot_dir, self.update))
             if self.progress is not None:
                 self.model.eval()  # sampling with the KV cache; step() switches back to train mode
                 self.progress.measure(self.update, self.model.policy_model, self.model.reference_model)
@@ -380,15 +365,26 @@ class PPOTrainer:
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
         if distributed.world_size() > 1:  # the state holds the first process's generator: the others draw anew
-            torch.manual_seed(self.config.seed + distributed.rank() + ppo_checkpoint.RESUME_RESEED_STRIDE * self.update)
+            torch.manual_seed(self.config.seed + distributed.rank() + RESUME_RESEED_STRIDE * self.update)
         self.shuffle.set_state(state["shuffle_rng"].cpu())
         if self.progress is not None and state.get("progress"):
             self.progress.load_state_dict(state["progress"])
 
     def save_checkpoint(self) -> Path:
-        """Write the full training state (see :mod:`utils.ppo.checkpoint`); one good checkpoint always exists."""
-        return ppo_checkpoint.save_checkpoint(self)
+        """Write :meth:`state_dict` to ``checkpoint_dir`` (:func:`utils.pipeline.checkpoints.save_state`)."""
+        self.last_checkpoint = checkpoints.save_state(self.checkpoint_dir, self.update, self.state_dict())
+        return self.last_checkpoint
 
     def resume(self) -> bool:
         """Load the newest checkpoint in ``checkpoint_dir`` if this very run (its fingerprint) made it."""
-        return ppo_checkpoint.resume(self)
+        path, state = checkpoints.newest_state(self.checkpoint_dir, map_location=self.model.device) or (None, None)
+        if path is None:
+            return False
+        if state["fingerprint"] != self.fingerprint:
+            self.log(f"{path} was made by another run (another configuration, prompts, SFT adapter or reward model): "
+                     "starting from scratch")
+            return False
+        self.load_state_dict(state)
+        self.last_checkpoint = path
+        self.log(f"resumed from {path} (update {self.update})")
+        return True

@@ -12,7 +12,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from utils import chat_format
 from utils.dpo.policy import POLICY, as_reference, sft_as_reference
-from utils.ppo.checkpoint import export_snapshots, snapshot_path
+from utils.pipeline.checkpoints import export_snapshots, snapshot_path
 from utils.rloo.params import RLOOParams
 
 Conversation = list[dict[str, Any]]
