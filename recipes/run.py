@@ -26,6 +26,11 @@ by ``--force``, which starts a stage fresh.
 A failing notebook ends the run with one line naming the stage, the cell and the error; the executed
 notebook is kept in ``runs/<profile>/<NN_stage>.failed/`` for reading.
 
+While a stage runs, one line shows its cell, its time against an estimate and what it printed last
+(utils/pipeline/progress.py); torch in the notebooks uses as many threads as the process has cores (or
+``OMP_NUM_THREADS``; utils/pipeline/machine.py), and a machine already busy before a stage is said to be. The
+run ends with each stage's time and where the report is.
+
 The rules for a stage notebook: its name is the stage's key in the profile and its folder's name
 (``NN_name``, the number giving the order); it has one cell tagged ``parameters`` holding only
 ``name = literal`` lines, ``run_dir`` and ``out_dir`` among them; it writes its results into ``out_dir``
@@ -43,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from utils.pipeline import machine
 from utils.pipeline.notebook_params import RUNNER_PARAMS, ParameterError, declared_parameters, notebook_defaults
 from utils.pipeline.profile import REPO_ROOT, Profile, load_profile
 from utils.pipeline.run_lock import RunFolderInUse, RunLock, lock_holder
@@ -56,6 +62,7 @@ from utils.pipeline.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
+from utils.pipeline.progress import StageProgress, Ticker, format_seconds, register_engine
 from utils.pipeline.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -170,7 +177,13 @@ def failure_line(stage: str, err: Exception, kept: Path) -> str:
     return f"stage {stage} failed: {type(err).__name__}: {' '.join(str(err).split())[:300]} (executed notebook: {kept})"
 
 
-def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, progress: bool) -> None:
+def code_cells(notebook: Path) -> int:
+    import nbformat
+
+    return sum(c.cell_type == "code" for c in nbformat.read(notebook, as_version=4).cells)
+
+
+def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, progress: StageProgress | None) -> None:
     import papermill
 
     stage, notebook = planned.stage, planned.notebook
@@ -188,7 +201,9 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
             parameters={**given, "run_dir": str(run_dir), "out_dir": str(tmp)},
             cwd=str(REPO_ROOT),
             kernel_name="python3",
-            progress_bar=progress,
+            engine_name=register_engine(),
+            stage_progress=progress,
+            progress_bar=False,
             request_save_on_cell_execute=True,
         )
     except Exception as err:  # the notebook's own error, or the kernel dying
@@ -198,6 +213,13 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
     record.how, record.seconds = "runner", round(time.time() - start, 1)
     record.write(tmp)
     publish(tmp, run_dir / stage)
+
+
+def estimate_seconds(profile: Profile, stage: str, on_disk: StageRecord | None) -> float | None:
+    """How long ``stage`` should take: its last time in this run folder (this machine), else the profile's measured one."""
+    if on_disk is not None and on_disk.seconds:
+        return float(on_disk.seconds)
+    return profile.measured_seconds.get(stage)
 
 
 def run_profile(
@@ -224,7 +246,9 @@ def run_profile(
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if progress is None:
-        progress = sys.stderr.isatty()
+        progress = True
+    # Every kernel inherits this: torch uses the cores this process may use, not every core the machine has.
+    os.environ.setdefault(machine.THREADS_VARIABLE, str(machine.available_cores()))
 
     expected = expected_records(planned)
     with RunLock(run_dir, command=f"python -m recipes.run --profile {profile.name}") as lock:
@@ -252,9 +276,19 @@ def run_profile(
             if note:
                 log(f"{head}: {note}")
             log(f"{head}: running {p.notebook.name} ({'--force' if force else record.differences(on_disk)}) ...")
+            load = machine.running_now()  # other work on the cores as this stage starts
+            busy = machine.busy_note(load=load)
+            if busy:
+                log(f"{head}: {busy}")
+            record.machine, record.commit = machine.describe(others_running=load), machine.commit(REPO_ROOT)
             t0 = time.time()
+            shown = StageProgress(head, code_cells(p.notebook), estimate_seconds(profile, p.stage, on_disk)) if progress else None
             try:
-                execute_stage(p, record, run_dir, progress)
+                if shown is None:
+                    execute_stage(p, record, run_dir, None)
+                else:
+                    with Ticker(shown):
+                        execute_stage(p, record, run_dir, shown)
             except StageError:
                 results.append(StageResult(p.stage, "failed", time.time() - t0))
                 raise
@@ -264,18 +298,23 @@ def run_profile(
     return results
 
 
-def format_seconds(s: float) -> str:
-    return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.1f}s"
-
-
-def write_run_report(run_dir: Path, log=print) -> None:
-    """The whole run's report (stage 05 owns its format); a run without it still stands."""
+def write_run_report(run_dir: Path) -> Path | None:
+    """The whole run's report; a run without it still stands."""
     try:
         from utils.pipeline.report import write_report
     except ImportError:
-        return
-    path = write_report(run_dir)
-    log(f"report: {path}")
+        return None
+    return write_report(run_dir)
+
+
+def summary(results: list[StageResult], run_dir: Path, seconds: float, report: Path | None) -> list[str]:
+    """The run's last lines: each stage's time, the total, and where the report is."""
+    lines = [f"{r.stage:20s} {r.status:8s} {format_seconds(r.seconds) if r.status != 'skipped' else 'unchanged'}" for r in results]
+    ran = sum(r.status == "ran" for r in results)
+    lines.append(f"{ran} stage(s) ran, {len(results) - ran} unchanged, in {format_seconds(seconds)}: {run_dir}")
+    if report is not None:
+        lines.append(f"report: {report} (and {report.with_suffix('.html').name} beside it, one file that opens offline)")
+    return lines
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -300,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="override one stage parameter of the profile (YAML value), e.g. --set 03_reward.length_head=true; "
                          "give a --run-dir so the variant does not replace the profile's run")
     args = ap.parse_args(argv)
-    t0 = time.time()
+    t0, report = time.time(), None
     try:
         profile = load_profile(args.profile)
         if args.on_error:
@@ -322,16 +361,17 @@ def main(argv: list[str] | None = None) -> int:
             results = run_profile(profile, run_dir, args.notebooks_dir, first=args.first, only=args.only, force=args.force)
         finally:
             if run_dir.is_dir() and not lock_holder(run_dir):  # not into a folder another process is writing
-                write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
+                report = write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
     except (StageError, RunFolderInUse, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        if report is not None:
+            print(f"report of what finished: {report}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: finished stages are kept, the interrupted one starts again (from its checkpoints) next run",
               file=sys.stderr)
         return 130
-    ran = sum(r.status == "ran" for r in results)
-    print(f"{ran} stage(s) ran, {len(results) - ran} unchanged, in {format_seconds(time.time() - t0)}: {run_dir}")
+    print("\n".join(summary(results, run_dir, time.time() - t0, report)))
     return 0
 
 

@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from accelerate import PartialState
 
+    from utils.pipeline import machine
     from utils.pipeline.artifacts import write_metrics
 
     # First, before any library makes its own: accelerate's process state is a singleton, and without a GPU
@@ -235,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())
     if args.max_gpu_memory_gib:
         limit_gpu_memory(args.max_gpu_memory_gib, state.device)
+    if state.num_processes == 1:  # several processes share the cores: each keeps what the launcher gave it
+        machine.use_available_cores()
+    others_running = machine.running_now()
     lock = RunLock(run_dir, command=f"python -m recipes.train {args.stage} --profile {args.profile}")
     tmp, final = temporary_dir(run_dir, stage), run_dir / stage
     record = StageRecord.make(stage, params, notebook_path(stage), upstream_on_disk(run_dir, stage), how="script")
@@ -265,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         if state.is_main_process:
             write_metrics(tmp, {**metrics, "script": f"recipes.train {args.stage}", "parameters": params})
             record.seconds = round(time.time() - started, 1)
+            record.machine = machine.describe(others_running=others_running, threads=torch.get_num_threads())
             record.write(tmp)
             publish(tmp, final)  # the same record and the same atomic swap as the runner's
             tidy_checkpoints(folder, default_location)

@@ -41,14 +41,20 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def micro_run(tmp_path_factory) -> Path:
-    """All five notebooks executed by the runner on the micro profile; returns the run dir.
+    """Every notebook executed by the runner on the micro profile, as a user runs it (``python -m recipes.run``, its
+    console kept in ``console.log`` beside the run dir); returns the run dir.
 
     A failing stage fails every test that uses this fixture with the runner's one-line message.
     """
-    from recipes.run import run_profile, write_run_report
-    from utils.pipeline.profile import load_profile
+    import subprocess
+    import sys
+
+    from utils.pipeline.profile import REPO_ROOT
 
     run_dir = tmp_path_factory.mktemp("runs") / "micro"
-    run_profile(load_profile(MICRO_PROFILE), run_dir, progress=False, log=lambda *_: None)
-    write_run_report(run_dir, log=lambda *_: None)
+    proc = subprocess.run([sys.executable, "-m", "recipes.run", "--profile", str(MICRO_PROFILE), "--run-dir", str(run_dir)],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
+    (run_dir.parent / "console.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        pytest.fail(f"the micro run failed: {proc.stderr.strip().splitlines()[-1:] or proc.returncode}")
     return run_dir

@@ -127,3 +127,12 @@ def test_the_reference_is_the_sft_policy_and_the_held_out_figures_are_trls(micro
     assert trl["eval_loss"] == pytest.approx(after.loss, abs=1e-4)
     strictly = sum(c > r for c, r in zip(after.chosen, after.rejected)) / after.n  # trl counts a tie as wrong
     assert trl["eval_rewards/accuracies"] == pytest.approx(strictly)
+
+
+def test_a_record_reads_as_turns_with_their_line_breaks():
+    from utils.dpo.data import record_markdown
+
+    record = {"prompt": [{"role": "user", "content": "Two lines:\nhere"}], "chosen": [{"role": "assistant", "content": "Yes\n\nno"}],
+              "rejected": [{"role": "assistant", "content": ""}]}
+    assert record_markdown(record) == ("**prompt**\n\n*user*:\n\n> Two lines:\n> here\n\n**chosen**\n\n*assistant*:\n\n> Yes\n> \n> no"
+                                       "\n\n**rejected**\n\n*assistant*:\n\n> ")

@@ -171,6 +171,11 @@ def test_accuracy_table_shows_the_split_readably():
     assert table.loc["OASST 100-tree file", "proxy longer-preferred acc (n)"] == "- (n=0)"
     assert table.loc["HH-RLHF harmless", "proxy"] == 0.0 and table["pairs"].dtype.kind == "i"
     assert table.loc["OASST eval split", "proxy"] == 0.75  # 6 longer-preferred pairs right, 2 shorter-preferred wrong
+    from utils.reward.stage import agreement
+
+    for part, pairs in oasst_sets.items():  # each part's agreement too (it read NaN), as if evaluated on its own
+        alone = agreement(evaluate_pairs(LengthScorer(), pairs), evaluate_pairs(WordScorer(), pairs))
+        assert table.loc[f"OASST {part}", "agreement"] == round(alone, 3)
     table.to_string()  # what the notebook cell displays
 
 

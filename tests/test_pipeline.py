@@ -85,11 +85,56 @@ def test_dpo_starts_at_its_reference_and_reward_training_mixed_hh(micro_run):
     assert reward["hh_pairs"] == 32 <= mix["eval_lines"] and mix["train_lines"] + mix["eval_lines"] == 1156
 
 
-def test_run_report_gathers_every_stage(micro_run):
+def test_run_report_leads_with_the_results_and_gathers_every_stage(micro_run):
     report = (micro_run / "report.md").read_text()
     for stage in REQUIRED:
-        assert stage in report
+        assert f"\n## {stage}\n" in report
+    lines = report.splitlines()
+    assert any(line.startswith("| player | Elo (") for line in lines[:40]), "the results table is not on the first screen"
+    assert not [line for line in lines if '{"' in line]
     assert (micro_run / "report.html").exists()
+
+
+def test_the_console_shows_each_stage_and_a_summary_without_library_chatter(micro_run):
+    console = (micro_run.parent / "console.log").read_text()
+    assert "IPKernelApp" not in console and "without encryption" not in console
+    assert "kernels-community" not in console
+    lines = console.splitlines()
+    for stage in REQUIRED:
+        assert any(line.endswith(f"{stage}: running {stage}.ipynb (not run) ...") for line in lines), stage
+        assert any(f"{stage}: done in " in line for line in lines), stage
+        assert any(line.split()[:2] == [stage, "ran"] for line in lines), f"{stage} is missing from the summary"
+    assert lines[-1].startswith(f"report: {micro_run / 'report.md'}")
+
+
+def test_each_stage_records_the_threads_it_used_and_the_commit(micro_run):
+    from utils.pipeline import machine
+    from utils.pipeline.stage_record import read_record
+
+    for stage in REQUIRED:
+        record = read_record(micro_run / stage)
+        assert record.machine["threads"] == machine.thread_count() and record.machine["cores"] == machine.available_cores()
+        assert record.machine["others_running"] is not None
+
+
+# A warning a notebook may show in red, because the notebook's prose explains it: (stage, what it says, what explains it).
+EXPLAINED_WARNINGS = [
+    ("05_evaluate", "prompts were longer than", "longer than the model's context"),
+]
+
+
+def test_executed_notebooks_show_no_stderr_but_the_warnings_they_explain(micro_run):
+    import nbformat
+
+    for stage in REQUIRED:
+        nb = nbformat.read(micro_run / stage / f"{stage}.ipynb", as_version=4)
+        prose = " ".join(c.source for c in nb.cells if c.cell_type == "markdown")
+        for cell in nb.cells:
+            for out in cell.get("outputs", []):
+                assert out.output_type != "error", stage
+                if out.output_type == "stream" and out.name == "stderr":
+                    explained = [e for s, says, e in EXPLAINED_WARNINGS if s == stage and says in out.text and e in prose]
+                    assert explained, f"{stage}: an unexplained stderr output: {out.text[:200]!r}"
 
 
 def test_rloo_keeps_its_adapter_and_at_least_4_snapshots(micro_run):

@@ -1,4 +1,4 @@
-"""What a notebook shows: results, not library chatter.
+"""What a notebook shows: results, not library chatter; and torch's threads sized to the machine.
 
 Called by every notebook's setup cell. Training and loading print progress bars, load reports and
 warnings that say nothing about the experiment (a red box in JupyterLab for each); the notebook's own
@@ -7,16 +7,13 @@ prints and plots say what happened. pandas shows whole replies rather than cutti
 
 from __future__ import annotations
 
-import logging
 import warnings
 
 
 def notebook() -> None:
-    # Before the imports below, which may trigger them: tqdm warns at import time when a notebook has no
-    # ipywidgets for its bars; bitsandbytes looks for an optional CPU kernel package on CPUs with AVX512-BF16
-    # and warns when it is absent.
+    # Before the imports below, which may trigger it: tqdm warns at import time when a notebook has no ipywidgets
+    # for its bars. (bitsandbytes' note on an optional CPU kernel is dropped in utils/__init__.py.)
     warnings.filterwarnings("ignore", message=".*IProgress not found.*")
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import datasets
     import pandas as pd
     import transformers
@@ -29,3 +26,7 @@ def notebook() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     pd.set_option("display.max_colwidth", None)
+    # As many torch threads as the process may use cores (or OMP_NUM_THREADS): more only slow a shared machine.
+    from utils.pipeline.machine import use_available_cores
+
+    use_available_cores()

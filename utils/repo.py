@@ -1,8 +1,13 @@
-"""What `python -m utils.repo sync` writes: the notebooks' setup cell, their generated parameters cells, the Colab links.
+"""What `python -m utils.repo` writes into the repository: notebook cells and links, and the README's run results.
 
-A fork or mirror changes ``REPO_URL`` here and runs ``python -m utils.repo sync`` (or
-``python -m utils.repo sync --url https://github.com/me/my-fork``, which rewrites the constant too): every
-notebook's first code cell and every "Open in Colab" link of the README follow. A test checks they agree.
+``sync``: the notebooks' setup cell, their generated parameters cells, the Colab links. A fork or mirror changes
+``REPO_URL`` here and runs ``python -m utils.repo sync`` (or ``python -m utils.repo sync --url
+https://github.com/me/my-fork``, which rewrites the constant too): every notebook's first code cell and every "Open in
+Colab" link of the README follow. A test checks they agree.
+
+``readme``: the README's results blocks (between ``<!-- results:tiny -->`` and ``<!-- /results:tiny -->``) rewritten from
+``runs/<profile>/report.md``: what was run and the results, as the report has them, so the README's tables cannot drift
+from the run they come from. ``readme --check`` fails where they differ (run it before committing README figures).
 """
 
 from __future__ import annotations
@@ -90,12 +95,58 @@ def _generated_cells(nb: dict, stage: str, url: str) -> list[tuple[dict, str]]:
     return out
 
 
+RESULTS_BLOCK = re.compile(r"(<!-- results:([\w.-]+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def report_excerpt(report_md: str, report_path: str) -> str:
+    """The head of a run report, for the README: what was run and the results (table, legend, RL check), without
+    the report's title, section headings and images (they live beside the run, which is not committed)."""
+    head = report_md.split("\n## Each stage at a glance", 1)[0]
+    lines = [line for line in head.splitlines()[1:] if not line.startswith(("## ", "![", "# "))]
+    body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return f"From [`{report_path}`]({report_path}), written by `python -m utils.repo readme`:\n\n{body}\n"
+
+
+def sync_readme(readme: Path = ROOT / "README.md", runs: Path = ROOT / "runs", write: bool = True) -> list[str]:
+    """Rewrite the README's results blocks from ``runs/<name>/report.md``; returns the names whose block changed.
+    A block whose report is missing is one line naming it (:class:`FileNotFoundError`)."""
+    text = readme.read_text()
+    changed = []
+
+    def replace(m: re.Match) -> str:
+        name = m.group(2)
+        report = runs / name / "report.md"
+        if not report.is_file():
+            raise FileNotFoundError(f"{readme.name}: the results block {name!r} needs {report}: run the profile first")
+        new = report_excerpt(report.read_text(), f"runs/{name}/report.md")
+        if new != m.group(3):
+            changed.append(name)
+        return m.group(1) + new + m.group(4)
+
+    updated = RESULTS_BLOCK.sub(replace, text)
+    if write and changed:
+        readme.write_text(updated)
+    return changed
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m utils.repo", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     sync_cmd = sub.add_parser("sync", help="write the setup cells, the generated parameters cells and the Colab links")
     sync_cmd.add_argument("--url", help="the repository's new URL (also rewrites REPO_URL in utils/repo.py)")
+    readme_cmd = sub.add_parser("readme", help="rewrite the README's results blocks from runs/<profile>/report.md")
+    readme_cmd.add_argument("--check", action="store_true", help="change nothing; fail where the README differs from the reports")
     args = ap.parse_args(argv)
+    if args.command == "readme":
+        try:
+            changed = sync_readme(write=not args.check)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        verb = "differs from its report" if args.check else "updated from its report"
+        for name in changed:
+            print(f"README.md: results block {name!r} {verb}")
+        return 1 if args.check and changed else 0
     url = args.url or REPO_URL
     if args.url:
         here = Path(__file__)

@@ -16,6 +16,16 @@ def conversational_record(pair) -> dict[str, Any]:
             "rejected": [{"role": "assistant", "content": pair.rejected}]}
 
 
+def record_markdown(record: dict[str, Any]) -> str:
+    """A record of :func:`conversational_record` as a reader sees it: each field, each turn with its role, its line
+    breaks kept (a quote per turn)."""
+    def turns(messages: Sequence[dict[str, str]]) -> str:
+        return "\n\n".join(f"*{m['role']}*:\n\n" + "\n".join("> " + line for line in (m["content"].splitlines() or [""]))
+                           for m in messages)
+
+    return "\n\n".join(f"**{field}**\n\n{turns(record[field])}" for field in ("prompt", "chosen", "rejected"))
+
+
 def encode_reply(prompt: Sequence[dict[str, str]], reply: Sequence[dict[str, str]], tokenizer) -> tuple[list[int], list[int]]:
     """``(prompt ids, reply ids)``: the prompt as the policy sees it when generating (the assistant tag last), and
     the reply's tokens up to and including its end-of-turn token (a template's text after that is never generated)."""

@@ -26,11 +26,10 @@ def _clip(text: str, width: int) -> str:
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     """Rows of ``{column: value}`` as a Markdown table; a cell's line breaks become spaces (a row is one line)."""
+    from utils.pipeline.page import Table, to_markdown
+
     columns = list(dict.fromkeys(c for r in rows for c in r))
-    cell = lambda s: " ".join(str(s).splitlines()).replace("|", "\\|")  # noqa: E731
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in columns) + " |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return to_markdown([Table(columns, [[str(r.get(c, "")) for c in columns] for r in rows])])
 
 
 def plot_distributions(values: Mapping[str, Sequence[float]], xlabel: str, ax=None):

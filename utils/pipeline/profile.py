@@ -14,6 +14,9 @@ So a profile that leaves a key out and one that lists its default value are the 
 same fingerprint). YAML anchors (``&data`` / ``<<: *data``) share values between stages; a key written
 twice in one mapping is an error, not a silent last-one-wins. The runner adds ``run_dir`` and ``out_dir``.
 
+``measured:`` holds what a run of the profile took, stage by stage (``seconds: {02_sft: 69}``, with ``on:`` saying
+where): the runner's estimate for a stage's first run in a folder.
+
 A profile may extend another (``extends: colab-t4``, a name or a path beside it) and hold only what differs: each
 stage's parameters are the parent's with the child's on top, the child's stages are the parent's and its own, and
 ``offline`` is the parent's unless the child sets it. Its name, description and hardware are its own.
@@ -45,6 +48,7 @@ class Profile:
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)  # every stage's parameters, the parent's included
     parent: "Profile | None" = None  # the profile this one extends
     own: dict[str, dict[str, Any]] = field(default_factory=dict)  # what this profile's file itself lists
+    measured_seconds: dict[str, float] = field(default_factory=dict)  # each stage's time on the machine ``measured.on`` names
 
     def overrides(self, stage: str) -> dict[str, Any]:
         """The parameters this profile lists for ``stage`` (with those it inherits from the profile it extends)."""
@@ -147,7 +151,17 @@ def load_profile(name_or_path: str | Path, _seen: tuple[Path, ...] = ()) -> Prof
                   **{k: v for k, v in stages.items() if k not in parent.stages}}
         offline = parent.offline if offline is None else offline
     return Profile(name=raw.get("name", path.stem), path=path, description=raw.get("description", ""),
-                   offline=bool(offline), stages=stages, parent=parent, own=own)
+                   offline=bool(offline), stages=stages, parent=parent, own=own, measured_seconds=_measured(path, raw.get("measured")))
+
+
+def _measured(path: Path, measured: Any) -> dict[str, float]:
+    """``measured: {on: ..., seconds: {stage: s}}`` as ``{stage: s}``; anything else there is one line naming the file."""
+    if measured is None:
+        return {}
+    seconds = measured.get("seconds") if isinstance(measured, dict) else None
+    if not isinstance(seconds, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds.values()):
+        raise ValueError(f"{path}: measured must be a mapping with seconds: {{stage: seconds}} (and on: where), got {measured!r}")
+    return {str(k): float(v) for k, v in seconds.items()}
 
 
 def _parent(path: Path, extends: Any, seen: tuple[Path, ...]) -> Profile:

@@ -1,114 +1,118 @@
-"""The run's report: every stage's key figures and plots in one page, ``runs/<profile>/report.md`` and ``.html``.
+"""The run's report, ``runs/<profile>/report.md`` and ``report.html``: the answer first, then every stage's detail.
 
-The runner calls :func:`write_report` at the end of every run, whatever ran: stages that are missing,
-failed or write metrics this module has never heard of are reported as they are, never an error.
-The page is built once as a list of blocks (headings, paragraphs, tables, images) and rendered twice:
-Markdown with relative links for reading beside the run, and one self-contained HTML file (plots
-embedded) to mail or upload.
+The first screen says what was run (profile, models, data, commit, machine, date, time) and shows the one results
+table (stage 05's players under each judge: Elo, win rate against SFT, length-controlled, reward, words, KL), the
+RL stages' check on fixed prompts and the reward-against-KL figure, every abbreviation explained beside it. Then a
+few figures from each stage, then each stage's whole ``metrics.json`` (folded away in the HTML).
+
+The runner writes it at the end of every run, whatever ran: stages that are missing, failed or write metrics this
+module has never heard of are reported as they are, never an error. Numbers are written for reading (three
+significant digits, an interval as ``0.48 [0.35, 0.61]``); no cell holds raw JSON.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
+import math
 import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Union
+from typing import Any, Iterable
 
 from utils.pipeline.artifacts import METRICS_FILE
+from utils.pipeline.machine import is_busy
+from utils.pipeline.page import Block, Bullets, Fold, Heading, Image, Inline, Link, Paragraph, Table, to_html, to_markdown
 from utils.pipeline.profile import REPO_ROOT, load_profile, profile_path
+from utils.pipeline.progress import format_seconds
 from utils.pipeline.stage_record import STAGE_FILE  # the runner's record of a finished stage
-from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, SFT
+from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, REWARD, SFT
 
 STAGE_DIR = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
-EMBED_LIMIT = 3_000_000  # bytes: bigger plots are linked from the HTML rather than embedded
+CELL_WIDTH = 100  # characters: a longer cell is cut, with "…"
+# Stage 05's table columns the headline keeps (the rest stay in 05's section): players × judges, then judge-free.
+HEADLINE_COLUMNS = ("player", "Elo (", "win vs SFT", "LC win vs SFT", "reward (", "words", "KL to SFT")
+VALUE_KEYS = ("rate", "rating", "value", "mean", "lc_win_rate", "win_rate", "gain")
 
-# A few figures worth seeing before anything else, where the stage wrote them: (stage, key, label).
+# A few figures worth seeing before the detail, where the stage wrote them: (stage, key, label).
 GLANCE = [
     (EXPLORE, "trees", "trees read"),
     (EXPLORE, "sft_threads", "SFT threads"),
     (EXPLORE, "rm_pairs", "reward-model pairs"),
     (SFT, "eval_loss_before", "SFT held-out loss before"),
     (SFT, "eval_loss_after", "SFT held-out loss after"),
-    (REWARD, "eval_accuracy", "reward model pairwise accuracy"),
-    (REWARD, "length_baseline_accuracy", "length baseline accuracy"),
+    (REWARD, "eval_accuracy", "reward model pairwise accuracy (held-out OASST pairs)"),
+    (REWARD, "length_baseline_accuracy", "the longer reply wins: its accuracy on the same pairs"),
     (REWARD, "hh_accuracy", "HH-RLHF harmless accuracy"),
     (REWARD, "judge_eval_accuracy", "judge (second reward model) pairwise accuracy"),
     (REWARD, "proxy_judge_agreement", "proxy and judge agree on held-out pairs"),
-    (REWARD, "hh_weight", "weight of HH-RLHF harmless pairs in reward training"),
     (DPO, "heldout_accuracy_after", "DPO implicit-reward accuracy on held-out pairs (0.5 before)"),
-    (DPO, "heldout_margin_after", "DPO implicit-reward margin on held-out pairs (0 before)"),
-    (DPO, "train_seconds", "DPO training seconds"),
-    (PPO, "reward_mean_first", "PPO reward, first update"),
-    (PPO, "reward_mean_last", "PPO reward, last update"),
-    (PPO, "kl_last", "PPO KL, last update"),
-    (PPO, "kl_coef_last", "PPO KL coefficient β, last update"),
 ]
-
-
-@dataclass
-class Link:
-    text: str
-    href: str
-
-
-Inline = Union[str, Link]
-
-
-@dataclass
-class Heading:
-    level: int
-    text: str
-
-
-@dataclass
-class Paragraph:
-    parts: list[Inline]
-
-
-@dataclass
-class Table:
-    header: list[str]
-    rows: list[list[str]]
-
-
-@dataclass
-class Image:
-    alt: str
-    path: Path  # relative to the run dir
-
-
-Block = Union[Heading, Paragraph, Table, Image]
 
 
 # ---------------------------------------------------------------------------------------------- values
 
 
+def _number(value: float) -> str:
+    """Three significant digits; whole numbers from 100 up, thousands separated."""
+    if value != value:  # NaN
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def _interval(value: dict[str, Any]) -> str | None:
+    """``{"rate": 0.048, "ci": [0.0, 0.61], ...}`` as ``0.048 [0.000, 0.610]``: three significant digits of the largest
+    of the three, the same decimals for all; None for a dict that is not an estimate with its interval."""
+    ci = value.get("ci")
+    key = next((k for k in VALUE_KEYS if isinstance(value.get(k), (int, float)) and not isinstance(value.get(k), bool)), None)
+    if key is None or not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)):
+        return None
+    numbers = [float(value[key]), float(ci[0]), float(ci[1])]
+    if any(x != x for x in numbers):
+        return "–"
+    largest = max(abs(x) for x in numbers)
+    decimals = 0 if largest >= 100 else 2 - math.floor(math.log10(largest)) if largest > 0 else 2
+    a, lo, hi = (f"{x:,.{decimals}f}" for x in numbers)
+    return f"{a} [{lo}, {hi}]"
+
+
+def _cut(text: str, width: int = CELL_WIDTH) -> str:
+    """At most ``width`` characters, cut at a word or separator with "…"."""
+    if len(text) <= width:
+        return text
+    cut = text[: width - 1]
+    space = max(cut.rfind(" "), cut.rfind(","), cut.rfind(";"))
+    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;") + " …"
+
+
 def fmt(value: Any) -> str:
-    """One metric value as short text: 4 significant digits, thousands separated, long lists summarized."""
+    """One metric value as short readable text: numbers to three significant digits, intervals as ``x [lo, hi]``,
+    a mapping as ``key value, …``, long lists summarized; never JSON."""
     if value is None:
         return "–"  # write_metrics stores NaN/inf as null: "not defined"
     if isinstance(value, bool):
-        return str(value).lower()
+        return "yes" if value else "no"
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 10_000 else f"{value:.4g}"
+        return _number(value)
     if isinstance(value, (list, tuple)):
+        if value and all(isinstance(v, dict) for v in value):
+            return f"{len(value)} rows"
         if len(value) > 6:
             return f"{len(value)} values: {fmt(value[0])} … {fmt(value[-1])}"
         return "[" + ", ".join(fmt(v) for v in value) + "]"
     if isinstance(value, dict):
-        text = json.dumps(value, default=str)
-        return text if len(text) <= 80 else text[:77] + "…"
-    return str(value)
+        interval = _interval(value)
+        if interval is not None:
+            return interval
+        return _cut(", ".join(f"{k} {fmt(v) if not isinstance(v, dict) else '(' + fmt(v) + ')'}" for k, v in value.items()))
+    return _cut(str(value))
 
 
 def _is_rows(value: Any) -> bool:
-    """A list of row dicts (``[{column: value}]``): shown as a table, not as "N values"."""
+    """A list of row dicts (``[{column: value}]``): shown as a table, not as "N rows"."""
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
@@ -116,44 +120,57 @@ def _is_scalar(value: Any) -> bool:
     return not isinstance(value, dict) and not _is_rows(value)
 
 
+def _is_table(value: dict[str, Any]) -> bool:
+    """A dict of dicts whose cells are values, intervals or flat mappings (not deeper records): rows × columns."""
+    def flat(x: Any) -> bool:
+        return not isinstance(x, dict) or all(not isinstance(y, dict) for y in x.values())
+
+    return bool(value) and all(isinstance(v, dict) and all(flat(x) for x in v.values()) for v in value.values())
+
+
 def metric_blocks(metrics: dict[str, Any], prefix: str = "") -> list[Block]:
-    """Scalars in one figure/value table; each dict as its own table (a dict of dicts: rows × columns), a list of
-    row dicts as a table, and a dict of such nested records (e.g. one per judge) as one section each."""
+    """Scalars in one figure/value table; a dict of dicts as a table (rows × columns), a list of row dicts as a table,
+    a dict of deeper records (e.g. one per judge) as one section each, any other dict as a figure/value table."""
     blocks: list[Block] = []
-    scalars = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v)]
+    scalars = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v) and not _interval_dict(v)]
     if scalars:
         blocks.append(Table(["figure", "value"], scalars))
     for key, value in metrics.items():
-        if _is_scalar(value):
+        if _is_scalar(value) and not _interval_dict(value):
             continue
         title = f"{prefix}{key}"
-        if _is_rows(value):
+        if _interval_dict(value):
+            blocks += [Heading(3, title), Table(["figure", "value"], [[key, fmt(value)]])]
+        elif _is_rows(value):
             columns = list(dict.fromkeys(c for row in value for c in row))
             blocks += [Heading(3, title), Table(columns, [[fmt(row.get(c)) for c in columns] for row in value])]
-        elif value and all(isinstance(v, dict) for v in value.values()) and any(
-            isinstance(x, dict) and x and all(isinstance(y, dict) for y in x.values()) for v in value.values() for x in v.values()
-        ):
-            for name, record in value.items():  # records holding tables of their own: a section each
-                blocks += [Heading(3, f"{title}: {name}")] + metric_blocks(record, prefix=f"{title}: {name}: ")
-        elif value and all(isinstance(v, dict) for v in value.values()):
+        elif _is_table(value):
             columns = list(dict.fromkeys(c for row in value.values() for c in row))
             # A square table (win rates: player × player) reads best with columns in the rows' order.
             columns = [r for r in value if r in columns] + [c for c in columns if c not in value]
             blocks += [Heading(3, title), Table([""] + columns, [[name] + [fmt(row.get(c)) for c in columns] for name, row in value.items()])]
+        elif value and all(isinstance(v, dict) for v in value.values()):
+            for name, record in value.items():  # records holding tables of their own: a section each
+                blocks += [Heading(3, f"{title}: {name}")] + metric_blocks(record, prefix=f"{title}: {name}: ")
         else:
             blocks += [Heading(3, title), Table(["figure", "value"], [[k, fmt(v)] for k, v in value.items()])]
     return blocks
 
 
-# ---------------------------------------------------------------------------------------------- stages
+def _interval_dict(value: Any) -> bool:
+    return isinstance(value, dict) and _interval(value) is not None
 
 
-def stage_names(run_dir: Path, expected: Iterable[str] | None = None) -> list[str]:
-    """Stages found in the run dir (finished or failed) and the ``expected`` ones (default: the kit's notebooks)."""
-    found = {p.name.removesuffix(".failed") for p in run_dir.iterdir() if p.is_dir()} if run_dir.exists() else set()
-    if expected is None:
-        expected = [p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")]
-    return sorted(s for s in found | set(expected) if STAGE_DIR.match(s))
+def key_figures(metrics: dict[str, Any]) -> Any:
+    """A stage's own figures (its ``metrics.json`` scalars) as a small table, formatted as the report formats them:
+    the last output of each stage notebook."""
+    from IPython.display import Markdown
+
+    rows = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v) and not isinstance(v, (list, tuple))]
+    return Markdown(to_markdown([Table(["figure", "value"], rows)]))
+
+
+# ---------------------------------------------------------------------------------------------- reading the run
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
@@ -166,8 +183,162 @@ def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     return data, None
 
 
-def stage_blocks(run_dir: Path, stage: str) -> list[Block]:
-    blocks: list[Block] = [Heading(2, stage)]
+def _stage_json(run_dir: Path, stage: str, name: str) -> dict[str, Any]:
+    path = run_dir / stage / name
+    data, _ = _read_json(path) if path.exists() else (None, None)
+    return data or {}
+
+
+def stage_names(run_dir: Path, expected: Iterable[str] | None = None) -> list[str]:
+    """Stages found in the run dir (finished or failed) and the ``expected`` ones (default: the kit's notebooks)."""
+    found = {p.name.removesuffix(".failed") for p in run_dir.iterdir() if p.is_dir()} if run_dir.exists() else set()
+    if expected is None:
+        expected = [p.stem for p in (REPO_ROOT / "notebooks").glob("*.ipynb")]
+    return sorted(s for s in found | set(expected) if STAGE_DIR.match(s))
+
+
+def _rel(path: Path, run_dir: Path) -> str:
+    return path.relative_to(run_dir).as_posix()
+
+
+# ---------------------------------------------------------------------------------------------- what was run
+
+
+def _joined(values: dict[str, list[str]]) -> str:
+    """``{"abc1234": [stages]}`` as ``abc1234`` when one value, else each with its stages."""
+    if len(values) == 1:
+        return next(iter(values))
+    return "; ".join(f"{v} ({', '.join(s.split('_')[0] for s in stages)})" for v, stages in values.items())
+
+
+def run_rows(run_dir: Path, stages: list[str]) -> list[list[str]]:
+    """The "what was run" table: profile, models, data, commit, machine, finished, time."""
+    records = {s: _stage_json(run_dir, s, STAGE_FILE) for s in stages}
+    records = {s: r for s, r in records.items() if r}
+    rows = []
+    if profile_path(run_dir.name).exists():
+        try:
+            profile = load_profile(run_dir.name)
+            rows.append(["profile", f"{profile.name} ({profile.path.relative_to(REPO_ROOT).as_posix()}): {profile.description}"])
+        except (ValueError, FileNotFoundError):
+            pass
+    params = {s: r.get("parameters") or {} for s, r in records.items()}
+    models = []
+    if SFT in params:
+        base = params[SFT].get("base_model")
+        quant = params[SFT].get("quantization")
+        models.append(f"policy {'the kit-built tiny GPT-NeoX' if base == 'tiny' else base}" + (f" ({quant})" if quant and quant != "none" else ""))
+    if REWARD in params:
+        models.append(f"reward models (proxy and judge) on {params[REWARD].get('base_model')}")
+    if models:
+        rows.append(["models", "; ".join(models)])
+    explore = _stage_json(run_dir, EXPLORE, METRICS_FILE)
+    data = params.get(EXPLORE) or params.get(SFT) or {}
+    if data.get("train_paths"):
+        text = f"train {', '.join(data['train_paths'])}; held out {', '.join(data.get('heldout_paths') or [])}"
+        if explore:
+            text += f" ({fmt(explore.get('trees'))} trees, {fmt(explore.get('messages'))} messages read, {fmt(explore.get('kept'))} kept)"
+        rows.append(["data", text])
+    commits: dict[str, list[str]] = {}
+    for s, r in records.items():
+        commits.setdefault(r.get("commit") or "not recorded", []).append(s)
+    if commits:
+        rows.append(["commit", _joined(commits)])
+    machines: dict[str, list[str]] = {}
+    for s, r in records.items():
+        m = r.get("machine") or {}
+        text = (f"{m.get('cores')} cores, {m.get('threads')} threads, " + (f"GPU {m['gpu']}" if m.get("gpu") else "no GPU")) if m else "not recorded"
+        machines.setdefault(text, []).append(s)
+    if machines:
+        rows.append(["machine", _joined(machines)])
+    busy = [f"{s} ({r['machine']['others_running']:.1f} threads of other work running as it started)" for s, r in records.items()
+            if is_busy((r.get("machine") or {}).get("others_running"), (r.get("machine") or {}).get("cores") or 1)]
+    if busy:
+        rows.append(["shared machine", "other work was running when these started, so their times are long: " + ", ".join(busy)])
+    finished = sorted(r["finished"] for r in records.values() if r.get("finished"))
+    if finished:
+        rows.append(["finished", finished[-1].replace("T", " ")])
+    seconds = {s: r["seconds"] for s, r in records.items() if isinstance(r.get("seconds"), (int, float))}
+    if seconds:
+        each = ", ".join(f"{s.split('_', 1)[1]} {format_seconds(t)}" for s, t in seconds.items())
+        rows.append(["time", f"{format_seconds(sum(seconds.values()))}, the stages one after another ({each})"])
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- the answer
+
+
+def _preset_text(name: str, preset: dict[str, Any]) -> str:
+    parts = [f"temperature {fmt(preset.get('temperature'))}"] if preset.get("do_sample", True) else ["greedy"]
+    parts += [f"{label} {fmt(preset[k])}" for k, label in (("top_k", "top-k"), ("top_p", "top-p"), ("repetition_penalty", "repetition penalty"))
+              if preset.get(k) not in (None, 0, 1.0)]
+    return f"({name}): replies sampled with {', '.join(parts)}, at most {preset.get('max_new_tokens')} new tokens"
+
+
+def legend(evaluation: dict[str, Any], lead: str | None) -> list[str]:
+    """What each abbreviation in the results means, from the run's own metrics."""
+    lines = [_preset_text(name, preset) for name, preset in (evaluation.get("sampling") or {}).items() if isinstance(preset, dict)]
+    for player, n in (evaluation.get("best_of_n") or {}).items():
+        lines.append(f"{player.split(' ')[0]}: of {n} such replies to a prompt, the one the proxy scores highest (no training; "
+                     f"{n}× the sampling)")
+    external = evaluation.get("external_players") or {}
+    if external:
+        names = ", ".join(p.split(" (")[0] for p in external)
+        counts = sorted(set(external.values()))
+        lines.append(f"{names}: OpenAssistant's own SFT models, their published replies to the same prompts "
+                     f"({'-'.join(str(c) for c in (counts[0], counts[-1])[: len(counts)])} of them)")
+    judges = evaluation.get("judges") or {}
+    trained = [j for j, v in judges.items() if isinstance(v, dict) and v.get("trained_against")]
+    if trained:
+        lines.append(f"{', '.join(trained)}*: the reward model the RL stages and best-of-n optimise: its scores of them flatter them")
+    lines += [f"{j}: an independent reward model, trained on preference trees the proxy never saw" for j in judges if j not in trained]
+    lines.append("x [lo, hi]: the estimate and its 95% bootstrap interval over prompts")
+    lines.append("win vs SFT: the share of games against SFT won, under "
+                 f"{f'{lead}, the independent judge' if lead else 'the first judge'}; LC: length-controlled, the win rate the "
+                 "player would have if its answers were as long as SFT's")
+    lines.append("words: mean answer length; KL to SFT: nats per reply (≤: best-of-n's analytic bound)")
+    return lines
+
+
+def results_blocks(run_dir: Path) -> list[Block]:
+    """The answer: stage 05's players table (headline columns), the RL check, reward against KL, and the legend."""
+    evaluation = _stage_json(run_dir, EVALUATE, METRICS_FILE)
+    blocks: list[Block] = [Heading(2, "Results")]
+    table = evaluation.get("table")
+    if not _is_rows(table):
+        return blocks + [Paragraph([f"Stage {EVALUATE} has not run (or wrote no table): each stage's own figures follow."])]
+    columns = [c for c in dict.fromkeys(k for row in table for k in row) if c.startswith(HEADLINE_COLUMNS)]
+    blocks.append(Table(columns, [[_cut(str(row.get(c, "–"))) for c in columns] for row in table]))
+    judges = evaluation.get("judges") or {}
+    lead = next((j for j, v in judges.items() if isinstance(v, dict) and not v.get("trained_against")), None)
+    blocks.append(Bullets(legend(evaluation, lead)))
+    checks = [c for c in evaluation.get("rl_check") or [] if isinstance(c, dict) and "player" in c]
+    if checks:
+        columns = list(dict.fromkeys(k for c in checks for k in c))
+        blocks += [Paragraph(["RL on fixed held-out prompts, each stage's last snapshot against SFT (paired by prompt, "
+                              "± one standard error; name@N: the policy after N updates):"]),
+                   Table(columns, [[_cut(str(c.get(k, "") or "–")) for k in columns] for c in checks])]
+    figure = run_dir / EVALUATE / "reward_vs_kl.png"
+    if figure.exists():
+        blocks.append(Image("reward against KL to SFT: proxy and judge, each RL snapshot and best-of-n", figure.relative_to(run_dir)))
+    return blocks
+
+
+def glance_blocks(run_dir: Path) -> list[Block]:
+    rows = []
+    for stage, key, label in GLANCE:
+        metrics = _stage_json(run_dir, stage, METRICS_FILE)
+        if key in metrics and _is_scalar(metrics[key]):
+            rows.append([label, fmt(metrics[key]), stage])
+    return [Heading(2, "Each stage at a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
+
+
+# ---------------------------------------------------------------------------------------------- the detail
+
+
+def stage_blocks(run_dir: Path, stage: str) -> Fold:
+    fold = Fold(Heading(2, stage))
+    blocks = fold.blocks
     folder, failed = run_dir / stage, run_dir / f"{stage}.failed"
     if failed.is_dir():
         notebooks = sorted(failed.glob("*.ipynb"))
@@ -178,12 +349,13 @@ def stage_blocks(run_dir: Path, stage: str) -> list[Block]:
     if not folder.is_dir():
         if not failed.is_dir():
             blocks.append(Paragraph(["Not run."]))
-        return blocks
+        return fold
 
     record, _ = _read_json(folder / STAGE_FILE) if (folder / STAGE_FILE).exists() else (None, None)
     if record:
         took = record.get("seconds")
-        blocks.append(Paragraph([f"Finished {record.get('finished', '?')}" + (f" in {fmt(float(took))} s." if took is not None else ".")]))
+        blocks.append(Paragraph([f"Finished {str(record.get('finished', '?')).replace('T', ' ')}"
+                                 + (f" in {format_seconds(float(took))}." if took is not None else ".")]))
     notebooks = sorted(folder.glob("*.ipynb"))
     if notebooks:
         blocks.append(Paragraph(["Executed notebook: ", Link(notebooks[0].name, _rel(notebooks[0], run_dir))]))
@@ -202,101 +374,22 @@ def stage_blocks(run_dir: Path, stage: str) -> list[Block]:
         for i, p in enumerate(others):
             parts += ([", "] if i else []) + [Link(p.name, _rel(p, run_dir))]
         blocks.append(Paragraph(parts))
-    return blocks
-
-
-def _rel(path: Path, run_dir: Path) -> str:
-    return path.relative_to(run_dir).as_posix()
-
-
-def glance_blocks(run_dir: Path) -> list[Block]:
-    rows = []
-    for stage, key, label in GLANCE:
-        path = run_dir / stage / METRICS_FILE
-        metrics, _ = _read_json(path) if path.exists() else (None, None)
-        if metrics and key in metrics and _is_scalar(metrics[key]):
-            rows.append([label, fmt(metrics[key]), stage])
-    elo_path = run_dir / EVALUATE / METRICS_FILE
-    evaluation, _ = _read_json(elo_path) if elo_path.exists() else (None, None)
-    for name, judge in ((evaluation or {}).get("judges") or {}).items():
-        elo = judge.get("elo") if isinstance(judge, dict) else None
-        if isinstance(elo, dict) and elo and all(isinstance(v, dict) and v.get("rating") is not None for v in elo.values()):
-            best = max(elo, key=lambda p: elo[p]["rating"])
-            role = "PPO trained against it" if judge.get("trained_against") else "independent"
-            rows.append([f"highest Elo, judge {name} ({role})", f"{best}: {fmt(elo[best]['rating'])}", EVALUATE])
-    for check in (evaluation or {}).get("rl_check") or []:  # each RL stage's last snapshot on the fixed set
-        if isinstance(check, dict) and "player" in check:
-            verdicts = "; ".join(f"{k} {v}" for k, v in check.items() if k not in ("player",) and v)
-            rows.append([f"RL on the fixed set: {check['player']}", verdicts, EVALUATE])
-    return [Heading(2, "At a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
+    return fold
 
 
 def build(run_dir: Path, expected: Iterable[str] | None = None) -> list[Block]:
     """The whole page as blocks."""
+    stages = stage_names(run_dir, expected)
     blocks: list[Block] = [Heading(1, f"Run report: {run_dir.name}")]
-    intro = f"Generated {time.strftime('%Y-%m-%d %H:%M')} from {run_dir}."
-    if profile_path(run_dir.name).exists():
-        try:
-            intro += f" Profile {run_dir.name}: {load_profile(run_dir.name).description}"
-        except (ValueError, FileNotFoundError):
-            pass  # the stage sections below still stand without the profile's description
-    blocks.append(Paragraph([intro]))
+    rows = run_rows(run_dir, stages)
+    if rows:
+        blocks.append(Table(["run", ""], rows))
+    blocks += results_blocks(run_dir)
     blocks += glance_blocks(run_dir)
-    for stage in stage_names(run_dir, expected):
-        blocks += stage_blocks(run_dir, stage)
+    blocks.append(Paragraph([f"Report written {time.strftime('%Y-%m-%d %H:%M')} from {run_dir}. "
+                             "Each stage's whole metrics follow (click a stage to open it in the HTML)."]))
+    blocks += [stage_blocks(run_dir, stage) for stage in stages]
     return blocks
-
-
-# ---------------------------------------------------------------------------------------------- rendering
-
-
-def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(blocks: list[Block]) -> str:
-    out = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            out.append("#" * b.level + " " + b.text)
-        elif isinstance(b, Paragraph):
-            out.append("".join(p if isinstance(p, str) else f"[{p.text}]({p.href})" for p in b.parts))
-        elif isinstance(b, Table):
-            lines = ["| " + " | ".join(_md_cell(h) for h in b.header) + " |", "|" + "---|" * len(b.header)]
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
-            out.append("\n".join(lines))
-        elif isinstance(b, Image):
-            out.append(f"![{b.alt}]({b.path.as_posix()})")
-    return "\n\n".join(out) + "\n"
-
-
-CSS = """body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#222}
-table{border-collapse:collapse;margin:.5rem 0 1rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}
-th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5rem 0 1.5rem}h2{border-bottom:1px solid #ddd}"""
-
-
-def to_html(blocks: list[Block], run_dir: Path) -> str:
-    """One self-contained page: plots embedded as data URIs (linked instead when very large)."""
-    esc = html.escape
-    body = []
-    for b in blocks:
-        if isinstance(b, Heading):
-            body.append(f"<h{b.level}>{esc(b.text)}</h{b.level}>")
-        elif isinstance(b, Paragraph):
-            body.append("<p>" + "".join(esc(p) if isinstance(p, str) else f'<a href="{esc(p.href)}">{esc(p.text)}</a>' for p in b.parts) + "</p>")
-        elif isinstance(b, Table):
-            head = "".join(f"<th>{esc(h)}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            body.append(f"<table><tr>{head}</tr>{rows}</table>")
-        elif isinstance(b, Image):
-            src = b.path.as_posix()
-            data = (run_dir / b.path).read_bytes()
-            if len(data) <= EMBED_LIMIT:
-                src = "data:image/png;base64," + base64.b64encode(data).decode()
-            body.append(f'<figure><img src="{esc(src)}" alt="{esc(b.alt)}"><figcaption>{esc(b.alt)}</figcaption></figure>')
-    title = blocks[0].text if blocks and isinstance(blocks[0], Heading) else "Run report"
-    return (f'<!doctype html>\n<html><head><meta charset="utf-8"><title>{esc(title)}</title><style>{CSS}</style></head>\n'
-            f"<body>\n" + "\n".join(body) + "\n</body></html>\n")
 
 
 def write_report(run_dir: str | Path, expected: Iterable[str] | None = None) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from utils.pipeline.notebook_params import RUNNER_PARAMS, effective_parameters
-from utils.pipeline.stages import NOTEBOOKS_DIR, STAGES, notebook_path, upstream
+from utils.pipeline.stages import NOTEBOOKS_DIR, REPO_ROOT, STAGES, notebook_path, upstream
 
 STAGE_FILE = "stage.json"
 FAILED_SUFFIX = ".failed"
@@ -65,6 +65,9 @@ class StageRecord:
     how: str = "runner"  # "runner", "script" or "notebook"
     seconds: float | None = None
     finished: str | None = None
+    # Where it ran, never part of the fingerprint: the kit's commit, and cores, threads, load, GPU (utils.pipeline.machine).
+    commit: str | None = None
+    machine: dict[str, Any] | None = None
 
     @classmethod
     def make(cls, stage: str, params: dict[str, Any], notebook: Path, upstream_fps: dict[str, str | None], **kw) -> "StageRecord":
@@ -72,7 +75,11 @@ class StageRecord:
         return cls(stage, fingerprint(stage, params, code, upstream_fps), params, code, upstream_fps, **kw)
 
     def write(self, folder: str | Path) -> Path:
+        from utils.pipeline import machine
+
         self.finished = self.finished or time.strftime("%Y-%m-%dT%H:%M:%S")
+        self.commit = self.commit or machine.commit(REPO_ROOT)
+        self.machine = self.machine or machine.describe()
         path = Path(folder) / STAGE_FILE
         tmp = path.with_name(STAGE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.__dict__, indent=2, default=str) + "\n")
@@ -113,7 +120,7 @@ def read_record(stage_dir: str | Path) -> StageRecord | None:
         return StageRecord(
             stage=raw["stage"], fingerprint=raw["fingerprint"], parameters=raw.get("parameters") or {},
             code=raw.get("code", ""), upstream=raw.get("upstream") or {}, how=raw.get("how", "runner"),
-            seconds=raw.get("seconds"), finished=raw.get("finished"),
+            seconds=raw.get("seconds"), finished=raw.get("finished"), commit=raw.get("commit"), machine=raw.get("machine"),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -55,6 +55,8 @@ def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mappi
     with a 95% bootstrap interval over prompts and the count (:func:`utils.reward.evaluation.length_split`): on the
     shorter-preferred pairs "the longer reply wins" scores 0, so accuracy there is what length cannot explain.
     """
+    from types import SimpleNamespace
+
     import pandas as pd
 
     from utils.reward.evaluation import format_split, length_baseline_accuracy, length_split, pairwise_accuracy
@@ -73,6 +75,9 @@ def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mappi
         rows[f"OASST {part}"] = {"pairs": len(pairs), **{m: pairwise_accuracy(*cr) for m, cr in scores.items()},
                                  "length baseline": length_baseline_accuracy(pairs),
                                  **split_columns({m: length_split(pairs, *cr) for m, cr in scores.items()})}
+        if len(scores) == 2:  # on this part's pairs alone, as on the whole set below
+            a, b = (SimpleNamespace(n=len(pairs), chosen_scores=c, rejected_scores=r) for c, r in scores.values())
+            rows[f"OASST {part}"]["agreement"] = agreement(a, b)
         start += len(pairs)
     for name, label in (("OASST held-out", "OASST held-out, both"), ("HH-RLHF harmless", "HH-RLHF harmless")):
         rows[label] = {"pairs": first[name].n, **{m: r[name].accuracy for m, r in evaluated.items()}}

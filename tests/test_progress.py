@@ -1,0 +1,152 @@
+"""What the runner shows while a stage runs, what it records about the machine, and its closing summary."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from recipes.run import StageResult, estimate_seconds, summary
+from utils.pipeline import machine
+from utils.pipeline.profile import load_profile
+from utils.pipeline.progress import LOG_EVERY, StageProgress, format_seconds
+from utils.pipeline.stage_record import StageRecord
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Cell:
+    def __init__(self, cell_type: str):
+        self.cell_type = cell_type
+
+
+def test_the_line_shows_the_cell_the_time_against_the_estimate_and_the_last_thing_printed():
+    clock = Clock()
+    p = StageProgress("[3/7] 03_reward", code_cells=14, estimate=155, clock=clock, out=io.StringIO(), interactive=True)
+    for kind in ("markdown", "code", "markdown", "code"):
+        p.cell_started(Cell(kind))
+    p.write("epoch 1\nstep 10/40 loss 0.69\r")
+    p.write("step 20/40 loss 0.61\r")  # a bar redrawn in place: its latest state counts
+    clock.now += 72
+    assert p.line() == "[3/7] 03_reward  cell 2/14  1m12s of ~2m35s  | step 20/40 loss 0.61"
+    assert p.line(width=30) == "[3/7] 03_reward  cell 2/14  1…" and len(p.line(width=30)) == 30
+
+
+def test_a_stage_far_past_its_estimate_says_so():
+    clock = Clock()
+    p = StageProgress("[1/1] x", code_cells=3, estimate=60, clock=clock, out=io.StringIO(), interactive=True)
+    clock.now += 60 * 1.5 + 31
+    assert "past its estimate" in p.line()
+    first = StageProgress("[1/1] x", code_cells=3, estimate=None, clock=clock, out=io.StringIO(), interactive=True)
+    clock.now += 5
+    assert first.line() == "[1/1] x  cell 0/3  5.0s"  # no estimate on a first run of a profile without one
+
+
+def test_on_a_terminal_the_line_is_redrawn_in_place_and_cleared_at_the_end():
+    out = io.StringIO()
+    p = StageProgress("[1/2] 02_sft", code_cells=5, out=out, interactive=True, clock=Clock())
+    p.tick()
+    p.tick()
+    p.clear()
+    text = out.getvalue()
+    assert text.count("\r[1/2] 02_sft") == 2 and "\n" not in text and text.endswith("\r\x1b[K")
+
+
+def test_in_a_log_a_plain_line_comes_once_a_minute():
+    out, clock = io.StringIO(), Clock()
+    p = StageProgress("[1/2] 02_sft", code_cells=5, out=out, interactive=False, clock=clock)
+    p.tick()
+    assert out.getvalue() == ""
+    for _ in range(3):
+        clock.now += LOG_EVERY
+        p.tick()
+        p.tick()  # the same minute: nothing more
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3 and all(line.startswith("[1/2] 02_sft  cell 0/5") for line in lines)
+    assert "\r" not in out.getvalue() and "\x1b" not in out.getvalue()
+
+
+def test_format_seconds():
+    assert [format_seconds(s) for s in (4.26, 69, 3725)] == ["4.3s", "1m09s", "1h02m"]
+
+
+def test_the_estimate_is_the_last_time_here_else_the_profiles_measured_one(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmeasured:\n  on: a 2-core laptop\n  seconds: {02_sft: 69}\nstages:\n  02_sft:\n")
+    profile = load_profile(path)
+    assert profile.measured_seconds == {"02_sft": 69.0}
+    assert estimate_seconds(profile, "02_sft", None) == 69.0
+    assert estimate_seconds(profile, "03_reward", None) is None
+    record = StageRecord("02_sft", "f", {}, "c", {}, seconds=80.5)
+    assert estimate_seconds(profile, "02_sft", record) == 80.5
+    path.write_text("name: p\nmeasured: {02_sft: 69}\nstages:\n  02_sft:\n")
+    with pytest.raises(ValueError, match="p.yaml: measured must be a mapping with seconds"):
+        load_profile(path)
+
+
+def test_the_offline_profiles_carry_their_measured_times():
+    for name in ("tiny", "smol"):
+        measured = load_profile(name).measured_seconds
+        assert set(measured) == set(load_profile(name).stages), name
+
+
+def test_the_summary_gives_each_stage_its_time_and_the_report():
+    lines = summary([StageResult("01_explore_trees", "skipped"), StageResult("02_sft", "ran", 69.2)], Path("runs/tiny"),
+                    75.0, Path("runs/tiny/report.md"))
+    assert lines[0].split() == ["01_explore_trees", "skipped", "unchanged"]
+    assert lines[1].split() == ["02_sft", "ran", "1m09s"]
+    assert lines[2] == "1 stage(s) ran, 1 unchanged, in 1m15s: runs/tiny"
+    assert lines[3].startswith("report: runs/tiny/report.md (and report.html beside it")
+
+
+# ---------------------------------------------------------------------------------------------- the machine
+
+
+def test_cores_are_the_affinity_capped_by_a_cgroup_quota(tmp_path):
+    (tmp_path / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads, not one per core of the host
+    assert machine.available_cores(tmp_path) == min(2, machine.available_cores(tmp_path / "none"))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert machine.available_cores(tmp_path) == machine.available_cores(tmp_path / "none")
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("100000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert machine.available_cores(v1) == 1
+
+
+def test_threads_honour_omp_num_threads_and_otherwise_fit_the_cores():
+    assert machine.thread_count({"OMP_NUM_THREADS": "3"}) == 3
+    assert machine.thread_count({"OMP_NUM_THREADS": "0"}) == machine.available_cores()
+    assert machine.thread_count({"OMP_NUM_THREADS": "lots"}) == machine.available_cores()
+    assert machine.thread_count({}) == machine.available_cores()
+
+
+def test_a_busy_machine_is_named_before_a_stage_starts():
+    assert machine.busy_note(cores=2, load=0.4) is None
+    note = machine.busy_note(cores=2, load=2.3)
+    assert note.startswith("the machine is busy before this stage starts (load 2.3 on 2 cores)")
+
+
+def test_running_now_counts_other_runnable_threads(tmp_path):
+    proc = tmp_path / "loadavg"
+    proc.write_text("2.10 1.50 1.20 4/321 12345\n")
+    assert machine.running_now(samples=3, interval=0, proc=proc) == 3.0  # the reader itself is not other work
+    assert machine.running_now(samples=1, interval=0, proc=tmp_path / "absent") == machine.load_average()
+
+
+def test_a_record_says_where_it_ran_and_that_is_not_its_fingerprint(tmp_path):
+    a = StageRecord("02_sft", "f", {}, "c", {})
+    a.write(tmp_path)
+    from utils.pipeline.stage_record import read_record
+
+    back = read_record(tmp_path)
+    assert back.machine["threads"] == machine.thread_count() and back.machine["cores"] == machine.available_cores()
+    assert back.commit is None or len(back.commit.split("+")[0]) == 7
+    assert back.fingerprint == "f"
