@@ -75,6 +75,10 @@ class StageError(Exception):
     """A stage could not run or failed: the message is the one line the user sees."""
 
 
+class StageFailed(StageError):
+    """A stage's notebook stopped with an error (the executed notebook is kept beside the run)."""
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -209,7 +213,7 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
     except Exception as err:  # the notebook's own error, or the kernel dying
         shutil.rmtree(failed, ignore_errors=True)
         tmp.rename(failed)
-        raise StageError(failure_line(stage, err, failed / notebook.name)) from None
+        raise StageFailed(failure_line(stage, err, failed / notebook.name)) from None
     record.how, record.seconds = "runner", round(time.time() - start, 1)
     record.write(tmp)
     publish(tmp, run_dir / stage)
@@ -364,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 report = write_run_report(run_dir)  # a failed run gets its report too: what finished, and what failed
     except (StageError, RunFolderInUse, FileNotFoundError, ValueError, KeyError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
-        if report is not None:
+        if isinstance(e, StageFailed) and report is not None:
             print(f"report of what finished: {report}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

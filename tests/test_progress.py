@@ -150,3 +150,21 @@ def test_a_record_says_where_it_ran_and_that_is_not_its_fingerprint(tmp_path):
     assert back.machine["threads"] == machine.thread_count() and back.machine["cores"] == machine.available_cores()
     assert back.commit is None or len(back.commit.split("+")[0]) == 7
     assert back.fingerprint == "f"
+
+
+def test_a_training_cell_prints_a_line_every_tenth_of_its_steps():
+    from types import SimpleNamespace
+
+    from utils.modeling import StepLines
+
+    lines = []
+    cb = StepLines("SFT", out=lambda text, flush: lines.append(text))
+    state = SimpleNamespace(global_step=0, max_steps=60, log_history=[])
+    cb.on_train_begin(None, state, None)
+    for step in range(1, 61):
+        state.global_step = step
+        if step == 30:
+            state.log_history.append({"loss": 4.6321, "step": 30})
+        cb.on_step_end(None, state, None)
+    assert [line.split(",")[0] for line in lines] == [f"SFT: step {s}/60" for s in (1, 7, 13, 19, 25, 31, 37, 43, 49, 55, 60)]
+    assert lines[-1].endswith("about 0 s left, training loss 4.63") and "training loss" not in lines[0]

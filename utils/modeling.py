@@ -13,11 +13,12 @@ import math
 import os
 import resource
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, TrainerCallback
 
 from utils import chat_format
 from utils.model_source import resolve_model_source
@@ -72,6 +73,41 @@ def trainer_device_args(device: torch.device, seed: int, save_steps: int = 0) ->
         seed=seed,
         disable_tqdm=True,
     )
+
+
+class StepLines(TrainerCallback):
+    """One printed line every tenth of the training (and at the end), with the time so far and an estimate of what
+    is left, so a long training cell is never silent (the notebooks turn the bars off). Its last line is also what
+    the runner shows beside a running stage. Use :func:`print_progress_lines`."""
+
+    def __init__(self, label: str, parts: int = 10, out=print):
+        self.label, self.parts, self.out = label, parts, out
+        self.started, self.first, self.next_step = 0.0, 0, 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+        self.first = state.global_step  # a resumed run goes on from its checkpoint's step
+        self.next_step = self.first + 1
+
+    def on_step_end(self, args, state, control, **kwargs):
+        step, total = state.global_step, max(state.max_steps, 1)
+        if step < self.next_step and step < total:
+            return
+        self.next_step = step + max(1, total // self.parts)
+        elapsed = time.time() - self.started
+        left = elapsed / max(step - self.first, 1) * (total - step)
+        loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+        self.out(f"{self.label}: step {step}/{total}, {elapsed:.0f} s so far, about {left:.0f} s left"
+                 + (f", training loss {loss:.3g}" if loss is not None else ""), flush=True)
+
+
+def print_progress_lines(trainer, label: str) -> None:
+    """Replace the trainer's printed log dicts (``PrinterCallback``) by :class:`StepLines`: the curves are plotted
+    from the log history, and the cell prints where it is."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(StepLines(label))
 
 
 def pair_schedule_args(n_pairs: int, batch_size: int, grad_accum: int, epochs: float, learning_rate: float,

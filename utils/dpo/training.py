@@ -12,7 +12,7 @@ from utils.dpo.data import EncodedPairs
 from utils.dpo.evaluation import ImplicitRewards, implicit_rewards, reply_logprob_sums
 from utils.dpo.params import DPOParams
 from utils.dpo.policy import sft_as_reference
-from utils.modeling import default_device, pair_schedule_args, trainer_device_args
+from utils.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
 
 
 def _trainer_class():
@@ -52,8 +52,6 @@ def make_trainer(model, tokenizer, train_set: EncodedPairs, params: DPOParams, s
                  save_steps: int = 0):
     """trl's DPO trainer on the policy ``model`` (a peft model whose ``"default"`` adapter is the SFT adapter),
     the reference by adapter switch (see the module's note 4)."""
-    from transformers import PrinterCallback
-
     trainer = _trainer_class()(
         model=model,
         ref_model=None,  # a peft model: trl copies the adapter as "ref", one base in memory
@@ -61,7 +59,7 @@ def make_trainer(model, tokenizer, train_set: EncodedPairs, params: DPOParams, s
         train_dataset=train_set.dataset(),
         processing_class=tokenizer,
     )
-    trainer.remove_callback(PrinterCallback)  # the notebook plots the training curve instead of printing each log line
+    print_progress_lines(trainer, "DPO")  # the notebook plots the losses; the cell prints where it is
     sft_as_reference(trainer, sft_adapter_dir)
     return trainer
 

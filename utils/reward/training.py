@@ -49,7 +49,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from utils.modeling import default_device, pair_schedule_args, trainer_device_args
+from utils.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
 from utils.reward.evaluation import pair_conversations
 from utils.reward.model import REWARD_FILE, encode_conversation, load_backbone
 from utils.reward.params import RewardParams
@@ -258,8 +258,6 @@ def _weighted_trainer_classes():
 def make_trainer(model, tokenizer, dataset, config: RewardParams, new_token_ids: Sequence[int], output_dir: str,
                  save_steps: int = 0):
     """The weighted reward trainer on a :func:`pairs_dataset`, LoRA applied (see :func:`lora_config`)."""
-    from transformers import PrinterCallback
-
     trainer_cls, _ = _weighted_trainer_classes()
     heads = model.config.num_labels
     model.config.num_labels = 1  # trl refuses a model with more outputs; ODIN's second head is ours to train (compute_loss)
@@ -273,7 +271,7 @@ def make_trainer(model, tokenizer, dataset, config: RewardParams, new_token_ids:
         length_loss_weight=config.length_loss_weight,
     )
     model.config.num_labels = heads
-    trainer.remove_callback(PrinterCallback)  # the notebook plots the training curve instead of printing each log line
+    print_progress_lines(trainer, "reward model")  # the notebook plots the curve; the cell prints where it is
     return trainer
 
 

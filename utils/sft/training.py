@@ -10,11 +10,11 @@ from typing import Any
 import torch
 from datasets import Dataset
 from peft import LoraConfig, PeftModel, get_peft_model, prepare_model_for_kbit_training
-from transformers import PrinterCallback, TrainerCallback, set_seed
+from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from utils.pipeline import checkpoints
-from utils.modeling import compute_dtype, trainer_device_args
+from utils.modeling import compute_dtype, print_progress_lines, trainer_device_args
 from utils.sft.data import chat_token_ids
 from utils.sft.params import SFTParams
 
@@ -111,7 +111,7 @@ def make_trainer(
         eval_dataset=eval,
         processing_class=tokenizer,
     )
-    trainer.remove_callback(PrinterCallback)  # the notebook plots the losses instead of printing each log line
+    print_progress_lines(trainer, "SFT")  # the notebook plots the losses; the cell prints where it is
     if compute_dtype(device) != torch.bfloat16:
         # trl stores a 4-bit model's adapters in bf16 (QLoRA's choice on bf16 GPUs). Without bf16 compute
         # (CPU, T4) that is slow, and fp16 mixed precision needs float32 trainable weights; peft's default.
