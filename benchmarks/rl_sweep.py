@@ -57,8 +57,9 @@ def run_one(stage: str, profile: str, run_dir: Path, overrides: dict, seed: int)
     out = run_dir / f".sweep-{os.getpid()}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    p.update(run_dir=str(run_dir), out_dir=str(out), checkpoint_dir=str(out / "checkpoints"), checkpoint_every=0, resume=False,
-             save_steps=0)  # no checkpoints: a sweep neither resumes the runner's nor leaves its own
+    # No checkpoints: a sweep neither resumes the runner's nor leaves its own (each stage's Params names its own keys).
+    no_checkpoints = {"checkpoint_dir": str(out / "checkpoints"), "checkpoint_every": 0, "resume": False, "save_steps": 0}
+    p.update({k: v for k, v in no_checkpoints.items() if k in p})
     started = time.time()
     try:
         metrics = (train_rloo if stage == RLOO else train_ppo)(p, out)
