@@ -233,7 +233,7 @@ def run_profile(
     first: str | None = None,
     only: list[str] | None = None,
     force: bool = False,
-    progress: bool | None = None,
+    progress: bool = True,  # False: no progress line (tests)
     log=print,
 ) -> list[StageResult]:
     planned = plan_stages(profile, notebooks_dir)  # before anything is written: a bad profile leaves no trace
@@ -249,8 +249,6 @@ def run_profile(
     if profile.offline:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if progress is None:
-        progress = True
     # Every kernel inherits this: torch uses the cores this process may use, not every core the machine has.
     os.environ.setdefault(machine.THREADS_VARIABLE, str(machine.available_cores()))
 

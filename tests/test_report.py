@@ -100,7 +100,7 @@ def test_report_leads_with_the_answer_then_gathers_every_stage(tmp_path):
     assert "* (k50): replies sampled with temperature 1, top-k 50, top-p 0.95, at most 96 new tokens" in results
     assert "* best_of_4: of 4 such replies to a prompt, the one the proxy scores highest" in results
     assert "* proxy*: the reward model the RL stages and best-of-n optimise" in results
-    assert "* judge: an independent reward model" in results and "under judge, the independent judge" in results
+    assert "* judge: an independent reward model" in results and "under the independent judge (judge)" in results
     assert ("| ppo@4 | +0.060 ± 0.011 | yes (+0.030) | yes | yes (1.50 vs 3) | – | +9.0 |") in results
 
     assert "| trees | 188 |" in section("01_explore_trees")

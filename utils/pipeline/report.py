@@ -294,7 +294,7 @@ def legend(evaluation: dict[str, Any], lead: str | None) -> list[str]:
     lines += [f"{j}: an independent reward model, trained on preference trees the proxy never saw" for j in judges if j not in trained]
     lines.append("x [lo, hi]: the estimate and its 95% bootstrap interval over prompts")
     lines.append("win vs SFT: the share of games against SFT won, under "
-                 f"{f'{lead}, the independent judge' if lead else 'the first judge'}; LC: length-controlled, the win rate the "
+                 f"{f'the independent judge ({lead})' if lead else 'the first judge'}; LC: length-controlled, the win rate the "
                  "player would have if its answers were as long as SFT's")
     lines.append("words: mean answer length; KL to SFT: nats per reply (≤: best-of-n's analytic bound)")
     return lines
