@@ -375,3 +375,32 @@ def test_sampling_refuses_prompts_that_overflow_the_context(tokenizer):
     long_prompt = conv("Tell me a joke about cats. " * 30)
     with pytest.raises(ValueError, match="prompt 1 has .* tokens: with max_new_tokens=16 it overflows the model's 128-token context"):
         sample_replies(model, tokenizer, [conv("Hi"), long_prompt], max_new_tokens=16)
+
+
+def test_samples_read_whole_with_a_few_players():
+    from utils.evaluate.tables import featured_players, sample_blocks
+
+    players = ["base (k50)", "sft (k50)", "ppo (k50)", "dpo (k50)", "best_of_4 (k50)", "best_of_8 (k50)", "pythia-1b (k50)"]
+    shown = featured_players(players, {"best_of_4 (k50)": 4, "best_of_8 (k50)": 8})
+    assert shown == ["sft (k50)", "dpo (k50)", "ppo (k50)", "best_of_8 (k50)"]  # no RLOO in this run: not shown
+    text = sample_blocks({"p": "Why <b>?\nTwo lines"}, {"sft (k50)": {"p": ["A\n\nB " + "word " * 100]}}, {"sft (k50)": {"p": [0.25]}},
+                         ["p"], ["sft (k50)", "ppo (k50)"])
+    assert text.startswith("**Prompt 1**\n\n> Why &lt;b&gt;?  \n> Two lines  \n\n*sft (k50)* [+0.25]\n\n> A  \n>   \n> B word")
+    assert "word " * 100 in text and "…" not in text  # whole, never cut
+    assert "ppo (k50)" not in text  # a player without an answer to the prompt is left out
+
+
+def test_the_readings_under_the_tables_come_from_the_run():
+    from types import SimpleNamespace
+
+    from utils.evaluate.results import baseline_reading, perplexity_reading
+
+    judges = {"proxy": SimpleNamespace(trained_against=True), "judge": SimpleNamespace(trained_against=False)}
+    rows = [{"player": "ppo (k50)", "proxy*": "0.70 [0.60, 0.80]: better", "judge": "0.55 [0.45, 0.65]: cannot tell apart"},
+            {"player": "base (k50)", "proxy*": "0.30 [0.20, 0.40]: worse", "judge": "0.40 [0.30, 0.49]: worse"}]
+    assert baseline_reading(rows, judges) == ("Under proxy*, of 2 players: 1 better than SFT, 1 worse, 0 cannot be told apart from it. "
+                                              "Under judge, of 2 players: 0 better than SFT, 1 worse, 1 cannot be told apart from it.")
+    assert perplexity_reading({"base": 8.9, "sft": 8.35, "ppo": 8.51}) == (
+        "SFT 8.35 against the base's 8.90: lower, as SFT should. After SFT, each model's change: ppo +0.16.")
+    assert perplexity_reading({"base": 8.0, "sft": 8.35}).endswith("not lower: SFT did not help here.")
+    assert perplexity_reading({"sft": 8.0}) == ""

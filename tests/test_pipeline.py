@@ -149,3 +149,25 @@ def test_rloo_keeps_its_adapter_and_at_least_4_snapshots(micro_run):
     log = rloo["train_log"]
     assert len(log) == rloo["updates"] and log[0]["kl"] == 0.0  # the first replies come from π = π_ref
     assert all(math.isfinite(row["reward_mean"]) for row in log) and "reward_model_dir" in rloo
+
+
+def test_the_evaluation_notebook_states_what_its_run_measured(micro_run):
+    """Its readings are generated from the run's numbers: they match metrics.json, whatever the profile."""
+    import re
+
+    import nbformat
+
+    from utils.evaluate.results import perplexity_reading
+
+    nb = nbformat.read(micro_run / "05_evaluate" / "05_evaluate.ipynb", as_version=4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+                      if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    metrics = read_metrics(micro_run, "05_evaluate")
+    ppl = {p.split(" (")[0]: m["ppl"] for p, m in metrics["models"].items() if m.get("ppl") is not None}
+    assert perplexity_reading({"base": ppl["base"], "sft": ppl["sft"]}) in printed
+    for model in set(ppl) - {"base", "sft"}:
+        assert f"{model} {ppl[model] - ppl['sft']:+.2f}" in printed
+    judges = re.findall(r"Under (\w+\*?), of (\d+) players: (\d+) better than SFT, (\d+) worse, (\d+) cannot be told apart", printed)
+    assert [j for j, *_ in judges] == ["proxy*", "judge"]
+    for _, n, better, worse, tied in judges:
+        assert int(better) + int(worse) + int(tied) == int(n) > 0

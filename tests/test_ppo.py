@@ -589,3 +589,13 @@ def test_fixed_set_progress_survives_a_resume(tokenizer, tmp_path):
     run(1, False)
     resumed = run(2, True).points
     assert [p["update"] for p in resumed] == [0, 1, 2] and [p["proxy_gain"] for p in resumed] == pytest.approx(whole)
+
+
+def test_the_update_line_shows_the_value_head_only_where_there_is_one():
+    from utils.ppo.stage import format_row
+
+    row = {"update": 3, "reward_mean": -0.4, "reward_std": 0.2, "kl": 0.9, "kl_coef": 0.04, "entropy": 2.8, "clip_fraction": 0.0,
+           "value_loss": float("nan"), "explained_variance": float("nan"), "response_length": 50.4, "ended_fraction": 0.38,
+           "seconds": 37.5}
+    assert "nan" not in format_row(row) and "value loss" not in format_row(row)
+    assert "value loss 0.120  expl var +0.30" in format_row({**row, "value_loss": 0.12, "explained_variance": 0.3})

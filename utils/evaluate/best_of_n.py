@@ -107,6 +107,8 @@ def best_of_n_players(models, prompts: Sequence[str], configs: Mapping[str, Any]
             if not sampling.do_sample:
                 log(f"best-of-n skips the {preset} preset: it does not sample")
                 continue
+            log(f"best-of-n: {max(ns) * answers_per_prompt} SFT replies to each of {len(prompts)} prompts with {preset}, "
+                "scored by the proxy ...")
             picked = best_of_n(model, models.tokenizer, prompts, sampling, ns, proxy, answers_per_prompt=answers_per_prompt,
                                batch_size=batch_size, score_batch_size=score_batch_size, seed=seed)
             for n, chosen in picked.items():

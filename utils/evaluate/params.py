@@ -48,7 +48,7 @@ class EvaluateParams(DataParams):
     bootstrap_rounds: int = param(1000, "resamples behind every interval")
     elo_k: float = param(4.0, "Elo's step per game")
     tie_margin: float = param(0.0, "rewards closer than this are a draw")
-    n_sample_rows: int = param(8, "prompts shown with every player's answer")
+    n_sample_rows: int = param(4, "held-out prompts shown with a few players' whole answers (samples.md has them all)")
     quantization: Literal["nf4", "none"] | None = param(None, 'None: as stage 02 trained ("nf4" or "none")')
     judges: list[str] = param(
         ["proxy", "judge"], '"proxy": the reward model PPO trained against; "judge": stage 03\'s independent one; or a hub reward model')

@@ -190,3 +190,25 @@ def against_baseline(tournaments: Mapping[str, Any], judges: Mapping[str, Judge]
             row[judge_label(j, judge)] = f"{fmt_ci(w.rate, [w.lo, w.hi], 2, False)}: {verdict}"
         rows.append(row)
     return rows
+
+
+def baseline_reading(rows: Sequence[Mapping[str, str]], judges: Mapping[str, Judge]) -> str:
+    """What :func:`against_baseline`'s rows say in this run, one sentence per judge: how many players it finds better
+    than SFT, worse, or cannot tell apart from it (read from the run, not promised in prose)."""
+    sentences = []
+    for j, judge in judges.items():
+        verdicts = [row.get(judge_label(j, judge), "").rsplit(": ", 1)[-1] for row in rows]
+        counts = {v: verdicts.count(v) for v in ("better", "worse", "cannot tell apart")}
+        sentences.append(f"Under {judge_label(j, judge)}, of {len(rows)} players: {counts['better']} better than SFT, "
+                         f"{counts['worse']} worse, {counts['cannot tell apart']} cannot be told apart from it.")
+    return " ".join(sentences)
+
+
+def perplexity_reading(by_model: Mapping[str, float]) -> str:
+    """Whether SFT predicts held-out replies better than the base in this run, and how far each later model moved."""
+    if "sft" not in by_model or "base" not in by_model:
+        return ""
+    sft, base = by_model["sft"], by_model["base"]
+    text = f"SFT {sft:.2f} against the base's {base:.2f}: {'lower, as SFT should' if sft < base else 'not lower: SFT did not help here'}."
+    later = [f"{m} {v - sft:+.2f}" for m, v in by_model.items() if m not in ("sft", "base")]
+    return text + (f" After SFT, each model's change: {', '.join(later)}." if later else "")

@@ -54,6 +54,7 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
     from utils.evaluate.models import use
 
     answers, model_of = {}, {}
+    total, started = len(models.names) * len(configs), time.time()
     for name in models.names:
         with use(models, name) as model:
             for cfg, sampling in configs.items():
@@ -61,6 +62,9 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
                 model_of[player] = name
                 answers[player] = generate_answers(model, models.tokenizer, list(prompts.texts.values()), sampling,
                                                    samples=params.samples_per_prompt, batch_size=params.batch_size, seed=params.seed)
+                done, elapsed = len(answers), time.time() - started  # a line per player: the cell is minutes long
+                print(f"{player}: answered ({done} of {total} players, {elapsed:.0f} s so far, about "
+                      f"{elapsed / done * (total - done):.0f} s left)", flush=True)
     return answers, model_of
 
 

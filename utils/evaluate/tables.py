@@ -19,6 +19,37 @@ def sample_table(
     return rows
 
 
+def quote(text: str) -> str:
+    """``text`` as a Markdown quote that keeps its line breaks (two trailing spaces) and shows markup as text."""
+    lines = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").splitlines() or [""]
+    return "\n".join(f"> {line}  " for line in lines)
+
+
+def sample_blocks(prompts: Mapping[str, str], answers: Mapping[str, Mapping[str, Sequence[str]]],
+                  scores: Mapping[str, Mapping[str, Sequence[float]]], keys: Sequence[str], players: Sequence[str]) -> str:
+    """A few prompts, each followed by a few players' first answers, whole and with their line breaks, the judge's
+    reward beside each name: what the numbers summarise, readable in a notebook (Markdown)."""
+    parts = []
+    for i, key in enumerate(keys, 1):
+        parts.append(f"**Prompt {i}**\n\n{quote(prompts[key])}")
+        for player in players:
+            if answers.get(player, {}).get(key):
+                parts.append(f"*{player}* [{scores[player][key][0]:+.2f}]\n\n{quote(answers[player][key][0])}")
+        parts.append("---")
+    return "\n\n".join(parts) + "\n"
+
+
+def featured_players(players: Sequence[str], best_of: Mapping[str, int]) -> list[str]:
+    """The players a reader compares first: SFT, each trained model (DPO, PPO, RLOO, in that order where they ran), and
+    the largest best-of-n, of the first sampling preset."""
+    preset = next((p[len("sft ("):-1] for p in players if p.startswith("sft (") and p.endswith(")")), None)
+    if preset is None:
+        return list(players)[:4]
+    chosen = [f"{m} ({preset})" for m in ("sft", "dpo", "ppo", "rloo") if f"{m} ({preset})" in players]
+    best = [p for p in best_of if p.endswith(f"({preset})")]
+    return chosen + ([max(best, key=best_of.get)] if best else [])
+
+
 def _clip(text: str, width: int) -> str:
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"

@@ -170,9 +170,11 @@ def summary_metrics(history: Sequence[dict[str, float]]) -> dict[str, float]:
 
 
 def format_row(row: dict[str, float]) -> str:
+    """One update's training log as one line; the value head's figures only where there is one (not with RLOO's baseline)."""
+    value = row["value_loss"] == row["value_loss"]  # NaN without a value head
+    critic = f"value loss {row['value_loss']:.3f}  expl var {row['explained_variance']:+.2f}  " if value else ""
     return (
         f"update {row['update']:>4}  batch reward {row['reward_mean']:+.3f} ± {row['reward_std']:.3f}  kl {row['kl']:.3f} "
-        f"(β {row['kl_coef']:.3f})  entropy {row['entropy']:.2f}  clip {row['clip_fraction']:.2f}  "
-        f"value loss {row['value_loss']:.3f}  expl var {row['explained_variance']:+.2f}  "
+        f"(β {row['kl_coef']:.3f})  entropy {row['entropy']:.2f}  clip {row['clip_fraction']:.2f}  {critic}"
         f"length {row['response_length']:.1f}  ended {row['ended_fraction']:.2f}  {row['seconds']:.1f}s"
     )
