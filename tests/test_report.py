@@ -88,8 +88,8 @@ def test_report_leads_with_the_answer_then_gathers_every_stage(tmp_path):
         return md.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
 
     # What was run, then the results table, within the first screen.
-    assert "| commit | abc1234 (02); not recorded (05) |" in md
-    assert "| machine | 2 cores, 2 threads, no GPU (02); not recorded (05) |" in md
+    assert "| commit | abc1234 (sft); not recorded (evaluate) |" in md
+    assert "| machine | 2 cores, 2 threads, no GPU (sft); not recorded (evaluate) |" in md
     assert "| shared machine | other work was running when these started, so their times are long: 02_sft (2.5 threads of other work running as it started) |" in md
     assert "policy the kit-built tiny GPT-NeoX (nf4)" in md and "train data/a.jsonl; held out data/b.jsonl (188 trees" in md
     head = "\n".join(lines[:40])

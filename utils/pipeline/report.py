@@ -208,7 +208,7 @@ def _joined(values: dict[str, list[str]]) -> str:
     """``{"abc1234": [stages]}`` as ``abc1234`` when one value, else each with its stages."""
     if len(values) == 1:
         return next(iter(values))
-    return "; ".join(f"{v} ({', '.join(s.split('_')[0] for s in stages)})" for v, stages in values.items())
+    return "; ".join(f"{v} ({', '.join(s.split('_', 1)[-1] for s in stages)})" for v, stages in values.items())
 
 
 def run_rows(run_dir: Path, stages: list[str]) -> list[list[str]]:
