@@ -168,3 +168,17 @@ def test_a_training_cell_prints_a_line_every_tenth_of_its_steps():
         cb.on_step_end(None, state, None)
     assert [line.split(",")[0] for line in lines] == [f"SFT: step {s}/60" for s in (1, 7, 13, 19, 25, 31, 37, 43, 49, 55, 60)]
     assert lines[-1].endswith("about 0 s left, training loss 4.63") and "training loss" not in lines[0]
+
+
+def test_bitsandbytes_optional_kernel_line_is_dropped_and_nothing_else():
+    import logging
+
+    import utils  # noqa: F401 (installs the filter)
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+
+    def record(message: str) -> logging.LogRecord:
+        return logger.makeRecord(logger.name, logging.WARNING, __file__, 1, message, (), None)
+
+    assert not logger.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'"))
+    assert logger.filter(record("a real warning from bitsandbytes"))
