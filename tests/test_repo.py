@@ -55,7 +55,7 @@ def test_readme_results_blocks_are_rewritten_from_the_run_reports(tmp_path):
     assert "old figures" in readme.read_text()
     assert sync_readme(readme, tmp_path / "runs") == ["tiny"]
     text = readme.read_text()
-    assert ("<!-- results:tiny -->\nFrom [`runs/tiny/report.md`](runs/tiny/report.md), written by `python -m utils.repo readme`:\n\n"
+    assert ("<!-- results:tiny -->\nFrom `runs/tiny/report.md` (`runs/` is not committed), written by `python -m utils.repo readme`:\n\n"
             "| run |  |\n|---|---|\n| commit | abc1234 |\n\n| player | Elo (judge) |\n|---|---|\n| ppo (k50) | 993 [949, 1032] |\n\n"
             "* (k50): replies sampled with temperature 1\n<!-- /results:tiny -->\n\nProse stays.\n") in text
     assert sync_readme(readme, tmp_path / "runs") == []  # in step: nothing to do

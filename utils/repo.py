@@ -104,7 +104,7 @@ def report_excerpt(report_md: str, report_path: str) -> str:
     head = report_md.split("\n## Each stage at a glance", 1)[0]
     lines = [line for line in head.splitlines()[1:] if not line.startswith(("## ", "![", "# "))]
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return f"From [`{report_path}`]({report_path}), written by `python -m utils.repo readme`:\n\n{body}\n"
+    return f"From `{report_path}` (`runs/` is not committed), written by `python -m utils.repo readme`:\n\n{body}\n"
 
 
 def sync_readme(readme: Path = ROOT / "README.md", runs: Path = ROOT / "runs", write: bool = True) -> list[str]:
