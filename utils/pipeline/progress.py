@@ -11,13 +11,12 @@ written once a minute, so a CI log holds a few lines per long stage. The estimat
 this run folder or, for a first run, the profile's measured time (``measured:`` in the profile); when the stage
 runs well past it on a busy machine, the line says so.
 
-The kernel talks to papermill over local IPC sockets (POSIX), not TCP: nothing listens on the network, and the
+The kernel talks to papermill over local IPC sockets (Linux), not TCP: nothing listens on the network, and the
 kernel has no cause to warn that "Kernel is running over TCP without encryption" at every stage.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import threading
@@ -142,7 +141,7 @@ def kernel_config() -> Any:
     from traitlets.config import Config
 
     config = Config()
-    if os.name == "posix":
+    if sys.platform.startswith("linux"):  # macOS caps a socket path at 104 bytes, which a runtime dir can exceed
         config.KernelManager.transport = "ipc"
     return config
 
