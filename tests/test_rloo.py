@@ -185,6 +185,20 @@ def test_rloo_raises_a_scripted_reward_far_beyond_what_an_untrained_run_reaches(
     assert log[0]["kl"] == 0.0 and all(math.isfinite(r["kl"]) for r in log) and log[-1]["kl"] > log[1]["kl"] > 0.0
 
 
+def test_grpo_is_one_parameter_away_and_raises_the_same_scripted_reward(tokenizer, sft_adapter, tmp_path):
+    from trl import GRPOTrainer, RLOOTrainer
+
+    before = the_count(sft_policy(tokenizer, sft_adapter), tokenizer)
+    model, trainer, stats = train(tokenizer, sft_adapter, tmp_path, updates=5, algorithm="grpo")
+    assert isinstance(trainer, GRPOTrainer) and not isinstance(trainer, RLOOTrainer)
+    assert trainer.scale_rewards == "group" and trainer.beta == 0.05  # GRPO's own: the group's spread as the scale
+    after, log = the_count(model, tokenizer), stats.train_log
+    assert after > before + 2.0, (before, after, [round(r["reward_mean"], 2) for r in log])
+    # The same bookkeeping as RLOO's: one row per update, the KL (here trl's per-token estimate in the loss) from 0.
+    assert [r["update"] for r in log] == [1, 2, 3, 4, 5] and sorted(stats.snapshots) == [0, 1, 5]
+    assert log[0]["kl"] == 0.0 and log[-1]["kl"] > 0.0 and all(math.isfinite(r["clip_ratio"]) for r in log)
+
+
 # ---- a reward function that cannot be used stops before training ---------------------------------------------------
 
 
@@ -213,6 +227,8 @@ def test_a_reward_that_miscounts_during_training_stops_in_one_line(tokenizer):
 
 
 def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer):
+    with pytest.raises(ParameterError, match="algorithm must be 'rloo' or 'grpo'"):
+        RLOOParams(algorithm="ppo")
     with pytest.raises(ParameterError, match="replies_per_prompt must be >= 2"):
         RLOOParams(replies_per_prompt=1)
     with pytest.raises(ValueError, match="mini_batch_size must divide the 16 replies"):

@@ -1,4 +1,4 @@
-"""Stage 04, the REINFORCE road: RLOO (REINFORCE Leave-One-Out) with trl's ``RLOOTrainer``.
+"""Stage 04, the REINFORCE road: RLOO (REINFORCE Leave-One-Out) with trl's ``RLOOTrainer`` (or GRPO, note 8).
 
 PPO (``04_ppo``) learns a value head to tell a good reply from a lucky one. Ahmadian et al. (2024), "Back to Basics:
 Revisiting REINFORCE-Style Optimization for Learning from Human Feedback in LLMs" (https://arxiv.org/abs/2402.14740),
@@ -28,7 +28,7 @@ the steps the notebook and the script both call. Details worth naming:
    first update π = π_ref exactly, and trl's first logged KL is 0.
 2. **The kit's chat format, not trl's**: trl 1.16 tokenizes prompts through a chat template (the tiny base has none)
    or re-tokenizes text. Each prompt is encoded once by :func:`utils.chat_format.encode_prompt` (turns tokenized one by
-   one, as SFT trained), and :class:`_KitRLOOTrainer` hands trl those ids. Prompts longer than ``max_prompt_tokens``
+   one, as SFT trained), and the kit's subclass of trl's trainer hands trl those ids. Prompts longer than ``max_prompt_tokens``
    are skipped and counted, never cut.
 3. **Replies end at the kit's stop tokens** (:func:`utils.chat_format.stop_token_ids`, set as the model's generation
    ``eos_token_id``, which trl reads): trl keeps the stop token in the reply, so the policy also learns where to stop.
@@ -48,4 +48,13 @@ the steps the notebook and the script both call. Details worth naming:
    reply mean: one generation per logged update).
 7. **Snapshots** of the policy adapter at the updates of :func:`utils.ppo.stage.snapshot_schedule` (update 0 is the SFT
    policy), peft folders ``snapshots/update-NNNNNN`` for stage 05's reward-against-KL curve, as PPO keeps them.
+8. **GRPO, one parameter away** (``algorithm: grpo``; Shao et al. 2024, "DeepSeekMath",
+   https://arxiv.org/abs/2402.03300): trl's ``GRPOTrainer`` on the same policy, prompts, reward, stop tokens and
+   snapshots. Three things differ, all trl 1.16's defaults: each reply's advantage is its reward minus the mean of
+   its *whole* group (itself included), divided by the group's standard deviation, so every prompt's advantages
+   have unit spread whatever the reward's scale (the same learning rate moves GRPO further than RLOO); the loss is
+   per token, clipped at ε = 0.2, averaged over the tokens of the batch (trl's "dapo" normalisation, which drops the
+   original's per-reply length average and its bias towards short good replies); and the KL is not in the reward
+   but a loss term, β times the per-token estimate k3 = π_ref/π − log(π_ref/π) − 1 (trl logs its token mean as
+   ``kl``). Stage 05 still calls the player ``rloo``; the stage's metrics record which algorithm trained it.
 """

@@ -12,6 +12,8 @@ from utils.params import DataParams, ParameterError, param
 class RLOOParams(DataParams):
     """trl's RLOOTrainer on the SFT policy against stage 03's proxy (or a Python reward), the reward KL-penalised."""
 
+    algorithm: Literal["rloo", "grpo"] = param(
+        "rloo", '"rloo": trl\'s RLOOTrainer; "grpo": trl\'s GRPOTrainer (the group\'s mean and spread, KL in the loss)')
     quantization: Literal["nf4", "none"] | None = param(None, 'None: as stage 02 trained (its metrics say); or "nf4" / "none"')
     gradient_checkpointing: bool = param(False, "trade compute for activation memory (GPU profiles)")
     updates: int = param(12, "optimizer steps, each on freshly sampled replies: ~5 s each on 2 cores for tiny (measured)")
@@ -41,6 +43,8 @@ class RLOOParams(DataParams):
     fixed_batch_size: int = param(32, "replies sampled at once on the fixed set")
 
     def __post_init__(self) -> None:
+        if self.algorithm not in ("rloo", "grpo"):
+            raise ParameterError(f"04_rloo: algorithm must be 'rloo' or 'grpo', got {self.algorithm!r}")
         for name in ("updates", "prompts_per_update", "max_new_tokens", "max_prompt_tokens"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"04_rloo: {name} must be >= 1, got {getattr(self, name)!r}")

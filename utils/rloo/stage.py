@@ -80,6 +80,7 @@ def stage_metrics(
     if not log:
         raise ValueError("no RLOO update was logged")
     metrics = {
+        "algorithm": params.algorithm,  # "rloo" or "grpo": which trl trainer (utils.rloo, note 8)
         "updates": stats.updates,
         "reward_mean_first": log[0]["reward_mean"],
         "reward_mean_last": log[-1]["reward_mean"],

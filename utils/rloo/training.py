@@ -90,25 +90,27 @@ class TrlReward:
 # ----------------------------------------------------------------------------------------------------- trainer
 
 
-def _trainer_class():
-    """trl's RLOOTrainer, taught to take prompts tokenized by the kit (built on first use: trl imports slowly)."""
-    from trl import RLOOTrainer
+def _trainer_class(algorithm: str = "rloo"):
+    """trl's RLOOTrainer (or GRPOTrainer, module note 8), taught to take prompts tokenized by the kit (built on first
+    use: trl imports slowly)."""
+    from trl import GRPOTrainer, RLOOTrainer
 
-    class KitRLOOTrainer(RLOOTrainer):
-        """trl's ``RLOOTrainer`` with the prompts' token ids from :func:`encode_prompts` (see the module's note 2).
-        Everything else, sampling, the leave-one-out advantage and the loss, is trl's."""
+    class KitTrainer(GRPOTrainer if algorithm == "grpo" else RLOOTrainer):
+        """trl's trainer with the prompts' token ids from :func:`encode_prompts` (see the module's note 2).
+        Everything else, sampling, the baseline and the loss, is trl's."""
 
         kit_prompt_ids: dict[str, list[int]] | None = None  # rendered prompt -> its ids, set by make_trainer
 
         def _tokenize_prompts(self, prompts: list):
             return [list(self.kit_prompt_ids[p]) for p in prompts], None, {}  # (ids, no images, no multimodal fields)
 
-    return KitRLOOTrainer
+    return KitTrainer
 
 
 def trainer_args(params: RLOOParams, output_dir: str, save_steps: int = 0):
-    """trl's ``RLOOConfig`` for the stage's parameters: one update per generation batch, sampling from π itself, quiet."""
-    from trl import RLOOConfig
+    """trl's ``RLOOConfig`` (``GRPOConfig`` for GRPO) for the stage's parameters: one update per generation batch,
+    sampling from π itself, quiet."""
+    from trl import GRPOConfig, RLOOConfig
 
     from utils import distributed
     from utils.modeling import default_device, trainer_device_args
@@ -120,7 +122,8 @@ def trainer_args(params: RLOOParams, output_dir: str, save_steps: int = 0):
         raise ValueError(f"the {params.replies_per_update} replies of an update do not split into {steps} steps of "
                          f"micro-batches of {micro} on {processes} processes")
     micro_batches = params.replies_per_update // (micro * processes)  # per process and update
-    return RLOOConfig(
+    config = GRPOConfig if params.algorithm == "grpo" else RLOOConfig  # GRPO's own settings are trl's (module note 8)
+    return config(
         output_dir=output_dir,
         max_steps=params.updates * steps,  # trl counts optimizer steps; the kit counts updates (module note 5)
         per_device_train_batch_size=micro,
@@ -239,7 +242,7 @@ def make_trainer(model, tokenizer, prompts: PromptSet, reward: TrlReward, params
         raise ValueError(f"{len(prompts)} prompts fit, fewer than prompts_per_update={params.prompts_per_update}")
     model.generation_config.eos_token_id = chat_format.stop_token_ids(tokenizer)  # trl stops at these (module note 3)
     disable_dropout(model)  # LoRA's and attention's too: the log-probs trained on are those that sampled
-    cls = _trainer_class()
+    cls = _trainer_class(params.algorithm)
     trainer = cls(model=model, reward_funcs=[reward], args=trainer_args(params, output_dir, save_steps),
                   train_dataset=prompts.dataset(), processing_class=tokenizer, callbacks=list(callbacks))
     trainer.kit_prompt_ids = dict(zip(prompts.texts, prompts.ids))
