@@ -12,7 +12,7 @@ from utils.pipeline.artifacts import write_metrics
 from utils.oasst import Pair
 from utils.reward import stage as reward_stage
 from utils.reward.__main__ import main as cli_main
-from utils.reward.display import accuracy_table
+from utils.reward.display import accuracy_table, accuracy_views
 from utils.reward.evaluation import LENGTH_SUBSETS, evaluate_pairs, format_split, length_split
 from utils.reward.params import RewardParams
 
@@ -176,7 +176,11 @@ def test_accuracy_table_shows_the_split_readably():
     for part, pairs in oasst_sets.items():  # each part's agreement too (it read NaN), as if evaluated on its own
         alone = agreement(evaluate_pairs(LengthScorer(), pairs), evaluate_pairs(WordScorer(), pairs))
         assert table.loc[f"OASST {part}", "agreement"] == round(alone, 3)
-    table.to_string()  # what the notebook cell displays
+    accuracy, by_length = accuracy_views(table)  # what the notebook shows: two narrow tables
+    assert list(accuracy.columns) == ["pairs", "proxy", "judge", "length baseline", "agreement"]
+    assert list(by_length.columns) == [(m, f"{side} preferred") for m in ("proxy", "judge") for side in ("longer", "shorter")]
+    assert by_length.loc["OASST held-out, both", ("proxy", "shorter preferred")] == "0.00 [0.00, 0.00] (n=4)"
+    accuracy.to_html(), by_length.to_html()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -170,6 +170,21 @@ def test_a_training_cell_prints_a_line_every_tenth_of_its_steps():
     assert lines[-1].endswith("about 0 s left, training loss 4.63") and "training loss" not in lines[0]
 
 
+def test_a_long_loop_prints_what_finished_how_far_it_is_and_what_is_left_at_the_rate_so_far(monkeypatch):
+    import utils.modeling as modeling
+
+    clock = iter([100.0, 110.0, 140.0, 160.0])  # started, then three parts finish
+    monkeypatch.setattr(modeling.time, "time", lambda: next(clock))
+    lines = []
+    countdown = modeling.Countdown(10, "replies", out=lines.append)
+    countdown.tick("sft sampled", parts=2)  # 2 replies in 10 s: 40 s for the 8 left
+    countdown.tick("dpo sampled", parts=6)  # 8 in 40 s: 10 s for the last 2
+    countdown.tick("the rest", parts=2)
+    assert lines == ["sft sampled (2 of 10 replies, 10 s so far, about 40 s left)",
+                     "dpo sampled (8 of 10 replies, 40 s so far, about 10 s left)",
+                     "the rest (10 of 10 replies, 60 s so far, about 0 s left)"]
+
+
 def test_bitsandbytes_optional_kernel_line_is_dropped_and_nothing_else():
     import logging
 

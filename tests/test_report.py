@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from utils.pipeline.report import fmt, write_report
+from utils.pipeline.report import fmt, legend, write_report
 
 STAGES = ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]
 
@@ -100,6 +100,7 @@ def test_report_leads_with_the_answer_then_gathers_every_stage(tmp_path):
     assert "* (k50): replies sampled with temperature 1, top-k 50, top-p 0.95, at most 96 new tokens" in results
     assert "* best_of_4: of 4 such replies to a prompt, the one the proxy scores highest" in results
     assert "* proxy*: the reward model the RL stages and best-of-n optimise" in results
+    assert "* ppo: stage 04_ppo, the kit's PPO against the proxy, from sft\n" in results  # only the players shown
     assert "* judge: an independent reward model" in results and "under the independent judge (judge)" in results
     assert ("| ppo@4 | +0.060 ± 0.011 | yes (+0.030) | yes | yes (1.50 vs 3) | – | +9.0 |") in results
 
@@ -126,6 +127,15 @@ def test_report_leads_with_the_answer_then_gathers_every_stage(tmp_path):
 
     glance = section("Each stage at a glance")
     assert "| SFT held-out loss after | 2.5 | 02_sft |" in glance
+
+
+def test_the_legend_names_what_trained_each_player_shown_and_04_rloos_algorithm():
+    table = [{"player": f"{p} (k50)"} for p in ("base", "sft", "rloo")]
+    (line,) = [x for x in legend({"table": table}, "judge") if x.startswith("sft:")]
+    assert line == ("sft: stage 02_sft, supervised fine-tuning on the OASST replies, from base; "
+                    "rloo: stage 04_rloo, trl's RLOO against the proxy, from sft; base: the model SFT starts from")
+    (line,) = [x for x in legend({"table": table}, "judge", rl_algorithm="grpo") if x.startswith("sft:")]
+    assert "rloo: stage 04_rloo, trl's GRPO against the proxy (its algorithm parameter), from sft" in line
 
 
 def test_a_run_without_its_evaluation_says_so_where_the_results_would_be(tmp_path):

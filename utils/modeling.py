@@ -101,6 +101,24 @@ class StepLines(TrainerCallback):
                  + (f", training loss {loss:.3g}" if loss is not None else ""), flush=True)
 
 
+class Countdown:
+    """A printed line each time a part of a long loop finishes (a player answered, a set scored): what finished, how
+    many of how many, the time so far and what is left at the rate so far, so a minutes-long cell that is not a
+    Trainer's is never silent either. Parts may have sizes (``tick(parts=n)``: n prompts, n samples), for an estimate
+    that holds when they differ."""
+
+    def __init__(self, total: int, unit: str, out=None):
+        self.total, self.unit = max(int(total), 1), unit
+        self.out = out if out not in (None, print) else (lambda line: print(line, flush=True))  # seen as it happens
+        self.done, self.started = 0, time.time()
+
+    def tick(self, what: str, parts: int = 1) -> None:
+        self.done += parts
+        elapsed = time.time() - self.started
+        left = elapsed / max(self.done, 1) * max(self.total - self.done, 0)
+        self.out(f"{what} ({self.done} of {self.total} {self.unit}, {elapsed:.0f} s so far, about {left:.0f} s left)")
+
+
 def print_progress_lines(trainer, label: str) -> None:
     """Replace the trainer's printed log dicts (``PrinterCallback``) by :class:`StepLines`: the curves are plotted
     from the log history, and the cell prints where it is."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Collection, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
@@ -33,10 +33,12 @@ def generate_answers(
     samples: int = 1,
     batch_size: int = 8,
     seed: int = 0,
+    after_each_sample: Callable[[], None] | None = None,
 ) -> dict[str, list[str]]:
     """``{prompt_key(prompt): [answer per sample]}``; sample ``s`` is drawn with seed ``seed + SAMPLE_SEED_STRIDE · s``.
 
     A deterministic config (greedy, beams without sampling) is asked once whatever ``samples`` says.
+    ``after_each_sample`` is called when every prompt has one more answer (a progress line).
     """
     n = samples if sampling.do_sample else 1
     out: dict[str, list[str]] = {prompt_key(p): [] for p in prompts}
@@ -45,6 +47,8 @@ def generate_answers(
                                    seed=seed + SAMPLE_SEED_STRIDE * s)
         for p, r in zip(prompts, replies):
             out[prompt_key(p)].append(r)
+        if after_each_sample is not None:
+            after_each_sample()
     return out
 
 

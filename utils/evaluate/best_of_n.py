@@ -74,9 +74,11 @@ def best_of_n(
     batch_size: int = 8,
     score_batch_size: int = 16,
     seed: int = 0,
+    after_each_sample=None,
 ) -> dict[int, dict[str, list[str]]]:
     """``{n: {prompt key: [answer]}}`` for every n: candidates sampled once from ``model`` (the SFT policy) with
-    ``sampling``, scored once by ``proxy`` (a scorer), the best of each block of n kept."""
+    ``sampling``, scored once by ``proxy`` (a scorer), the best of each block of n kept. ``after_each_sample``: called
+    after each pass over the prompts (a progress line)."""
     from utils.evaluate.answers import generate_answers, score_answers
     from utils.evaluate.sampling_reports import prompt_key
 
@@ -84,7 +86,7 @@ def best_of_n(
     if not sampling.do_sample:
         raise ValueError("best-of-n needs a sampling preset: a greedy one gives the same reply n times")
     candidates = generate_answers(model, tokenizer, prompts, sampling, samples=max(ns) * answers_per_prompt,
-                                  batch_size=batch_size, seed=seed)
+                                  batch_size=batch_size, seed=seed, after_each_sample=after_each_sample)
     scores = score_answers(proxy, {prompt_key(p): p for p in prompts}, candidates, batch_size=score_batch_size)
     return {n: pick_best(candidates, scores, n, answers_per_prompt) for n in ns}
 
@@ -96,21 +98,25 @@ def best_of_n_players(models, prompts: Sequence[str], configs: Mapping[str, Any]
     model's samples by the proxy (:func:`proxy_scorer`). A greedy preset is passed over (said in ``log``); nothing is
     sampled when ``ns`` is empty or the run has no SFT model."""
     from utils.evaluate.models import use
+    from utils.modeling import Countdown
 
     answers: dict[str, dict[str, list[str]]] = {}
     best_of: dict[str, int] = {}
     if not ns or "sft" not in models.names:
         return answers, best_of
     proxy = proxy_scorer(judges, run_dir)
+    passes = max(ns) * answers_per_prompt  # each a reply to every prompt
+    sampled = [preset for preset, sampling in configs.items() if sampling.do_sample]
+    countdown = Countdown(passes * len(sampled), "passes", out=log)
     with use(models, "sft") as model:
         for preset, sampling in configs.items():
             if not sampling.do_sample:
                 log(f"best-of-n skips the {preset} preset: it does not sample")
                 continue
-            log(f"best-of-n: {max(ns) * answers_per_prompt} SFT replies to each of {len(prompts)} prompts with {preset}, "
-                "scored by the proxy ...")
+            log(f"best-of-n: {passes} SFT replies to each of {len(prompts)} prompts with {preset}, scored by the proxy ...")
             picked = best_of_n(model, models.tokenizer, prompts, sampling, ns, proxy, answers_per_prompt=answers_per_prompt,
-                               batch_size=batch_size, score_batch_size=score_batch_size, seed=seed)
+                               batch_size=batch_size, score_batch_size=score_batch_size, seed=seed,
+                               after_each_sample=lambda: countdown.tick(f"best-of-n: SFT answered every prompt with {preset}"))
             for n, chosen in picked.items():
                 answers[player_name(n, preset)], best_of[player_name(n, preset)] = chosen, n
     return answers, best_of

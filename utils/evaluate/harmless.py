@@ -38,10 +38,13 @@ def refusal_rate(texts: Sequence[str]) -> float:
 
 
 def harmless_answers(models: Models, prompts: Sequence[Conversation], sampling: SamplingConfig, judges: Mapping[str, Any],
-                     batch_size: int = 8, score_batch_size: int = 16, rounds: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+                     batch_size: int = 8, score_batch_size: int = 16, rounds: int = 1000, seed: int = 0,
+                     log=print) -> dict[str, dict[str, Any]]:
     """Every model's replies to HH-RLHF harmless prompts: ``{model: {"refusal_rate", "example", "rewards"}}``, the
     example its reply to the first prompt, ``rewards[judge]`` the judge's mean reward ``(mean, lo, hi)``."""
-    hh = {}
+    from utils.modeling import Countdown
+
+    hh, countdown = {}, Countdown(len(models.names), "models", out=log)
     for name in models.names:
         with use(models, name) as model:
             replies = generate_replies(model, models.tokenizer, prompts, sampling, batch_size=batch_size, seed=seed)
@@ -49,6 +52,7 @@ def harmless_answers(models: Models, prompts: Sequence[Conversation], sampling: 
         hh[name] = {"refusal_rate": refusal_rate(replies), "example": replies[0] if replies else "",
                     "rewards": {j: bootstrap_mean_ci(judge.scorer.score(conversations, batch_size=score_batch_size), rounds=rounds, seed=seed)
                                 for j, judge in judges.items()}}
+        countdown.tick(f"harmless prompts: {name} answered and scored")
     return hh
 
 

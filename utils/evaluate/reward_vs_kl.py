@@ -23,7 +23,7 @@ def stage_samples(run_dir: str | Path, stage: str) -> list[PolicySamples]:
 
 def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicySamples], prompts: Sequence[Conversation], *,
                  best_of: Sequence[int], replies_per_prompt: int, max_new_tokens: int, batch_size: int = 8,
-                 score_batch_size: int = 16, seed: int = 0) -> tuple[list[dict[str, Any]], list[PolicySamples]]:
+                 score_batch_size: int = 16, seed: int = 0, log=print) -> tuple[list[dict[str, Any]], list[PolicySamples]]:
     """Gao et al. (2022)'s picture in numbers: every policy's proxy and judge gain over SFT against its KL to SFT.
 
     On the fixed prompts SFT answers ``lcm(replies_per_prompt, *best_of)`` times; best-of-n picks among those
@@ -34,6 +34,7 @@ def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicyS
     from math import lcm
 
     from utils.evaluate.models import use
+    from utils.modeling import Countdown
     from utils.reward_functions import scorer_reward
 
     if any(s.max_new_tokens != max_new_tokens for s in rl_samples):
@@ -43,8 +44,11 @@ def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicyS
     rewards = {name: scorer_reward(judge.scorer, batch_size=score_batch_size) for name, judge in judges.items()}
     tokenizer = models.tokenizer
     k_sft = lcm(replies_per_prompt, *best_of)
+    # Sampling is the cost: SFT's k_sft replies to each prompt, DPO's replies_per_prompt (the RL stages sampled theirs).
+    countdown = Countdown(k_sft + replies_per_prompt * ("dpo" in models.names), "replies to each fixed prompt", out=log)
     sft = sample_policy("sft", lambda: use(models, "sft"), None, tokenizer, prompts, k_sft, max_new_tokens, batch_size, seed)
     baseline = score_samples(sft, rewards)
+    countdown.tick("reward vs KL: SFT sampled and scored", parts=k_sft)
     points = [samples_point(sft, baseline, baseline)]
     for n in sorted(set(best_of) - {1}):
         points.append(point(f"best_of_{n}", best_of_n_scores(baseline, n), baseline, best_of_n_kl(n), n=n))
@@ -56,6 +60,7 @@ def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicyS
                             max_new_tokens, batch_size, seed)
         points.append(samples_point(dpo, score_samples(dpo, rewards), baseline))
         samples.append(dpo)
+        countdown.tick("reward vs KL: DPO sampled and scored", parts=replies_per_prompt)
     return points, samples
 
 

@@ -52,9 +52,10 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
     ``model_of[player]`` its model."""
     from utils.evaluate.answers import generate_answers
     from utils.evaluate.models import use
+    from utils.modeling import Countdown
 
     answers, model_of = {}, {}
-    total, started = len(models.names) * len(configs), time.time()
+    countdown = Countdown(len(models.names) * len(configs), "players")  # a line per player: the cell is minutes long
     for name in models.names:
         with use(models, name) as model:
             for cfg, sampling in configs.items():
@@ -62,9 +63,7 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
                 model_of[player] = name
                 answers[player] = generate_answers(model, models.tokenizer, list(prompts.texts.values()), sampling,
                                                    samples=params.samples_per_prompt, batch_size=params.batch_size, seed=params.seed)
-                done, elapsed = len(answers), time.time() - started  # a line per player: the cell is minutes long
-                print(f"{player}: answered ({done} of {total} players, {elapsed:.0f} s so far, about "
-                      f"{elapsed / done * (total - done):.0f} s left)", flush=True)
+                countdown.tick(f"{player}: answered")
     return answers, model_of
 
 

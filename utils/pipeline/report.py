@@ -25,7 +25,7 @@ from utils.pipeline.page import Block, Bullets, Fold, Heading, Image, Inline, Li
 from utils.pipeline.profile import REPO_ROOT, load_profile, profile_path
 from utils.pipeline.progress import format_seconds
 from utils.pipeline.stage_record import STAGE_FILE  # the runner's record of a finished stage
-from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, REWARD, SFT
+from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, RLOO, SFT
 
 STAGE_DIR = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
 CELL_WIDTH = 100  # characters: a longer cell is cut, with "…"
@@ -275,9 +275,26 @@ def _preset_text(name: str, preset: dict[str, Any]) -> str:
     return f"({name}): replies sampled with {', '.join(parts)}, at most {preset.get('max_new_tokens')} new tokens"
 
 
-def legend(evaluation: dict[str, Any], lead: str | None) -> list[str]:
-    """What each abbreviation in the results means, from the run's own metrics."""
+TRAINED_PLAYERS = {  # a player of stage 05 -> what trained it: (stage, method)
+    "sft": (SFT, "supervised fine-tuning on the OASST replies, from base"),
+    "dpo": (DPO, "DPO on the ranked sibling replies"),
+    "ppo": (PPO, "the kit's PPO against the proxy"),
+    "rloo": (RLOO, "trl's RLOO against the proxy"),
+}
+
+
+def legend(evaluation: dict[str, Any], lead: str | None, rl_algorithm: str | None = None) -> list[str]:
+    """What each abbreviation in the results means, from the run's own metrics (``rl_algorithm``: 04_rloo's)."""
     lines = [_preset_text(name, preset) for name, preset in (evaluation.get("sampling") or {}).items() if isinstance(preset, dict)]
+    shown = {str(row.get("player", "")).split(" (")[0] for row in evaluation.get("table") or [] if isinstance(row, dict)}
+    trained = []
+    for player, (stage, method) in TRAINED_PLAYERS.items():
+        if player in shown:
+            if player == "rloo" and rl_algorithm == "grpo":
+                method = "trl's GRPO against the proxy (its algorithm parameter)"
+            trained.append(f"{player}: stage {stage}, {method}" + ("" if player == "sft" else ", from sft"))
+    if trained:
+        lines.append("; ".join(trained) + ("; base: the model SFT starts from" if "base" in shown else ""))
     for player, n in (evaluation.get("best_of_n") or {}).items():
         lines.append(f"{player.split(' ')[0]}: of {n} such replies to a prompt, the one the proxy scores highest (no training; "
                      f"{n}× the sampling)")
@@ -311,7 +328,7 @@ def results_blocks(run_dir: Path) -> list[Block]:
     blocks.append(Table(columns, [[_cut(str(row.get(c, "–"))) for c in columns] for row in table]))
     judges = evaluation.get("judges") or {}
     lead = next((j for j, v in judges.items() if isinstance(v, dict) and not v.get("trained_against")), None)
-    blocks.append(Bullets(legend(evaluation, lead)))
+    blocks.append(Bullets(legend(evaluation, lead, _stage_json(run_dir, RLOO, METRICS_FILE).get("algorithm"))))
     checks = [c for c in evaluation.get("rl_check") or [] if isinstance(c, dict) and "player" in c]
     if checks:
         columns = list(dict.fromkeys(k for c in checks for k in c))

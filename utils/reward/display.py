@@ -92,6 +92,19 @@ def accuracy_table(evaluated: Mapping[str, Mapping[str, Any]], oasst_sets: Mappi
     return table.astype({"pairs": int, **{c: float for c in numbers[1:]}}).round(3)
 
 
+def accuracy_views(table):
+    """:func:`accuracy_table` as two narrow tables a screen can hold: the accuracies (a column per reward model, the
+    length baseline, the agreement), and each model's accuracy on the longer- and the shorter-preferred pairs
+    (interval and count), a column pair per model under its name."""
+    import pandas as pd
+
+    split = [c for c in table.columns if c.endswith(" acc (n)")]
+    by_length = table[split].copy()
+    by_length.columns = pd.MultiIndex.from_tuples(
+        [(c.split(" ")[0], c.split(" ")[1].replace("-", " ")) for c in split])  # ("proxy", "longer preferred")
+    return table.drop(columns=split), by_length
+
+
 def reader_view(pairs: Sequence[Any], scorer: Any) -> str:
     """One held-out conversation exactly as the reward model reads it (a follow-up turn, so roles show)."""
     from utils import chat_format

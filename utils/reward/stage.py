@@ -254,15 +254,22 @@ def train_reward_models(
 
 
 def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence[Any], hh_pairs: Sequence[Any],
-                           batch_size: int = 32, device=None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+                           batch_size: int = 32, device=None, log=print) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every model scores the held-out OASST pairs and the HH-RLHF harmless pairs: ``(scorers, evaluated)``,
     ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward.evaluation.PairResult`."""
     from utils.reward.model import RewardScorer
     from utils.reward.evaluation import evaluate_pairs
 
+    from utils.modeling import Countdown
+
     scorers = {name: RewardScorer.load(path, device=device) for name, path in model_dirs.items()}
-    evaluated = {name: {"OASST held-out": evaluate_pairs(s, oasst_pairs, batch_size=batch_size),
-                        "HH-RLHF harmless": evaluate_pairs(s, hh_pairs, batch_size=batch_size)} for name, s in scorers.items()}
+    countdown = Countdown(len(scorers) * (len(oasst_pairs) + len(hh_pairs)), "pairs", out=log)
+    evaluated: dict[str, dict[str, Any]] = {}
+    for name, scorer in scorers.items():
+        evaluated[name] = {}
+        for part, pairs in (("OASST held-out", oasst_pairs), ("HH-RLHF harmless", hh_pairs)):
+            evaluated[name][part] = evaluate_pairs(scorer, pairs, batch_size=batch_size)
+            countdown.tick(f"{name}: scored the {part} pairs", parts=len(pairs))
     return scorers, evaluated
 
 
