@@ -80,8 +80,14 @@ def test_warmup_then_cosine_to_a_tenth():
 
 def test_builds_a_standard_directory_that_beats_unigram_and_is_cached(texts, tmp_path):
     train, heldout = texts
-    base = build_tiny_base(train, heldout, MICRO, cache_dir=tmp_path)
+    lines = []
+    base = build_tiny_base(train, heldout, MICRO, cache_dir=tmp_path, log=lines.append)
     assert not base.cached and base.report["steps_done"] == MICRO.steps
+    # A line every tenth of the steps, the last at the end: the minutes of pretraining are never silent.
+    every = max(1, MICRO.steps // 10)
+    assert [line.split("(")[1].split(",")[0] for line in lines] == [
+        f"{s} of {MICRO.steps} steps" for s in sorted({*range(every, MICRO.steps + 1, every), MICRO.steps})]
+    assert lines[-1].startswith("tiny base: pretraining, training loss ") and lines[-1].endswith("about 0 s left)")
     assert base.report["heldout_perplexity"] < 0.8 * base.report["unigram_perplexity"]
 
     model = AutoModelForCausalLM.from_pretrained(base.path)

@@ -162,9 +162,12 @@ def _lr_at(step: int, config: TinyBaseConfig) -> float:
 
 
 def pretrain(
-    model: GPTNeoXForCausalLM, train: torch.Tensor, heldout: torch.Tensor, config: TinyBaseConfig
+    model: GPTNeoXForCausalLM, train: torch.Tensor, heldout: torch.Tensor, config: TinyBaseConfig, log=print
 ) -> dict:
-    """Next-token training on random windows of ``train``; returns the loss curves and what was run."""
+    """Next-token training on random windows of ``train``; returns the loss curves and what was run. A line goes to
+    ``log`` every tenth of the steps (minutes on a CPU: the cell that builds the base is never silent)."""
+    from utils.modeling import Countdown
+
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)
     decay = [p for p in model.parameters() if p.dim() >= 2]  # no weight decay on biases and norms
@@ -178,6 +181,7 @@ def pretrain(
     train_curve: list[list] = []
     eval_curve: list[list] = [[0, stream_nll(model, heldout, config.block_size)]]
     start, step = time.perf_counter(), 0
+    countdown, every = Countdown(config.steps, "steps", out=log), max(1, config.steps // 10)
     model.train()
     while step < config.steps:
         offsets = torch.randint(0, len(train) - config.block_size - 1, (config.batch_size,), generator=gen)
@@ -191,6 +195,8 @@ def pretrain(
         opt.zero_grad(set_to_none=True)
         step += 1
         train_curve.append([step, loss.item()])
+        if step % every == 0 or step == config.steps:
+            countdown.tick(f"tiny base: pretraining, training loss {loss.item():.2f}", parts=step - countdown.done)
         if step % config.eval_every == 0 and step < config.steps:
             eval_curve.append([step, stream_nll(model, heldout, config.block_size)])
     seconds = time.perf_counter() - start
@@ -220,8 +226,10 @@ def build_tiny_base(
     config: TinyBaseConfig | None = None,
     cache_dir: str | Path = "runs/cache",
     device: torch.device | str | None = None,
+    log=print,
 ) -> TinyBase:
-    """Train tokenizer and model on ``train_texts``, score on ``eval_texts``; reuse the cached one if any."""
+    """Train tokenizer and model on ``train_texts``, score on ``eval_texts``; reuse the cached one if any. ``log``
+    receives a line every tenth of the pretraining."""
     config = config or TinyBaseConfig()
     if not train_texts or not eval_texts:
         raise ValueError(f"the tiny base needs training and held-out text (got {len(train_texts)} and {len(eval_texts)} texts)")
@@ -240,7 +248,7 @@ def build_tiny_base(
 
     torch.manual_seed(config.seed)
     model = GPTNeoXForCausalLM(_model_config(config, tokenizer)).to(device)
-    run = pretrain(model, train, heldout, config)
+    run = pretrain(model, train, heldout, config, log=log)
     nll = run["eval_curve"][-1][1]
     unigram = unigram_nll(train, heldout, len(tokenizer), config.block_size)
     report = {
