@@ -151,7 +151,9 @@ def test_html_is_self_contained(tmp_path):
     page = (run / "report.html").read_text()
     embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert [base64.b64decode(e) for e in embedded] == [(run / "02_sft" / "loss_curve.png").read_bytes()]
-    assert "<td>sft (k50)</td>" in page
+    assert '<td class="short">sft (k50)</td>' in page
+    # An estimate above its interval, never broken inside it.
+    assert '<td class="short">1010<br><span class="ci">[1000, 1020]</span></td>' in page
     # Each stage's detail folded away; the answer is not.
     assert len(re.findall(r"<details><summary><h2>[^<]+</h2></summary>", page)) == len(STAGES) + 1
     assert "<details><summary><h2>04_ppo</h2></summary>" in page

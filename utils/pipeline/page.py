@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -93,11 +94,25 @@ def to_markdown(blocks: list[Block]) -> str:
 
 # ---------------------------------------------------------------------------------------------- HTML
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:66rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}
-table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.95rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top}
+CSS = """body{font-family:system-ui,sans-serif;max-width:78rem;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}
+table{border-collapse:collapse;margin:.5rem 0 1rem;font-size:.9rem}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left;vertical-align:top}
 th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5rem 0 1.5rem}h2{border-bottom:1px solid #ddd}
 details{margin:.4rem 0;border:1px solid #e3e3e3;border-radius:4px;padding:.2rem .8rem}
-summary{cursor:pointer;font-weight:600;padding:.3rem 0}summary h2,summary h3{display:inline;border:0;font-size:1.1rem}"""
+summary{cursor:pointer;font-weight:600;padding:.3rem 0}summary h2,summary h3{display:inline;border:0;font-size:1.1rem}
+.wide{overflow-x:auto}.short{white-space:nowrap}.ci{color:#666;font-size:.85em}"""
+
+INTERVAL = re.compile(r"^(\S+) (\[[^\[\]]+\])$")  # "1071 [1033, 1108]": an estimate and its interval
+SHORT_CELL = 40  # characters: a number, a name, an interval; longer text may wrap
+
+
+def _html_cell(text: str) -> str:
+    """A table cell: an estimate above its interval (smaller, grey), so a column of them reads down at a glance and
+    never breaks mid-interval; short cells on one line, long text wrapped."""
+    esc = html.escape
+    interval = INTERVAL.match(text)
+    if interval:
+        return f'<td class="short">{esc(interval[1])}<br><span class="ci">{esc(interval[2])}</span></td>'
+    return f'<td class="short">{esc(text)}</td>' if len(text) <= SHORT_CELL else f"<td>{esc(text)}</td>"
 
 
 def _html_block(b: Block, folder: Path) -> str:
@@ -110,8 +125,8 @@ def _html_block(b: Block, folder: Path) -> str:
         return "<ul>" + "".join(f"<li>{esc(item)}</li>" for item in b.items) + "</ul>"
     if isinstance(b, Table):
         head = "".join(f"<th>{esc(h)}</th>" for h in b.header)
-        rows = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-        return f"<table><tr>{head}</tr>{rows}</table>"
+        rows = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in b.rows)
+        return f'<div class="wide"><table><tr>{head}</tr>{rows}</table></div>'
     if isinstance(b, Image):
         src = b.path.as_posix()
         data = (folder / b.path).read_bytes()
