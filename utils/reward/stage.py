@@ -257,10 +257,9 @@ def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence
                            batch_size: int = 32, device=None, log=print) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every model scores the held-out OASST pairs and the HH-RLHF harmless pairs: ``(scorers, evaluated)``,
     ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward.evaluation.PairResult`."""
-    from utils.reward.model import RewardScorer
-    from utils.reward.evaluation import evaluate_pairs
-
     from utils.modeling import Countdown
+    from utils.reward.evaluation import evaluate_pairs
+    from utils.reward.model import RewardScorer
 
     scorers = {name: RewardScorer.load(path, device=device) for name, path in model_dirs.items()}
     countdown = Countdown(len(scorers) * (len(oasst_pairs) + len(hh_pairs)), "pairs", out=log)
