@@ -23,7 +23,7 @@ Details worth naming:
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 PREFIX = "best_of_"
 
@@ -74,7 +74,7 @@ def best_of_n(
     batch_size: int = 8,
     score_batch_size: int = 16,
     seed: int = 0,
-    after_each_sample=None,
+    after_each_sample: Callable[[], None] | None = None,
 ) -> dict[int, dict[str, list[str]]]:
     """``{n: {prompt key: [answer]}}`` for every n: candidates sampled once from ``model`` (the SFT policy) with
     ``sampling``, scored once by ``proxy`` (a scorer), the best of each block of n kept. ``after_each_sample``: called
