@@ -62,7 +62,7 @@ from utils.pipeline.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
-from utils.pipeline.progress import StageProgress, Ticker, format_seconds, register_engine
+from utils.pipeline.progress import KERNEL_LOG, StageProgress, Ticker, format_seconds, kernel_log_lines, register_engine
 from utils.pipeline.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -207,13 +207,18 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
             kernel_name="python3",
             engine_name=register_engine(),
             stage_progress=progress,
+            kernel_log=str(tmp / KERNEL_LOG),
             progress_bar=False,
             request_save_on_cell_execute=True,
         )
     except Exception as err:  # the notebook's own error, or the kernel dying
         shutil.rmtree(failed, ignore_errors=True)
         tmp.rename(failed)
-        raise StageFailed(failure_line(stage, err, failed / notebook.name)) from None
+        said = kernel_log_lines(failed / KERNEL_LOG)
+        raise StageFailed(failure_line(stage, err, failed / notebook.name)
+                          + (f"; the kernel process wrote {len(said)} line(s) to {failed / KERNEL_LOG}" if said else "")) from None
+    if not kernel_log_lines(tmp / KERNEL_LOG):
+        (tmp / KERNEL_LOG).unlink(missing_ok=True)  # nothing but the shutdown's interrupt: nothing to keep
     record.how, record.seconds = "runner", round(time.time() - start, 1)
     record.write(tmp)
     publish(tmp, run_dir / stage)
@@ -297,6 +302,10 @@ def run_profile(
             tidy_checkpoints(folder, default_location)
             results.append(StageResult(p.stage, "ran", time.time() - t0))
             log(f"{head}: done in {format_seconds(time.time() - t0)} -> {run_dir / p.stage}")
+            said = kernel_log_lines(run_dir / p.stage / KERNEL_LOG)
+            if said:
+                log(f"{head}: the kernel process wrote {len(said)} line(s) outside the notebook, e.g. {said[0][:120]!r}: "
+                    f"{run_dir / p.stage / KERNEL_LOG}")
     return results
 
 

@@ -197,3 +197,31 @@ def test_bitsandbytes_optional_kernel_line_is_dropped_and_nothing_else():
 
     assert not logger.filter(record("Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'"))
     assert logger.filter(record("a real warning from bitsandbytes"))
+
+
+def test_what_the_kernel_process_writes_outside_the_notebook_goes_to_the_stages_kernel_log(tmp_path, capfd):
+    import nbformat
+    import papermill
+
+    from utils.pipeline.progress import KERNEL_LOG, kernel_log_lines, register_engine
+
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os, sys\nprint('in the notebook')\nprint('a warning in the notebook', file=sys.stderr)"),
+        nbformat.v4.new_code_cell("os.write(2, b'a C library on fd 2\\n'); os.write(1, b'and on fd 1\\n')"),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "language": "python", "display_name": "Python 3"}
+    source, executed, log = tmp_path / "in.ipynb", tmp_path / "out.ipynb", tmp_path / KERNEL_LOG
+    nbformat.write(nb, source)
+    papermill.execute_notebook(str(source), str(executed), kernel_name="python3", engine_name=register_engine(),
+                               kernel_log=str(log), progress_bar=False)
+    console = capfd.readouterr()
+    # The kernel process's own output is in the file, not on the runner's console; the notebook's is in the notebook.
+    assert "a C library on fd 2" not in console.err + console.out and "and on fd 1" not in console.err + console.out
+    assert {"a C library on fd 2", "and on fd 1"} <= set(kernel_log_lines(log))
+    outputs = nbformat.read(executed, as_version=4).cells[0].outputs
+    assert [o.get("text", "").strip() for o in outputs] == ["in the notebook", "a warning in the notebook"]
+    # The runner's own shutdown interrupt is not worth a line; anything else is.
+    log.write_text("[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\n")
+    assert kernel_log_lines(log) == [] and kernel_log_lines(tmp_path / "absent.log") == []
+    log.write_text("[IPKernelApp] ERROR | KeyboardInterrupt caught in kernel.\nSegmentation fault\n")
+    assert kernel_log_lines(log) == ["Segmentation fault"]

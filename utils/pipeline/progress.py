@@ -12,7 +12,11 @@ this run folder or, for a first run, the profile's measured time (``measured:`` 
 runs well past it on a busy machine, the line says so.
 
 The kernel talks to papermill over local IPC sockets (Linux), not TCP: nothing listens on the network, and the
-kernel has no cause to warn that "Kernel is running over TCP without encryption" at every stage.
+kernel has no cause to warn that "Kernel is running over TCP without encryption" at every stage. What the kernel
+*process* writes outside the notebook (its own log, a C library's messages) goes to the stage's ``kernel.log``,
+not the console: the notebook's own output and warnings are in the executed notebook, and jupyter_client's
+shutdown, which interrupts the kernel first, can make it log "KeyboardInterrupt caught in kernel" when the signal
+lands inside a message handler. The runner keeps the file only when it holds more than that line.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any, Callable, TextIO
 from utils.pipeline.machine import available_cores, load_average
 
 ENGINE = "kit"  # papermill engine name: nbclient with the hooks below
+KERNEL_LOG = "kernel.log"  # in the stage's folder: what the kernel process wrote outside the notebook
+SHUTDOWN_CHATTER = ("KeyboardInterrupt caught in kernel",)  # the runner's own shutdown interrupt, nothing else
 LOG_EVERY = 60.0  # seconds between plain progress lines when the output is not a terminal
 REDRAW_EVERY = 1.0
 
@@ -146,6 +152,33 @@ def kernel_config() -> Any:
     return config
 
 
+def kernel_manager_class() -> type:
+    """jupyter_client's kernel manager, with the kernel process's stdout and stderr in the file ``kernel_log`` names
+    (a traitlet, set through the config) instead of the runner's console."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
+
+    class KitKernelManager(AsyncKernelManager):
+        kernel_log = Unicode("", config=True, help="file for the kernel process's own output ('': the console)")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if not self.kernel_log:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(self.kernel_log, "ab") as log:  # the kernel keeps its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": log, "stderr": log})
+
+    return KitKernelManager
+
+
+def kernel_log_lines(path) -> list[str]:
+    """The lines of a stage's kernel log that say something: the runner's shutdown chatter left out."""
+    from pathlib import Path
+
+    path = Path(path)
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return [line for line in text.splitlines() if line.strip() and not any(c in line for c in SHUTDOWN_CHATTER)]
+
+
 def register_engine() -> str:
     """papermill's nbclient engine, with a ``stage_progress`` keyword that follows each cell; returns its name."""
     from papermill.engines import NBClientEngine, papermill_engines
@@ -154,7 +187,11 @@ def register_engine() -> str:
         @classmethod
         def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
             progress: StageProgress | None = kwargs.pop("stage_progress", None)
+            kernel_log: str | None = kwargs.pop("kernel_log", None)
             kwargs.setdefault("config", kernel_config())
+            if kernel_log:
+                kwargs["config"].KitKernelManager.kernel_log = str(kernel_log)
+                kwargs["kernel_manager_class"] = kernel_manager_class()
             if progress is not None:
                 start = nb_man.cell_start
 
