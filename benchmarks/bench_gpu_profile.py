@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     models: dict[str, Path] = {}
     if args.random_weights:
         from utils.oasst import load_split, message_texts
-        from utils.tiny_base import train_tokenizer
+        from utils.model.tiny_base import train_tokenizer
 
         data = profile.stage_params(SFT)
         split = load_split(OFFLINE_TRAIN_PATHS, data["heldout_paths"], lang=data["lang"],

@@ -77,7 +77,7 @@ def _split(params: Mapping[str, Any]):
 
 
 def sft_tokenizer(params: Mapping[str, Any]):
-    from utils.modeling import load_tokenizer
+    from utils.model.modeling import load_tokenizer
 
     if params["base_model"] == "tiny":
         from benchmarks.bench_sft import build_base

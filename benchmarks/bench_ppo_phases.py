@@ -68,13 +68,13 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
 
     import utils.ppo.trainer
 
-    from utils.modeling import load_causal_lm, load_tokenizer
+    from utils.model.modeling import load_causal_lm, load_tokenizer
     from utils.oasst import load_split, rl_prompts
     from utils.ppo.params import PPOParams
     from utils.ppo.model import build_actor_critic
     from utils.pipeline.profile import load_profile
     from utils.reward.model import RewardScorer, load_backbone
-    from utils.reward_functions import scorer_reward
+    from utils.rl.reward_functions import scorer_reward
     from utils.pipeline.stages import PPO, SFT
 
     torch.set_num_threads(threads)
@@ -100,7 +100,7 @@ def worker(setting: str, side: str, updates: int, threads: int, clock: str = "cp
     elif random_weights:
         from benchmarks.bench_gpu_profile import build_random_model
         from utils.oasst import message_texts
-        from utils.tiny_base import train_tokenizer
+        from utils.model.tiny_base import train_tokenizer
 
         base = BENCH_DIR / "models" / name.replace("/", "--")
         build_random_model(name, train_tokenizer(message_texts(split.train), vocab_size=8192), base, device)

@@ -6,14 +6,14 @@ prints seconds per update and peak memory for each, and the ratios (targets: mem
 
 What is shared (built once into ``runs/bench/ppo_vs_trl/``, seeded):
 
-* a byte-level BPE tokenizer trained on the OASST training split (``utils.tiny_base.train_tokenizer``);
+* a byte-level BPE tokenizer trained on the OASST training split (``utils.model.tiny_base.train_tokenizer``);
 * the policy: a random GPT-NeoX, by default of Pythia-70M's shape (hidden 512, 6 layers, 8 heads; 23M
   parameters with this vocabulary); ``--shape tiny`` takes the offline profile's tiny base instead (256, 4
   layers, 5M parameters), where the process's fixed memory (allocator, autograd, library pages; about
   100 MiB) outweighs the models and the memory ratio says little about either trainer;
 * the reward model: a random GPT-NeoX sequence classifier (one output) on the *same* tokenizer, because
   trl's trainer feeds the policy's token ids straight to it; the kit's side decodes the replies and scores
-  the conversations through ``utils.chat_format``, as it does with the stage-03 reward model;
+  the conversations through ``utils.model.chat_format``, as it does with the stage-03 reward model;
 * prompts: OASST ``rl`` prompts of the training split of at most ``--max-prompt-tokens`` tokens.
 
 Matched settings: float32 on the CPU (CUDA hidden), LoRA (r 16, α 32) on every linear layer of the
@@ -56,7 +56,7 @@ VENV_DIR = BENCH_DIR / "trl112-venv"
 TRL_REQUIREMENTS = ["trl==1.12.*", "transformers==5.23.0", "peft==0.21.2", "accelerate==1.15.0", "datasets==5.2.0"]
 TORCH = "torch==2.13.0"  # the local CPU wheel; pinned in every install so pip never swaps in a CUDA build
 SHAPES = {"pythia-70m": dict(hidden_size=512, num_hidden_layers=6, num_attention_heads=8),
-          "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4)}  # utils.tiny_base.TinyBaseConfig
+          "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4)}  # utils.model.tiny_base.TinyBaseConfig
 LORA = dict(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"])
 TARGET_MEMORY_RATIO, TARGET_SPEED_RATIO = 0.6, 1.3
 
@@ -87,9 +87,9 @@ def build_setup(args: argparse.Namespace) -> Path:
     import torch
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification
 
-    from utils.chat_format import encode_prompt
+    from utils.model.chat_format import encode_prompt
     from utils.oasst import load_split, message_texts, rl_prompts
-    from utils.tiny_base import TinyBaseConfig, train_tokenizer
+    from utils.model.tiny_base import TinyBaseConfig, train_tokenizer
 
     key = {"shape": args.shape, "max_prompt_tokens": args.max_prompt_tokens, "n_prompts": args.n_prompts, "version": 1}
     meta = SETUP_DIR / "setup.json"
@@ -139,7 +139,7 @@ def run_ours(args: argparse.Namespace) -> dict:
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, PreTrainedTokenizerFast
 
-    from utils.chat_format import encode
+    from utils.model.chat_format import encode
     from utils.ppo.params import PPOParams
     from utils.ppo.trainer import PPOTrainer
     from utils.ppo.model import build_actor_critic

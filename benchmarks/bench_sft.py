@@ -15,7 +15,7 @@ of load on a shared machine hits both:
 * **tokens/s**: non-pad tokens trained on over the seconds spent in optimizer steps, exactly the
   ``tokens_per_second`` stage 02 writes to its metrics (the best round is kept);
 * **peak memory**: the process's peak resident set during model loading and training, above its resident
-  set after imports and data (``utils.modeling.peak_memory_mb``, the figure stage 02 reports, counts the
+  set after imports and data (``utils.model.modeling.peak_memory_mb``, the figure stage 02 reports, counts the
   interpreter and libraries too; it is printed beside).
 
 The ratio QLoRA / LoRA says what 4-bit weights cost in speed and save in memory on this machine; on a
@@ -49,7 +49,7 @@ def build_base() -> Path:
     from transformers import GPTNeoXForCausalLM
 
     from utils.oasst import load_split, message_texts
-    from utils.tiny_base import TinyBaseConfig, _model_config, train_tokenizer
+    from utils.model.tiny_base import TinyBaseConfig, _model_config, train_tokenizer
 
     path = BENCH_DIR / "base"
     if (path / "config.json").exists():
@@ -72,7 +72,7 @@ def worker(side: str, steps: int) -> dict:
     from utils.sft.data import encode_conversations
     from utils.sft.params import SFTParams
     from utils.sft.training import add_lora, make_trainer, train_sft
-    from utils.modeling import load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
+    from utils.model.modeling import load_causal_lm, load_tokenizer, peak_memory_mb, reset_peak_memory
     from utils.oasst import load_split, sft_conversations
 
     params = _profile_params()

@@ -82,7 +82,7 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     from benchmarks.bench_padding import sft_settings
     from utils.sft.data import encode_conversations
     from utils.sft.training import add_lora, make_trainer, train_sft
-    from utils.modeling import load_causal_lm, load_tokenizer
+    from utils.model.modeling import load_causal_lm, load_tokenizer
     from utils.oasst import load_split, sft_conversations
     from utils.pipeline.profile import load_profile
 
@@ -101,7 +101,7 @@ def worker(profile: str, side: str, conversations: int, threads: int, device: st
     elif random_weights:
         from benchmarks.bench_gpu_profile import build_random_model
         from utils.oasst import message_texts
-        from utils.tiny_base import train_tokenizer
+        from utils.model.tiny_base import train_tokenizer
 
         name = params["base_model"]
         base = BENCH_DIR / "models" / name.replace("/", "--")

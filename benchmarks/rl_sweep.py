@@ -6,7 +6,7 @@
 Each combination of the ``--set`` values (``KEY=V1,V2,...``, YAML values) and each seed runs the RL stage's own
 flow (:func:`recipes.train.train_ppo` or :func:`recipes.train.train_rloo`, the notebook's calls in its order) on the profile's finished stages 02 and
 03 in ``runs/<profile>`` (the runner's folder: run ``make pipeline`` first), one after another in this process, and
-reads the last snapshot's point of the fixed set (:mod:`utils.fixed_set`): the proxy's and the judge's gain over
+reads the last snapshot's point of the fixed set (:mod:`utils.rl.fixed_set`): the proxy's and the judge's gain over
 update 0, paired by prompt, with standard errors over prompts, at its KL to SFT. The table goes to
 ``benchmarks/results/rl-sweep-<profile>.md`` (``--out``) with the command, the date and the machine. Nothing the
 runner wrote is touched: each run works in a temporary folder inside the run folder, deleted afterwards.

@@ -69,7 +69,7 @@ def train_sft(p: dict[str, Any], out: Path) -> dict[str, Any]:
     """Stage 02 without the narrative: the steps of notebooks/02_sft.ipynb, in its order (plots and replies left out)."""
     from accelerate import PartialState
 
-    from utils.modeling import count_parameters, peak_memory_mb
+    from utils.model.modeling import count_parameters, peak_memory_mb
     from utils.sft import stage as sft_stage
     from utils.sft.params import SFTParams
     from utils.sft.training import train_sft as train_adapter
@@ -117,7 +117,7 @@ def train_ppo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     import torch
     from accelerate import PartialState
 
-    from utils import distributed
+    from utils.model import distributed
     from utils.ppo import stage as ppo_stage
     from utils.ppo.params import PPOParams
 
@@ -144,7 +144,7 @@ def train_dpo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from utils.dpo import stage as dpo_stage
     from utils.dpo.params import DPOParams
     from utils.dpo.policy import save_trained_policy
-    from utils.modeling import count_parameters, peak_memory_mb
+    from utils.model.modeling import count_parameters, peak_memory_mb
 
     state, started = PartialState(), time.time()
     params = DPOParams(**p)
@@ -169,7 +169,7 @@ def train_rloo(p: dict[str, Any], out: Path) -> dict[str, Any]:
     from accelerate import PartialState
 
     from utils.dpo.policy import save_trained_policy
-    from utils.modeling import peak_memory_mb
+    from utils.model.modeling import peak_memory_mb
     from utils.rloo import stage as rloo_stage
     from utils.rloo.params import RLOOParams
 

@@ -18,7 +18,7 @@ from fixtures import MICRO_PROFILE  # noqa: E402 (after the environment above)
 def chatml():
     """A tokenizer with its own chat template (ChatML, as Qwen's), which the kit must use as it is."""
     from fixtures import CHATML
-    from utils.tiny_base import train_tokenizer
+    from utils.model.tiny_base import train_tokenizer
 
     tok = train_tokenizer(["hi there", "hello", "how are you", "fine thanks"] * 10, 300)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

@@ -119,8 +119,8 @@ def tiny_gpt_neox(vocab_size: int, seed: int = 0, **config) -> GPTNeoXForCausalL
 
 def chat_word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
     """One id per word of ``words`` (id 0 unknown), with the kit's chat tokens added as a template-less base gets them
-    (:func:`utils.chat_format.add_special_tokens`): replies of a tiny model are then words a test can count."""
-    from utils.chat_format import add_special_tokens
+    (:func:`utils.model.chat_format.add_special_tokens`): replies of a tiny model are then words a test can count."""
+    from utils.model.chat_format import add_special_tokens
 
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(["<unk>", *words])}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from utils.batching import MAX_PADDING_FACTOR, length_batches
+from utils.model.batching import MAX_PADDING_FACTOR, length_batches
 
 
 def padded_and_real(batch: list[int], lengths: list[int]) -> tuple[int, int]:

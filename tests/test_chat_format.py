@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fixtures import CONVERSATION, EXPECTED_IDS, EXPECTED_MASK, word_tokenizer
-from utils import chat_format
-from utils.tiny_base import train_tokenizer
+from utils.model import chat_format
+from utils.model.tiny_base import train_tokenizer
 
 def test_oa_ids_and_mask_cover_exactly_the_replies_and_their_end_of_turn():
     enc = chat_format.encode(CONVERSATION, word_tokenizer())

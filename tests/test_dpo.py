@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from fixtures import CONVERSATION, MICRO_PROFILE, word_tokenizer
-from utils import chat_format
+from utils.model import chat_format
 from utils.dpo import stage as dpo_stage
 from utils.dpo.data import conversational_record, encode_pairs
 from utils.dpo.evaluation import ImplicitRewards, implicit_rewards, reply_logprob_sums

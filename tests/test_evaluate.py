@@ -10,13 +10,13 @@ from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from fixtures import tiny_gpt_neox
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.evaluate.answers import fitting_prompts, generate_answers, score_answers
 from utils.evaluate.harmless import is_refusal, refusal_rate
 from utils.evaluate.kl import Sample, reply_logprobs, sample_replies
 from utils.evaluate.perplexity import perplexity
 from utils.evaluate.tables import markdown_table, sample_table
-from utils.generation import sampling_preset
+from utils.model.generation import sampling_preset
 from utils.evaluate.sampling_reports import prompt_key
 
 TEXTS = ["How do I bake bread?", "Mix flour, water, salt and yeast, then bake it.", "What is the capital of France?",

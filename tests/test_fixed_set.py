@@ -1,4 +1,4 @@
-"""The fixed set (utils/fixed_set.py): gains paired by prompt, best-of-n from shared samples, the RL verdict."""
+"""The fixed set (utils/rl/fixed_set.py): gains paired by prompt, best-of-n from shared samples, the RL verdict."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 
 from utils.evaluate.reward_vs_kl import rl_check
-from utils.fixed_set import WORDS, best_of_n_kl, best_of_n_scores, mean_se, paired_gain, point
+from utils.rl.fixed_set import WORDS, best_of_n_kl, best_of_n_scores, mean_se, paired_gain, point
 
 
 def test_paired_gain_removes_the_prompts_difficulty():

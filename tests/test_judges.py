@@ -1,4 +1,4 @@
-"""Judges (utils/judges.py): the judge's own trees, released (question, answer) reward models, agreement, the
+"""Judges (utils/reward/judges.py): the judge's own trees, released (question, answer) reward models, agreement, the
 reward-against-KL fit (utils/evaluate/) and the results table (utils/evaluate/results.py)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from utils import judges
+from utils.reward import judges
 from utils.reward import stage as reward_stage
 from utils.reward.evaluation import PairResult
 

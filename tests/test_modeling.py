@@ -14,9 +14,9 @@ from transformers import GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
 from fixtures import tiny_gpt_neox
 
-from utils import chat_format, modeling
-from utils.generation import PRESETS, generate_replies, sampling_preset
-from utils.tiny_base import train_tokenizer
+from utils.model import chat_format, modeling
+from utils.model.generation import PRESETS, generate_replies, sampling_preset
+from utils.model.tiny_base import train_tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = ["Hello there! How are you today?", "Fine, thanks. And you?", "The cat sat on the mat."] * 20

@@ -13,7 +13,7 @@ from typing import Literal
 import pytest
 
 from utils import params as stage_params
-from utils import repo
+from utils.pipeline import repo
 from utils.pipeline.notebook_params import ParameterError, effective_parameters, notebook_defaults, parameters_cell
 from utils.pipeline.stages import PARAMS, REWARD, SFT, notebook_path, params_class
 
@@ -23,7 +23,7 @@ MIGRATED = sorted(PARAMS)
 @pytest.mark.parametrize("stage", MIGRATED)
 def test_the_notebooks_parameters_cell_is_the_one_generated_from_params(stage):
     assert parameters_cell(notebook_path(stage)) == repo.generated_parameters_cell(stage), \
-        f"{stage}: the parameters cell differs from {PARAMS[stage][0]}: run python -m utils.repo sync"
+        f"{stage}: the parameters cell differs from {PARAMS[stage][0]}: run python -m utils.pipeline.repo sync"
     defaults = {k: v for k, v in notebook_defaults(notebook_path(stage)).items() if k not in ("run_dir", "out_dir")}
     assert defaults == stage_params.defaults(params_class(stage))  # what papermill and the runner read is Params' values
 

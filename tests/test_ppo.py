@@ -19,8 +19,8 @@ from fixtures import ppo_config as small_config
 from fixtures import ppo_lm as tiny_lm
 from fixtures import ppo_prompts as prompts
 
-from utils.chat_format import encode_prompt, stop_token_ids
-from utils.fixed_set import FixedSetProgress
+from utils.model.chat_format import encode_prompt, stop_token_ids
+from utils.rl.fixed_set import FixedSetProgress
 from utils.params import ParameterError
 from utils.ppo.params import PPOParams
 from utils.ppo.losses import (
@@ -38,7 +38,7 @@ from utils.ppo.model import GPT_NEOX_LORA, POLICY, REFERENCE, build_actor_critic
 from utils.ppo.rollout import sample_rollout, token_logprobs
 from utils.ppo.stage import snapshot_schedule, summary_metrics
 from utils.ppo.trainer import PPOTrainer, TrainingDiverged
-from utils.reward_functions import scorer_reward
+from utils.rl.reward_functions import scorer_reward
 
 # ---- fixtures: a word-level tokenizer in the kit's chat format and a tiny random GPT-NeoX (tests/fixtures.py) -------
 

@@ -155,7 +155,7 @@ def test_a_record_says_where_it_ran_and_that_is_not_its_fingerprint(tmp_path):
 def test_a_training_cell_prints_a_line_every_tenth_of_its_steps():
     from types import SimpleNamespace
 
-    from utils.modeling import StepLines
+    from utils.model.modeling import StepLines
 
     lines = []
     cb = StepLines("SFT", out=lambda text, flush: lines.append(text))
@@ -171,7 +171,7 @@ def test_a_training_cell_prints_a_line_every_tenth_of_its_steps():
 
 
 def test_a_long_loop_prints_what_finished_how_far_it_is_and_what_is_left_at_the_rate_so_far(monkeypatch):
-    import utils.modeling as modeling
+    import utils.model.modeling as modeling
 
     clock = iter([100.0, 110.0, 140.0, 160.0])  # started, then three parts finish
     monkeypatch.setattr(modeling.time, "time", lambda: next(clock))

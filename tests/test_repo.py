@@ -1,4 +1,4 @@
-"""The repository URL lives in utils/repo.py alone: notebooks' setup cells and README links follow it."""
+"""The repository URL lives in utils/pipeline/repo.py alone: notebooks' setup cells and README links follow it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from utils import repo
+from utils.pipeline import repo
 from utils.pipeline.stages import STAGES
 
 
@@ -18,7 +18,7 @@ def first_code_cell(path) -> str:
 
 def test_every_notebook_and_colab_link_uses_the_one_url():
     for stage in STAGES:
-        assert first_code_cell(repo.ROOT / "notebooks" / f"{stage}.ipynb") == repo.setup_cell(), f"{stage}: run python -m utils.repo sync"
+        assert first_code_cell(repo.ROOT / "notebooks" / f"{stage}.ipynb") == repo.setup_cell(), f"{stage}: run python -m utils.pipeline.repo sync"
     links = repo.COLAB_LINK.findall((repo.ROOT / "README.md").read_text())
     assert sorted(links) == sorted(STAGES)
     for stage in STAGES:
@@ -42,7 +42,7 @@ def test_sync_moves_every_place_to_a_forks_url(tmp_path):
 
 
 def test_readme_results_blocks_are_rewritten_from_the_run_reports(tmp_path):
-    from utils.repo import sync_readme
+    from utils.pipeline.repo import sync_readme
 
     report = ("# Run report: tiny\n\n| run |  |\n|---|---|\n| commit | abc1234 |\n\n## Results\n\n| player | Elo (judge) |\n"
               "|---|---|\n| ppo (k50) | 993 [949, 1032] |\n\n* (k50): replies sampled with temperature 1\n\n"
@@ -55,7 +55,7 @@ def test_readme_results_blocks_are_rewritten_from_the_run_reports(tmp_path):
     assert "old figures" in readme.read_text()
     assert sync_readme(readme, tmp_path / "runs") == ["tiny"]
     text = readme.read_text()
-    assert ("<!-- results:tiny -->\nFrom `runs/tiny/report.md` (`runs/` is not committed), written by `python -m utils.repo readme`:\n\n"
+    assert ("<!-- results:tiny -->\nFrom `runs/tiny/report.md` (`runs/` is not committed), written by `python -m utils.pipeline.repo readme`:\n\n"
             "| run |  |\n|---|---|\n| commit | abc1234 |\n\n| player | Elo (judge) |\n|---|---|\n| ppo (k50) | 993 [949, 1032] |\n\n"
             "* (k50): replies sampled with temperature 1\n<!-- /results:tiny -->\n\nProse stays.\n") in text
     assert sync_readme(readme, tmp_path / "runs") == []  # in step: nothing to do

@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from utils.pipeline.report import fmt, legend, write_report
+from utils.pipeline.figures import fmt
+from utils.pipeline.report import legend, write_report
 
 STAGES = ["01_explore_trees", "02_sft", "03_reward", "04_ppo", "05_evaluate"]
 

@@ -16,7 +16,7 @@ from fixtures import CONVERSATION, FAST, MINILM, TOPICS_TRAIN, KillAfterSave, Ki
 from utils.sft.data import encode_conversations
 from utils.sft.model import save_adapter
 from utils.sft.training import add_lora, make_trainer, train_sft
-from utils.modeling import load_causal_lm, load_tokenizer
+from utils.model.modeling import load_causal_lm, load_tokenizer
 from utils.reward.params import RewardParams
 from utils.reward.training import train_reward_model
 

@@ -2,7 +2,7 @@
 
 The model is a tiny random GPT-NeoX with a word-level tokenizer whose words include "the", and an "SFT adapter" with
 non-zero LoRA and chat-token weights, so the reference differs from the bare base. The learning test trains against
-``utils.example_rewards:count_the`` and measures it on a fixed set of prompts, several samples each, before and after.
+``utils.rl.example_rewards:count_the`` and measures it on a fixed set of prompts, several samples each, before and after.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from utils.dpo.policy import POLICY, REFERENCE, as_reference, save_policy
 from utils.rloo.params import RLOOParams
 from utils.rloo.training import TrlReward, encode_prompts, make_trainer, run_training, trainer_args
 from utils.params import ParameterError
-from utils.chat_format import encode_prompt, stop_token_ids
-from utils.example_rewards import count_the
-from utils.generation import SamplingConfig, generate_replies
+from utils.model.chat_format import encode_prompt, stop_token_ids
+from utils.rl.example_rewards import count_the
+from utils.model.generation import SamplingConfig, generate_replies
 from utils.ppo.model import GPT_NEOX_LORA
-from utils.reward_functions import RewardFunctionError, load_reward_function, stage_reward
+from utils.rl.reward_functions import RewardFunctionError, load_reward_function, stage_reward
 
 WORDS = [f"w{i}" for i in range(24)] + ["the", "a"]
 
@@ -207,7 +207,7 @@ def wrong_count(conversations, replies):
 
 
 def test_a_reward_function_that_does_not_import_or_miscounts_stops_before_training_in_one_line(tmp_path):
-    for spec, message in [("utils.no_such_module:f", "does not import"), ("utils.example_rewards:nope", "has no 'nope'"),
+    for spec, message in [("utils.no_such_module:f", "does not import"), ("utils.rl.example_rewards:nope", "has no 'nope'"),
                           ("test_rloo:wrong_count", "returned 1 scores for 4 replies")]:
         with pytest.raises(RewardFunctionError, match=message) as info:
             stage_reward(tmp_path, spec, prompts(2))

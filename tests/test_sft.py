@@ -10,14 +10,14 @@ import pytest
 import torch
 
 from fixtures import CONVERSATION, EXPECTED_IDS, EXPECTED_MASK, FAST, word_model_dir, word_tokenizer
-from utils import chat_format
+from utils.model import chat_format
 from utils.sft.data import chat_token_ids, encode_conversations, heldout_prompts, show_mask
 from utils.sft.model import load_sft_base, load_sft_model, merge_adapter, save_adapter
 from utils.sft.training import add_lora, make_trainer, train_sft
 from utils.pipeline.artifacts import write_metrics
-from utils.modeling import load_causal_lm, load_tokenizer
+from utils.model.modeling import load_causal_lm, load_tokenizer
 from utils.oasst import load_split, message_texts, sft_conversations
-from utils.tiny_base import TinyBaseConfig, build_tiny_base
+from utils.model.tiny_base import TinyBaseConfig, build_tiny_base
 
 REPO = Path(__file__).resolve().parent.parent
 def test_labels_are_the_assistant_tokens_only(tmp_path):
@@ -80,7 +80,7 @@ def test_lora_targets_and_trainable_chat_rows(tmp_path):
 
 def test_chat_template_tokenizers_need_no_new_rows():
     from fixtures import CHATML
-    from utils.tiny_base import train_tokenizer
+    from utils.model.tiny_base import train_tokenizer
 
     tok = train_tokenizer(["hi there", "hello"] * 5, 280)
     tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})

@@ -19,7 +19,7 @@ from fixtures import CONVERSATION, FAST, word_model_dir
 from utils.sft.data import encode_conversations
 from utils.sft.model import save_adapter
 from utils.sft.training import add_lora, make_trainer as sft_trainer, train_sft, trainer_config
-from utils.modeling import load_causal_lm, load_tokenizer
+from utils.model.modeling import load_causal_lm, load_tokenizer
 
 # Four conversations of 20, 7, 11 and 6 tokens (see test_chat_format's vocabulary).
 CONVERSATIONS = [

@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPTNeoXConfig, GPTNeoXForCausalLM
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.oasst import load_split, message_texts
-from utils.tiny_base import (
+from utils.model.tiny_base import (
     SPECIAL_TOKENS,
     TinyBaseConfig,
     _lr_at,
@@ -118,7 +118,7 @@ def test_seeded_builds_are_identical(texts, tmp_path):
 def test_a_slow_machine_builds_the_same_model(texts, tmp_path, monkeypatch):
     """Steps decide what is trained, never the clock: a build on a machine 10 minutes per step behind is whole,
     and it is the model a fast machine builds (a 4-minute cap used to stop it early and cache it as if complete)."""
-    import utils.tiny_base as tiny_base
+    import utils.model.tiny_base as tiny_base
 
     train, heldout = texts
     cfg = replace(MICRO, steps=6, eval_every=100)

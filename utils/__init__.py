@@ -1,4 +1,5 @@
-"""The logic behind the notebooks: data, chat format, models, SFT, reward model, PPO, evaluation."""
+"""The logic behind the notebooks: a package per stage (explore, sft, reward, ppo, dpo, rloo, evaluate) and the
+packages they share (model, rl, oasst, pipeline), with the one base of every stage's parameters (:mod:`params`)."""
 
 import logging as _logging
 

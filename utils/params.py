@@ -2,7 +2,7 @@
 
 Each stage package has a ``Params`` dataclass (``utils/reward/params.py``: ``RewardParams``). From it:
 
-* the notebook's parameters cell is generated (``python -m utils.repo sync``; a test fails when they differ), so
+* the notebook's parameters cell is generated (``python -m utils.pipeline.repo sync``; a test fails when they differ), so
   papermill still sees an ordinary cell and a reader still sees every default with its help;
 * the runner and ``recipes.train`` check a profile's values against the field's *annotation* (:func:`fit`):
   ``int``, ``float``, ``bool``, ``str``, ``Literal[...]``, ``X | None``, ``list[X]``, ``dict[str, X]``;
@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
 RUNNER_PARAMS = ("run_dir", "out_dir")  # set by the runner, never by a profile; not fields of a Params class
-CELL_HEADER = ("# Parameters: the defaults are the `tiny` profile's, written by `python -m utils.repo sync` from {source}\n"
-               "# (each default lives there, once); papermill and the runner override them.")
+CELL_HEADER = ("# Parameters: the defaults are the `tiny` profile's, written from {source}\n"
+               "# by `python -m utils.pipeline.repo sync` (each default lives there, once); papermill and the runner override them.")
 COMMENT_COLUMN = 31
 CELL_WIDTH = 120
 

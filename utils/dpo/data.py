@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from utils import chat_format
+from utils.model import chat_format
 
 
 def conversational_record(pair) -> dict[str, Any]:

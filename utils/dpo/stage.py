@@ -66,7 +66,7 @@ class DPOModel:
 def load_policy_and_pairs(params: DPOParams, run_dir: str | Path, data: DPOData, device: Any = None) -> DPOModel:
     from utils.dpo.data import encode_pairs
     from utils.dpo.policy import load_policy
-    from utils.modeling import reset_peak_memory
+    from utils.model.modeling import reset_peak_memory
 
     reset_peak_memory()
     model, tokenizer, sft_adapter_dir = load_policy(run_dir, params.quantization, device)

@@ -12,7 +12,7 @@ from utils.dpo.data import EncodedPairs
 from utils.dpo.evaluation import ImplicitRewards, implicit_rewards, reply_logprob_sums
 from utils.dpo.params import DPOParams
 from utils.dpo.policy import sft_as_reference
-from utils.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
+from utils.model.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
 
 
 def _trainer_class():

@@ -20,5 +20,5 @@ steps notebook 05 calls, and its metrics), :mod:`~utils.evaluate.models` (one ba
 :mod:`~utils.evaluate.best_of_n`, :mod:`~utils.evaluate.length_control`, :mod:`~utils.evaluate.reward_vs_kl`,
 :mod:`~utils.evaluate.lm_harness` (lm-eval), :mod:`~utils.evaluate.sampling_reports` (OpenAssistant's own models'
 answers), :mod:`~utils.evaluate.results` (the results table) and :mod:`~utils.evaluate.tables`. The judges are
-:mod:`utils.judges`: the RL stages' fixed set asks them too.
+:mod:`utils.reward.judges`: the RL stages' fixed set asks them too.
 """

@@ -6,8 +6,8 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-from utils import chat_format
-from utils.generation import SamplingConfig, generate_replies
+from utils.model import chat_format
+from utils.model.generation import SamplingConfig, generate_replies
 from utils.evaluate.sampling_reports import prompt_key
 from utils.evaluate.tournament import bootstrap_mean_ci
 

@@ -98,7 +98,7 @@ def best_of_n_players(models, prompts: Sequence[str], configs: Mapping[str, Any]
     model's samples by the proxy (:func:`proxy_scorer`). A greedy preset is passed over (said in ``log``); nothing is
     sampled when ``ns`` is empty or the run has no SFT model."""
     from utils.evaluate.models import use
-    from utils.modeling import Countdown
+    from utils.model.modeling import Countdown
 
     answers: dict[str, dict[str, list[str]]] = {}
     best_of: dict[str, int] = {}

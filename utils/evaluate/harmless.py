@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from utils.evaluate.models import Models, use
-from utils.generation import SamplingConfig, generate_replies
+from utils.model.generation import SamplingConfig, generate_replies
 from utils.evaluate.tournament import bootstrap_mean_ci
 
 Conversation = list[dict[str, Any]]
@@ -42,7 +42,7 @@ def harmless_answers(models: Models, prompts: Sequence[Conversation], sampling: 
                      log=print) -> dict[str, dict[str, Any]]:
     """Every model's replies to HH-RLHF harmless prompts: ``{model: {"refusal_rate", "example", "rewards"}}``, the
     example its reply to the first prompt, ``rewards[judge]`` the judge's mean reward ``(mean, lo, hi)``."""
-    from utils.modeling import Countdown
+    from utils.model.modeling import Countdown
 
     hh, countdown = {}, Countdown(len(models.names), "models", out=log)
     for name in models.names:

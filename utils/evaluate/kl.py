@@ -8,8 +8,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from utils import chat_format
-from utils.batching import length_batches
+from utils.model import chat_format
+from utils.model.batching import length_batches
 from utils.evaluate.models import Models, use
 from utils.evaluate.tournament import bootstrap_mean_ci
 
@@ -62,7 +62,7 @@ def sample_replies(model, tokenizer, prompts: Sequence[Conversation], max_new_to
 def masked_logprob_sums(model, sequences: Sequence[list[int]], masks: Sequence[list[int]], pad_id: int, batch_size: int = 8) -> np.ndarray:
     """For each sequence, ``Σ log p(token_t | tokens_<t)`` over the positions t where its mask is 1.
 
-    Sequences are batched by length (:func:`utils.batching.length_batches`; the sums come back in the input
+    Sequences are batched by length (:func:`utils.model.batching.length_batches`; the sums come back in the input
     order), padded on the right with the attention mask off, and scored with a fused cross-entropy rather than a
     full log-softmax.
     """

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import yaml
 
-from utils import chat_format
+from utils.model import chat_format
 
 HH_TASK = "kit_hh_harmless_pairs"  # "kit_": built by this kit, not one of lm-eval's benchmarks
 LOCAL_PREFIX = "kit_"
@@ -51,7 +51,7 @@ def write_hh_pairs_task(pairs: Sequence[Any], folder: str | Path, tokenizer, max
 
     **Not a standard benchmark.** It asks "does the model give the preferred reply a higher likelihood?": the
     context is the conversation before the last reply, rendered in the model's own chat format
-    (:func:`utils.chat_format.render`, the format SFT trained on, ending with the assistant tag), and the two
+    (:func:`utils.model.chat_format.render`, the format SFT trained on, ending with the assistant tag), and the two
     choices are the reply people preferred (the gold one) and the one they rejected. With ``acc`` the summed
     log-likelihood decides, which favours the shorter reply; ``acc_norm`` divides by length first.
 

@@ -20,7 +20,7 @@ class EvaluateParams(DataParams):
          "data/oa_sampling_reports/2023-03-01_pythia-12b-deduped-sft_sampling.json"],
         "OpenAssistant's own models' answers to the same prompts: players beside ours")
     report_configs: list[str] = param(["k50"], "which of the reports' sampling configs join the tournament")
-    sampling_configs: list[str] = param(["k50"], "presets in utils.generation.PRESETS; every (model, config) is a player")
+    sampling_configs: list[str] = param(["k50"], "presets in utils.model.generation.PRESETS; every (model, config) is a player")
     max_new_tokens: int | None = param(128, "overrides the presets' own; None keeps them")
     n_heldout_prompts: int = param(60, "of the 100 held-out root prompts")
     n_lottery_prompts: int = param(40, "of the 250 prompt-lottery prompts")

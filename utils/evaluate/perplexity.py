@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.evaluate.kl import masked_logprob_sums
 
 Conversation = list[dict[str, Any]]

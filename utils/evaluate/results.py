@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.judges import Judge, lead_judge
+from utils.reward.judges import Judge, lead_judge
 
 
 def fmt_ci(mean: float | None, ci: Sequence[float] | None, digits: int = 3, signed: bool = True) -> str:

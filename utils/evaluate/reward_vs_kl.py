@@ -1,12 +1,12 @@
 """Stage 05's reward-against-KL picture: every player (the RL stages' snapshots, best-of-n, DPO, SFT) on the fixed set of
-:mod:`utils.fixed_set`, each gain paired by prompt against SFT, and the check the RL issue asks for (:func:`rl_check`)."""
+:mod:`utils.rl.fixed_set`, each gain paired by prompt against SFT, and the check the RL issue asks for (:func:`rl_check`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.fixed_set import (JUDGE, PROXY, WORDS, Conversation, PolicySamples, best_of_n_kl, best_of_n_scores, load_samples, point,
+from utils.rl.fixed_set import (JUDGE, PROXY, WORDS, Conversation, PolicySamples, best_of_n_kl, best_of_n_scores, load_samples, point,
                              sample_policy, samples_point, score_samples)
 
 
@@ -34,8 +34,8 @@ def reward_vs_kl(models, judges: Mapping[str, Any], rl_samples: Sequence[PolicyS
     from math import lcm
 
     from utils.evaluate.models import use
-    from utils.modeling import Countdown
-    from utils.reward_functions import scorer_reward
+    from utils.model.modeling import Countdown
+    from utils.rl.reward_functions import scorer_reward
 
     if any(s.max_new_tokens != max_new_tokens for s in rl_samples):
         found = sorted({s.max_new_tokens for s in rl_samples})

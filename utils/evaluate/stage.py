@@ -41,7 +41,7 @@ def load_prompts(params: EvaluateParams) -> Prompts:
 
 def sampling_configs(params: EvaluateParams) -> dict[str, Any]:
     """Step 2: the sampling presets every model answers with, ``max_new_tokens`` set where given."""
-    from utils.generation import sampling_preset
+    from utils.model.generation import sampling_preset
 
     overrides = {"max_new_tokens": params.max_new_tokens} if params.max_new_tokens else {}
     return {name: sampling_preset(name, **overrides) for name in params.sampling_configs}
@@ -52,7 +52,7 @@ def sample_players(params: EvaluateParams, models, prompts: Prompts, configs: Ma
     ``model_of[player]`` its model."""
     from utils.evaluate.answers import generate_answers
     from utils.evaluate.models import use
-    from utils.modeling import Countdown
+    from utils.model.modeling import Countdown
 
     answers, model_of = {}, {}
     countdown = Countdown(len(models.names) * len(configs), "players")  # a line per player: the cell is minutes long
@@ -89,7 +89,7 @@ def score(params: EvaluateParams, judges: Mapping[str, Any], prompts: Prompts, p
     """Step 6: ``(scores, summaries)``: ``scores[judge][player][prompt]``, and per judge and player the mean reward
     with its interval (:func:`utils.evaluate.answers.summarize`)."""
     from utils.evaluate.answers import summarize
-    from utils.judges import score_players
+    from utils.reward.judges import score_players
 
     scores = score_players(judges, prompts.texts, players, batch_size=params.score_batch_size)
     summaries = {j: {p: summarize(players[p], s, prompts.heldout, rounds=params.bootstrap_rounds, seed=params.seed)
@@ -161,7 +161,7 @@ def reward_against_kl(params: EvaluateParams, run_dir: str | Path, models, judge
     from utils.pipeline.artifacts import has_run, read_metrics
     from utils.evaluate.answers import as_prompt
     from utils.evaluate.reward_vs_kl import reward_vs_kl, rl_check, stage_samples
-    from utils.fixed_set import fixed_prompts
+    from utils.rl.fixed_set import fixed_prompts
 
     rl_samples = stage_samples(run_dir, stages.PPO) + stage_samples(run_dir, stages.RLOO)
     tokens = params.fixed_max_new_tokens or (rl_samples[0].max_new_tokens if rl_samples else 96)
@@ -263,7 +263,7 @@ def stage_metrics(
 ) -> dict[str, Any]:
     """What stage 05 records (every step's result, as the notebook showed it)."""
     from utils.evaluate.kl import KL_SAMPLING
-    from utils.judges import judges_metrics, lead_judge
+    from utils.reward.judges import judges_metrics, lead_judge
     from utils.evaluate.lm_harness import with_diffs
     from utils.evaluate.results import players_summary
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from utils import distributed
+from utils.model import distributed
 
 TRAINER_STATE = "trainer_state.json"
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")

@@ -13,13 +13,13 @@ significant digits, an interval as ``0.48 [0.35, 0.61]``); no cell holds raw JSO
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from pathlib import Path
 from typing import Any, Iterable
 
 from utils.pipeline.artifacts import METRICS_FILE
+from utils.pipeline.figures import cut, fmt, is_rows, is_scalar, metric_blocks
 from utils.pipeline.machine import is_busy
 from utils.pipeline.page import Block, Bullets, Fold, Heading, Image, Inline, Link, Paragraph, Table, to_html, to_markdown
 from utils.pipeline.profile import REPO_ROOT, load_profile, profile_path
@@ -28,10 +28,8 @@ from utils.pipeline.stage_record import STAGE_FILE  # the runner's record of a f
 from utils.pipeline.stages import DPO, EVALUATE, EXPLORE, PPO, REWARD, RLOO, SFT
 
 STAGE_DIR = re.compile(r"^\d\d_[A-Za-z0-9_]+$")
-CELL_WIDTH = 100  # characters: a longer cell is cut, with "…"
 # Stage 05's table columns the headline keeps (the rest stay in 05's section): players × judges, then judge-free.
 HEADLINE_COLUMNS = ("player", "Elo (", "win vs SFT", "LC win vs SFT", "reward (", "words", "KL to SFT")
-VALUE_KEYS = ("rate", "rating", "value", "mean", "lc_win_rate", "win_rate", "gain")
 
 # A few figures worth seeing before the detail, where the stage wrote them: (stage, key, label).
 GLANCE = [
@@ -47,127 +45,6 @@ GLANCE = [
     (REWARD, "proxy_judge_agreement", "proxy and judge agree on held-out pairs"),
     (DPO, "heldout_accuracy_after", "DPO implicit-reward accuracy on held-out pairs (0.5 before)"),
 ]
-
-
-# ---------------------------------------------------------------------------------------------- values
-
-
-def _number(value: float) -> str:
-    """Three significant digits; whole numbers from 100 up, thousands separated."""
-    if value != value:  # NaN
-        return "–"
-    if abs(value) >= 100:
-        return f"{value:,.0f}"
-    return f"{value:.3g}"
-
-
-def _interval(value: dict[str, Any]) -> str | None:
-    """``{"rate": 0.048, "ci": [0.0, 0.61], ...}`` as ``0.048 [0.000, 0.610]``: three significant digits of the largest
-    of the three, the same decimals for all; None for a dict that is not an estimate with its interval."""
-    ci = value.get("ci")
-    key = next((k for k in VALUE_KEYS if isinstance(value.get(k), (int, float)) and not isinstance(value.get(k), bool)), None)
-    if key is None or not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(c, (int, float)) for c in ci)):
-        return None
-    numbers = [float(value[key]), float(ci[0]), float(ci[1])]
-    if any(x != x for x in numbers):
-        return "–"
-    largest = max(abs(x) for x in numbers)
-    decimals = 0 if largest >= 100 else 2 - math.floor(math.log10(largest)) if largest > 0 else 2
-    a, lo, hi = (f"{x:,.{decimals}f}" for x in numbers)
-    return f"{a} [{lo}, {hi}]"
-
-
-def _cut(text: str, width: int = CELL_WIDTH) -> str:
-    """At most ``width`` characters, cut at a word or separator with "…"."""
-    if len(text) <= width:
-        return text
-    cut = text[: width - 1]
-    space = max(cut.rfind(" "), cut.rfind(","), cut.rfind(";"))
-    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;") + " …"
-
-
-def fmt(value: Any) -> str:
-    """One metric value as short readable text: numbers to three significant digits, intervals as ``x [lo, hi]``,
-    a mapping as ``key value, …``, long lists summarized; never JSON."""
-    if value is None:
-        return "–"  # write_metrics stores NaN/inf as null: "not defined"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return _number(value)
-    if isinstance(value, (list, tuple)):
-        if value and all(isinstance(v, dict) for v in value):
-            return f"{len(value)} rows"
-        if len(value) > 6:
-            return f"{len(value)} values: {fmt(value[0])} … {fmt(value[-1])}"
-        return "[" + ", ".join(fmt(v) for v in value) + "]"
-    if isinstance(value, dict):
-        interval = _interval(value)
-        if interval is not None:
-            return interval
-        return _cut(", ".join(f"{k} {fmt(v) if not isinstance(v, dict) else '(' + fmt(v) + ')'}" for k, v in value.items()))
-    return _cut(str(value))
-
-
-def _is_rows(value: Any) -> bool:
-    """A list of row dicts (``[{column: value}]``): shown as a table, not as "N rows"."""
-    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
-
-
-def _is_scalar(value: Any) -> bool:
-    return not isinstance(value, dict) and not _is_rows(value)
-
-
-def _is_table(value: dict[str, Any]) -> bool:
-    """A dict of dicts whose cells are values, intervals or flat mappings (not deeper records): rows × columns."""
-    def flat(x: Any) -> bool:
-        return not isinstance(x, dict) or all(not isinstance(y, dict) for y in x.values())
-
-    return bool(value) and all(isinstance(v, dict) and all(flat(x) for x in v.values()) for v in value.values())
-
-
-def metric_blocks(metrics: dict[str, Any], prefix: str = "") -> list[Block]:
-    """Scalars in one figure/value table; a dict of dicts as a table (rows × columns), a list of row dicts as a table,
-    a dict of deeper records (e.g. one per judge) as one section each, any other dict as a figure/value table."""
-    blocks: list[Block] = []
-    scalars = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v) and not _interval_dict(v)]
-    if scalars:
-        blocks.append(Table(["figure", "value"], scalars))
-    for key, value in metrics.items():
-        if _is_scalar(value) and not _interval_dict(value):
-            continue
-        title = f"{prefix}{key}"
-        if _interval_dict(value):
-            blocks += [Heading(3, title), Table(["figure", "value"], [[key, fmt(value)]])]
-        elif _is_rows(value):
-            columns = list(dict.fromkeys(c for row in value for c in row))
-            blocks += [Heading(3, title), Table(columns, [[fmt(row.get(c)) for c in columns] for row in value])]
-        elif _is_table(value):
-            columns = list(dict.fromkeys(c for row in value.values() for c in row))
-            # A square table (win rates: player × player) reads best with columns in the rows' order.
-            columns = [r for r in value if r in columns] + [c for c in columns if c not in value]
-            blocks += [Heading(3, title), Table([""] + columns, [[name] + [fmt(row.get(c)) for c in columns] for name, row in value.items()])]
-        elif value and all(isinstance(v, dict) for v in value.values()):
-            for name, record in value.items():  # records holding tables of their own: a section each
-                blocks += [Heading(3, f"{title}: {name}")] + metric_blocks(record, prefix=f"{title}: {name}: ")
-        else:
-            blocks += [Heading(3, title), Table(["figure", "value"], [[k, fmt(v)] for k, v in value.items()])]
-    return blocks
-
-
-def _interval_dict(value: Any) -> bool:
-    return isinstance(value, dict) and _interval(value) is not None
-
-
-def key_figures(metrics: dict[str, Any]) -> Any:
-    """A stage's own figures (its ``metrics.json`` scalars) as a small table, formatted as the report formats them:
-    the last output of each stage notebook."""
-    from IPython.display import Markdown
-
-    rows = [[k, fmt(v)] for k, v in metrics.items() if _is_scalar(v) and not isinstance(v, (list, tuple))]
-    return Markdown(to_markdown([Table(["figure", "value"], rows)]))
 
 
 # ---------------------------------------------------------------------------------------------- reading the run
@@ -322,10 +199,10 @@ def results_blocks(run_dir: Path) -> list[Block]:
     evaluation = _stage_json(run_dir, EVALUATE, METRICS_FILE)
     blocks: list[Block] = [Heading(2, "Results")]
     table = evaluation.get("table")
-    if not _is_rows(table):
+    if not is_rows(table):
         return blocks + [Paragraph([f"Stage {EVALUATE} has not run (or wrote no table): each stage's own figures follow."])]
     columns = [c for c in dict.fromkeys(k for row in table for k in row) if c.startswith(HEADLINE_COLUMNS)]
-    blocks.append(Table(columns, [[_cut(str(row.get(c, "–"))) for c in columns] for row in table]))
+    blocks.append(Table(columns, [[cut(str(row.get(c, "–"))) for c in columns] for row in table]))
     judges = evaluation.get("judges") or {}
     lead = next((j for j, v in judges.items() if isinstance(v, dict) and not v.get("trained_against")), None)
     blocks.append(Bullets(legend(evaluation, lead, _stage_json(run_dir, RLOO, METRICS_FILE).get("algorithm"))))
@@ -334,7 +211,7 @@ def results_blocks(run_dir: Path) -> list[Block]:
         columns = list(dict.fromkeys(k for c in checks for k in c))
         blocks += [Paragraph(["RL on fixed held-out prompts, each stage's last snapshot against SFT (paired by prompt, "
                               "± one standard error; name@N: the policy after N updates):"]),
-                   Table(columns, [[_cut(str(c.get(k, "") or "–")) for k in columns] for c in checks])]
+                   Table(columns, [[cut(str(c.get(k, "") or "–")) for k in columns] for c in checks])]
     figure = run_dir / EVALUATE / "reward_vs_kl.png"
     if figure.exists():
         blocks.append(Image("reward against KL to SFT: proxy and judge, each RL snapshot and best-of-n", figure.relative_to(run_dir)))
@@ -345,7 +222,7 @@ def glance_blocks(run_dir: Path) -> list[Block]:
     rows = []
     for stage, key, label in GLANCE:
         metrics = _stage_json(run_dir, stage, METRICS_FILE)
-        if key in metrics and _is_scalar(metrics[key]):
+        if key in metrics and is_scalar(metrics[key]):
             rows.append([label, fmt(metrics[key]), stage])
     return [Heading(2, "Each stage at a glance"), Table(["figure", "value", "stage"], rows)] if rows else []
 

@@ -43,7 +43,7 @@ DEPENDS_ON: dict[str, tuple[str, ...]] = {
 }
 
 # Each migrated stage's parameters dataclass (module, class): the one place its defaults are written. The notebook's
-# parameters cell is generated from it (`python -m utils.repo sync`) and profiles are checked against its annotations.
+# parameters cell is generated from it (`python -m utils.pipeline.repo sync`) and profiles are checked against its annotations.
 PARAMS: dict[str, tuple[str, str]] = {
     EXPLORE: ("utils.explore.params", "ExploreParams"),
     SFT: ("utils.sft.params", "SFTParams"),

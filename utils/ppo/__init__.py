@@ -14,5 +14,5 @@ KL-penalised reward and its adaptive controller), Ouyang et al. 2022 (InstructGP
 
 Data parallel: under ``accelerate launch`` each process samples and trains on its share of every batch;
 gradients, whitening statistics, reward normalisation and the KL fed to the controller are averaged over the
-processes (:mod:`utils.distributed`), so N processes make the updates one process would with the whole batch.
+processes (:mod:`utils.model.distributed`), so N processes make the updates one process would with the whole batch.
 """

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from utils import distributed
+from utils.model import distributed
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)

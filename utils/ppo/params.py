@@ -16,7 +16,7 @@ class PPOParams(DataParams):
     quantization: Literal["nf4", "none"] | None = param(None, 'None: as stage 02 trained (its metrics say); or "nf4" / "none"')
     gradient_checkpointing: bool = param(False, "trade compute for activation memory (GPU profiles)")
     reward_function: str | None = param(
-        None, 'None: stage 03\'s reward model (the proxy); or "module:function", e.g. "utils.example_rewards:count_the"')
+        None, 'None: stage 03\'s reward model (the proxy); or "module:function", e.g. "utils.rl.example_rewards:count_the"')
     # Rollouts
     updates: int = param(12, "PPO updates, one rollout batch each")
     batch_size: int = param(4, "prompts per update")

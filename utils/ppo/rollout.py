@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import torch
 
-from utils.chat_format import decode_reply, encode_prompt, stop_token_ids
+from utils.model.chat_format import decode_reply, encode_prompt, stop_token_ids
 
 Conversation = list[dict[str, Any]]
 

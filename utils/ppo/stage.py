@@ -49,9 +49,9 @@ class PPOModels:
 
 
 def load_models(params: PPOParams, run_dir: str | Path, data: PromptData, device: Any = None) -> PPOModels:
-    from utils.modeling import reset_peak_memory
+    from utils.model.modeling import reset_peak_memory
     from utils.ppo.model import load_sft_policy
-    from utils.reward_functions import stage_reward
+    from utils.rl.reward_functions import stage_reward
 
     reset_peak_memory()
     model, tokenizer = load_sft_policy(run_dir, params.quantization, gradient_checkpointing=params.gradient_checkpointing)
@@ -65,7 +65,7 @@ def make_trainer(params: PPOParams, run_dir: str | Path, data: PromptData, model
     """Step 3: the fixed set progress is read on, and the trainer, resumed from this run's last checkpoint if
     ``resume`` and there is one. Then ``trainer.train(params.updates)``."""
     from utils.pipeline import stages
-    from utils.fixed_set import stage_progress
+    from utils.rl.fixed_set import stage_progress
     from utils.ppo.trainer import PPOTrainer
 
     checkpoints = Path(params.checkpoint_dir or stages.checkpoint_dir(run_dir, stages.PPO))
@@ -113,7 +113,7 @@ def stage_metrics(
 ) -> dict[str, Any]:
     """What stage 04 records, the same whether a notebook or a script ran it."""
     from utils.pipeline.artifacts import record_path
-    from utils.modeling import peak_memory_mb
+    from utils.model.modeling import peak_memory_mb
 
     return {
         **summary_metrics(trainer.history),
@@ -131,7 +131,7 @@ def stage_metrics(
         "peak_memory_mb": peak_memory_mb(),
         "processes": processes,
         "policy_checksums": list(policy_checksums) if policy_checksums is not None else None,
-        # Progress on the fixed held-out prompts (utils.fixed_set): gains paired by prompt against update 0 (SFT).
+        # Progress on the fixed held-out prompts (utils.rl.fixed_set): gains paired by prompt against update 0 (SFT).
         "progress": trainer.progress.points if trainer.progress is not None else [],
         "fixed_set": trainer.progress.save(out_dir).name if trainer.progress is not None and trainer.progress.samples else None,
         "baseline": trainer.config.baseline,

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
-from utils import distributed
+from utils.model import distributed
 from utils.pipeline import checkpoints
 from utils.ppo.params import PPOParams
 from utils.ppo.losses import (KLController, clipped_policy_loss, clipped_value_loss, explained_variance, gae,
@@ -45,10 +45,10 @@ from utils.ppo.rollout import (Conversation, PromptOrder, Rollout, encode_prompt
                                token_logprobs)
 
 if TYPE_CHECKING:
-    from utils.fixed_set import FixedSetProgress
+    from utils.rl.fixed_set import FixedSetProgress
 
 RewardFn = Callable[[list[Conversation], list[str]], Sequence[float]]
-"""``reward_fn(prompts, replies) -> one score per reply``; see :func:`utils.reward_functions.scorer_reward`."""
+"""``reward_fn(prompts, replies) -> one score per reply``; see :func:`utils.rl.reward_functions.scorer_reward`."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -92,7 +92,7 @@ class PPOTrainer:
         if not self.prompts:
             raise ValueError(f"none of the {len(prompts)} prompts fits in max_prompt_tokens={config.max_prompt_tokens}")
         if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
+            raise ValueError("the tokenizer has no pad token: call utils.model.chat_format.add_special_tokens(tokenizer) first")
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         self.checkpoint_every = checkpoint_every
         self.snapshot_updates = sorted(set(int(u) for u in snapshot_updates))
@@ -234,7 +234,7 @@ class PPOTrainer:
 
         self.update = update
         # Training logs: this batch's prompts are new every update, so its mean moves with the prompts drawn (most
-        # of the reward's variance is between prompts); progress is read on the fixed set (utils.fixed_set).
+        # of the reward's variance is between prompts); progress is read on the fixed set (utils.rl.fixed_set).
         row = {
             "update": update,
             "reward_mean": distributed.all_mean(scores.mean()).item(),

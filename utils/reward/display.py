@@ -107,7 +107,7 @@ def accuracy_views(table):
 
 def reader_view(pairs: Sequence[Any], scorer: Any) -> str:
     """One held-out conversation exactly as the reward model reads it (a follow-up turn, so roles show)."""
-    from utils import chat_format
+    from utils.model import chat_format
     from utils.reward.model import encode_conversation
 
     example = next((p for p in pairs if len(p.prompt) > 1), pairs[0])

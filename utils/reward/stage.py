@@ -6,7 +6,7 @@ decides what the stage records. Every step reads its settings from :class:`utils
 
 * **proxy**: the reward model PPO (stage 04) optimises;
 * **judge**: the same recipe on the other part of the training trees, never optimised against; stage 05
-  asks it too (:mod:`utils.judges`).
+  asks it too (:mod:`utils.reward.judges`).
 
 **Helpful against harmless.** OASST's rankings reward helpfulness; HH-RLHF's harmless pairs prefer the reply
 that declines (Bai et al., 2022), and a reward model trained on OASST alone scores them below chance. The stage
@@ -172,7 +172,7 @@ class TrainedModels:
 def train(params: RewardParams, data: RewardData, out_dir: str | Path, checkpoint_root: str | Path | None = None,
           log: Callable[[str], None] | None = print) -> TrainedModels:
     """Train the proxy (and the judge, unless ``judge_fraction`` is 0) on their pairs: :func:`train_reward_models`."""
-    from utils.modeling import peak_memory_mb, reset_peak_memory
+    from utils.model.modeling import peak_memory_mb, reset_peak_memory
 
     if log:
         log(f"HH-RLHF pairs mixed in (weight {params.hh_weight}): "
@@ -257,7 +257,7 @@ def evaluate_reward_models(model_dirs: Mapping[str, Path], oasst_pairs: Sequence
                            batch_size: int = 32, device=None, log=print) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """Every model scores the held-out OASST pairs and the HH-RLHF harmless pairs: ``(scorers, evaluated)``,
     ``evaluated[model]["OASST held-out" | "HH-RLHF harmless"]`` a :class:`~utils.reward.evaluation.PairResult`."""
-    from utils.modeling import Countdown
+    from utils.model.modeling import Countdown
     from utils.reward.evaluation import evaluate_pairs
     from utils.reward.model import RewardScorer
 

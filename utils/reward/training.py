@@ -19,7 +19,7 @@ trained; trl's ``RewardTrainer`` runs the loop on pairs we tokenize ourselves.
 
 Implementation details worth naming:
 
-1. Conversations go through ``utils.chat_format`` with the reward model's tokenizer, so a reply is read
+1. Conversations go through ``utils.model.chat_format`` with the reward model's tokenizer, so a reply is read
    in the same ``<|prompter|>…<|assistant|>…`` frame in training, in PPO and in evaluation.
 2. Too long? Cut the *context* from the left (the oldest turns go first) and keep the reply: the reward
    judges the reply. A reply longer than the window on its own keeps its beginning.
@@ -49,7 +49,7 @@ from typing import Any, Literal, Sequence
 import torch
 from torch import nn
 
-from utils.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
+from utils.model.modeling import default_device, pair_schedule_args, print_progress_lines, trainer_device_args
 from utils.reward.evaluation import pair_conversations
 from utils.reward.model import REWARD_FILE, encode_conversation, load_backbone
 from utils.reward.params import RewardParams

@@ -27,12 +27,12 @@ the steps the notebook and the script both call. Details worth naming:
    are loaded into both adapters afterwards, the policy in float32 (:func:`utils.dpo.policy.sft_as_reference`): at the
    first update π = π_ref exactly, and trl's first logged KL is 0.
 2. **The kit's chat format, not trl's**: trl 1.16 tokenizes prompts through a chat template (the tiny base has none)
-   or re-tokenizes text. Each prompt is encoded once by :func:`utils.chat_format.encode_prompt` (turns tokenized one by
+   or re-tokenizes text. Each prompt is encoded once by :func:`utils.model.chat_format.encode_prompt` (turns tokenized one by
    one, as SFT trained), and the kit's subclass of trl's trainer hands trl those ids. Prompts longer than ``max_prompt_tokens``
    are skipped and counted, never cut.
-3. **Replies end at the kit's stop tokens** (:func:`utils.chat_format.stop_token_ids`, set as the model's generation
+3. **Replies end at the kit's stop tokens** (:func:`utils.model.chat_format.stop_token_ids`, set as the model's generation
    ``eos_token_id``, which trl reads): trl keeps the stop token in the reply, so the policy also learns where to stop.
-   The reward sees the reply as :func:`utils.chat_format.decode_reply` decodes it, the text stage 05 scores.
+   The reward sees the reply as :func:`utils.model.chat_format.decode_reply` decodes it, the text stage 05 scores.
 4. **Sampling from π itself**: temperature 1, no top-k, no top-p, no repetition penalty. The samples are then exactly
    on-policy, which REINFORCE assumes; dropout is off, so the log-probs that are trained are those that sampled.
 5. **One update = one generation batch**: ``prompts_per_update × replies_per_prompt`` replies, sampled once and

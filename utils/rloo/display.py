@@ -15,7 +15,7 @@ def compare_replies(policy, tokenizer, prompts: Sequence[Conversation], reward_f
     sampling from π itself, and each reply's reward."""
     import pandas as pd
 
-    from utils.generation import SamplingConfig, generate_replies
+    from utils.model.generation import SamplingConfig, generate_replies
 
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, min_new_tokens=0, temperature=1.0, top_k=0, top_p=1.0)
     with as_reference(policy):

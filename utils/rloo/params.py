@@ -32,7 +32,7 @@ class RLOOParams(DataParams):
     beta: float = param(0.05, "the KL coefficient: the reward of a reply loses beta x its log-ratio to the SFT model")
     max_grad_norm: float = param(1.0, "gradients clipped to this norm")
     reward_function: str | None = param(
-        None, 'None: the proxy reward model of stage 03; or "module:function", e.g. "utils.example_rewards:count_the"')
+        None, 'None: the proxy reward model of stage 03; or "module:function", e.g. "utils.rl.example_rewards:count_the"')
     reward_batch_size: int = param(16, "replies per reward-model forward pass")
     save_steps: int = param(0, "> 0: a checkpoint every save_steps updates in <run_dir>/checkpoints/04_rloo; a killed run resumes")
     n_compare_prompts: int = param(4, "held-out prompts answered by SFT and by RLOO")

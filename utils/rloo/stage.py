@@ -29,8 +29,8 @@ class RLOOModels:
 
 def load_models(params: RLOOParams, run_dir: str | Path, data: PromptData, device: Any = None) -> RLOOModels:
     from utils.dpo.policy import load_policy
-    from utils.modeling import reset_peak_memory
-    from utils.reward_functions import stage_reward
+    from utils.model.modeling import reset_peak_memory
+    from utils.rl.reward_functions import stage_reward
     from utils.rloo.training import encode_prompts
 
     reset_peak_memory()
@@ -46,7 +46,7 @@ def train(params: RLOOParams, run_dir: str | Path, out_dir: str | Path, data: Pr
     """Step 3: ``(trainer, stats, progress)``: the fixed set progress is read on, measured at update 0 and at each
     snapshot, and trl's RLOO trainer trained (resumed from this run's last checkpoint, if any)."""
     from utils.pipeline import stages
-    from utils.fixed_set import stage_progress
+    from utils.rl.fixed_set import stage_progress
     from utils.ppo.stage import snapshot_schedule
     from utils.rloo.training import run_training
 
@@ -102,7 +102,7 @@ def stage_metrics(
         "snapshots": {update: record_path(out_dir, path) for update, path in stats.snapshots.items()},
         "peak_memory_mb": peak_memory_mb,
         "processes": processes,
-        # Progress on the fixed held-out prompts (utils.fixed_set): gains paired by prompt against update 0 (SFT).
+        # Progress on the fixed held-out prompts (utils.rl.fixed_set): gains paired by prompt against update 0 (SFT).
         "progress": progress.points if progress is not None else [],
         "fixed_set": progress.save(out_dir).name if progress is not None and progress.samples else None,
         "ended_fraction_first": log[0]["ended_fraction"],

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.dpo.policy import POLICY, as_reference, sft_as_reference
 from utils.pipeline.checkpoints import export_snapshots, snapshot_path
 from utils.rloo.params import RLOOParams
@@ -59,7 +59,7 @@ class TrlReward:
 
     trl calls it with the prompts as the dataset holds them (rendered text), the completions and their token ids, and
     every other dataset column (``prompt_index``). The conversation is looked up by index and each reply decoded the
-    kit's way (:func:`utils.chat_format.decode_reply`: up to the stop token, special tokens dropped), so ``fn`` sees
+    kit's way (:func:`utils.model.chat_format.decode_reply`: up to the stop token, special tokens dropped), so ``fn`` sees
     what stage 05 and PPO's reward see. A wrong number of scores, or a NaN, stops training in one line. A few
     (prompt, reply, score) per update are kept in ``samples``.
     """
@@ -68,7 +68,7 @@ class TrlReward:
                  steps_per_update: int = 1) -> None:
         self.fn, self.prompts, self.tokenizer = fn, prompts, tokenizer
         self.steps_per_update = steps_per_update  # trl's optimizer steps per kit update (module note 5)
-        spec = getattr(fn, "spec", None)  # set by utils.reward_functions on a function named by a stage parameter
+        spec = getattr(fn, "spec", None)  # set by utils.rl.reward_functions on a function named by a stage parameter
         # The name errors give, and trl's log key (rewards/<name>/mean).
         self.__name__ = f"reward_function {spec!r}" if spec else getattr(fn, "__name__", "reward")
         self.samples_per_update = samples_per_update
@@ -76,7 +76,7 @@ class TrlReward:
 
     def __call__(self, prompts: list[str], completions: list[str], completion_ids: list[list[int]], prompt_index: list[int],
                  trainer_state=None, **_: Any) -> list[float]:
-        from utils.reward_functions import checked_scores
+        from utils.rl.reward_functions import checked_scores
 
         conversations = [self.prompts.conversations[i] for i in prompt_index]
         replies = [chat_format.decode_reply(ids, self.tokenizer) for ids in completion_ids]
@@ -112,8 +112,8 @@ def trainer_args(params: RLOOParams, output_dir: str, save_steps: int = 0):
     sampling from π itself, quiet."""
     from trl import GRPOConfig, RLOOConfig
 
-    from utils import distributed
-    from utils.modeling import default_device, trainer_device_args
+    from utils.model import distributed
+    from utils.model.modeling import default_device, trainer_device_args
 
     processes = distributed.world_size()  # under accelerate launch each process samples its share of an update
     micro = params.mini_batch_size or params.replies_per_update
@@ -153,9 +153,9 @@ def save_snapshot(model, folder: str | Path, update: int) -> Path:
 
 
 def measure_progress(model, progress, update: int) -> None:
-    """The fixed set at a snapshot (:mod:`utils.fixed_set`): the policy is the active ``"default"`` adapter, π_ref the
+    """The fixed set at a snapshot (:mod:`utils.rl.fixed_set`): the policy is the active ``"default"`` adapter, π_ref the
     frozen ``"ref"`` copy of SFT. Sampled in eval mode (the KV cache), then back to training."""
-    from utils.fixed_set import acting
+    from utils.rl.fixed_set import acting
 
     was_training = model.training
     model.eval()
@@ -237,7 +237,7 @@ def make_trainer(model, tokenizer, prompts: PromptSet, reward: TrlReward, params
     from utils.ppo.model import disable_dropout
 
     if tokenizer.pad_token_id is None:
-        raise ValueError("the tokenizer has no pad token: call utils.chat_format.add_special_tokens(tokenizer) first")
+        raise ValueError("the tokenizer has no pad token: call utils.model.chat_format.add_special_tokens(tokenizer) first")
     if len(prompts) < params.prompts_per_update:  # trl's sampler drops an incomplete batch: there would be no update
         raise ValueError(f"{len(prompts)} prompts fit, fewer than prompts_per_update={params.prompts_per_update}")
     model.generation_config.eos_token_id = chat_format.stop_token_ids(tokenizer)  # trl stops at these (module note 3)
@@ -267,7 +267,7 @@ def run_training(model, tokenizer, prompts: PromptSet, reward_fn: RewardFn, para
     """Build the trainer and train: ``(trainer, stats)``.
 
     The policy adapter is kept at ``snapshot_updates`` (0: before the first update) and copied to
-    ``out_dir/snapshots``; with ``progress`` (a :class:`utils.fixed_set.FixedSetProgress`) the fixed held-out prompts
+    ``out_dir/snapshots``; with ``progress`` (a :class:`utils.rl.fixed_set.FixedSetProgress`) the fixed held-out prompts
     are answered at each of them. With ``params.save_steps > 0`` trl checkpoints go to a folder of ``checkpoint_root`` named after the
     settings, prompts, reward and snapshot schedule (another configuration never resumes them), every ``save_steps``
     updates; a killed run resumes from the last complete one, and the snapshots taken before it are kept there too.

@@ -3,7 +3,7 @@
 The recipe, and where each piece comes from:
 
 * **Data**: OASST conversation threads ending in an assistant reply, encoded by
-  :func:`utils.chat_format.encode`, which also returns which tokens are the assistant's. trl's
+  :func:`utils.model.chat_format.encode`, which also returns which tokens are the assistant's. trl's
   ``SFTTrainer`` turns that ``assistant_masks`` column into labels (-100 elsewhere), so the loss covers the
   replies and the end-of-turn tokens that close them, never the user's words (InstructGPT's SFT, Ouyang et
   al. 2022; OpenAssistant's SFT, Köpf et al. 2023, https://arxiv.org/abs/2304.07327).

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from datasets import Dataset
 
-from utils import chat_format
+from utils.model import chat_format
 
 
 @dataclass

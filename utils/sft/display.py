@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from utils import chat_format
+from utils.model import chat_format
 
 
 def plot_losses(curves: dict[str, list[tuple[int, float]]], path: str | Path | None = None, title: str = "SFT loss (assistant tokens)"):

@@ -8,7 +8,7 @@ import torch
 from peft import PeftModel
 
 from utils.pipeline.artifacts import read_metrics, stage_dir
-from utils.modeling import load_causal_lm, load_tokenizer
+from utils.model.modeling import load_causal_lm, load_tokenizer
 from utils.pipeline.stages import SFT
 
 ADAPTER_DIR = "adapter"

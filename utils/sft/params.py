@@ -25,7 +25,7 @@ class SFTParams(DataParams):
     max_eval_conversations: int | None = param(None, "None: all of the eval split's conversations")
     # The base model
     base_model: str = param("tiny", '"tiny": build the offline GPT-NeoX base; else a hub name or a local path')
-    tiny_base: dict[str, Any] = param(TINY_BASE, "the tiny base's size and pretraining (utils/tiny_base.py, TinyBaseConfig)")
+    tiny_base: dict[str, Any] = param(TINY_BASE, "the tiny base's size and pretraining (utils/model/tiny_base.py, TinyBaseConfig)")
     base_cache_dir: str = param("runs/cache", "where built bases are kept and found again")
     trust_remote_code: bool = param(False, "let transformers run the base's own modelling code (models that need it)")
     quantization: Literal["nf4", "none"] = param("nf4", '"nf4": QLoRA\'s 4-bit base; "none": the base as it is stored')
@@ -58,7 +58,7 @@ class SFTParams(DataParams):
     merge: bool = param(False, "also save the base with the adapter folded in (full precision)")
     # What the notebook shows
     sample_prompts: int = param(4, "held-out prompts answered before and after SFT")
-    sample_preset: str = param("k50", "the sampling preset of those replies (utils/generation.py)")
+    sample_preset: str = param("k50", "the sampling preset of those replies (utils/model/generation.py)")
     sample_max_new_tokens: int = param(64, "their length")
 
     def __post_init__(self) -> None:

@@ -54,9 +54,9 @@ def load_base(params: SFTParams, data: SFTData, device: Any,
               build_first: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> SFTBase:
     """``base_model = "tiny"``: build the offline GPT-NeoX base from the training trees' messages, or find it cached
     (``build_first``: a context in which one process builds while the others wait); else a hub name or a path."""
-    from utils.modeling import load_tokenizer
+    from utils.model.modeling import load_tokenizer
     from utils.oasst import message_texts
-    from utils.tiny_base import TinyBaseConfig, build_tiny_base
+    from utils.model.tiny_base import TinyBaseConfig, build_tiny_base
 
     path, report, cached = params.base_model, None, None
     if params.base_model == "tiny":
@@ -77,7 +77,7 @@ def encode(params: SFTParams, data: SFTData, tokenizer) -> tuple[Any, Any]:
 
 def load_model(params: SFTParams, base: SFTBase, device: Any):
     """Step 4: the base (4-bit NF4 with ``quantization = "nf4"``) with fresh LoRA adapters; peak memory counts from here."""
-    from utils.modeling import load_causal_lm, reset_peak_memory
+    from utils.model.modeling import load_causal_lm, reset_peak_memory
     from utils.sft.training import add_lora
 
     reset_peak_memory()

@@ -14,7 +14,7 @@ from transformers import TrainerCallback, set_seed
 from trl import SFTConfig, SFTTrainer
 
 from utils.pipeline import checkpoints
-from utils.modeling import compute_dtype, print_progress_lines, trainer_device_args
+from utils.model.modeling import compute_dtype, print_progress_lines, trainer_device_args
 from utils.sft.data import chat_token_ids
 from utils.sft.params import SFTParams
 

@@ -12,8 +12,8 @@ from typing import Any, Sequence
 
 import torch
 
-from utils import chat_format
-from utils.batching import length_batches
+from utils.model import chat_format
+from utils.model.batching import length_batches
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,8 @@ def generate_replies(
 ) -> list[str]:
     """The model's reply to each conversation in ``prompts`` (each ending with a user turn).
 
-    Prompts are encoded with :func:`utils.chat_format.encode_prompt`, batched by length
-    (:func:`utils.batching.length_batches`) and left-padded so every row of a batch ends where generation
+    Prompts are encoded with :func:`utils.model.chat_format.encode_prompt`, batched by length
+    (:func:`utils.model.batching.length_batches`) and left-padded so every row of a batch ends where generation
     starts; the replies come back in the order of ``prompts``. Batch ``i`` samples with seed ``seed + i``, inside a forked RNG,
     so the same call gives the same replies and the caller's random state is untouched. A prompt longer
     than the model's context minus ``max_new_tokens`` keeps its last tokens (the latest turns), with a

@@ -25,7 +25,7 @@ from pathlib import Path
 
 GGUF_PREFIX = "gguf:"
 GGUF_SUFFIX = ".gguf"
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parent.parent / "runs" / "cache"
+DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[2] / "runs" / "cache"
 
 
 def is_gguf(source: str | Path) -> bool:

@@ -22,7 +22,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.evaluate.answers import as_prompt, fitting_prompts, word_count
 from utils.evaluate.kl import reply_logprobs, sample_replies
 from utils.evaluate.sampling_reports import prompt_key
@@ -277,8 +277,8 @@ def stage_progress(run_dir: str | Path, heldout_trees: Sequence[Any], tokenizer,
     stage 03's independent judge, on ``n_prompts`` held-out root prompts (``None`` when ``n_prompts`` is 0)."""
     if n_prompts <= 0:
         return None
-    from utils.judges import load_judges
-    from utils.reward_functions import scorer_reward
+    from utils.reward.judges import load_judges
+    from utils.rl.reward_functions import scorer_reward
 
     rewards: dict[str, RewardFn] = {PROXY: proxy}
     try:

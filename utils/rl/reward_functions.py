@@ -6,7 +6,7 @@ A reward function scores replies::
 
 ``prompts[i]`` is the conversation (``[{"role": ..., "content": ...}, ...]``) that ``replies[i]`` answers; the
 function returns one finite number per reply, higher is better. Stages 04_ppo and 04_rloo take one through their
-``reward_function`` parameter (e.g. ``"utils.example_rewards:count_the"``); ``None`` keeps stage 03's reward model.
+``reward_function`` parameter (e.g. ``"utils.rl.example_rewards:count_the"``); ``None`` keeps stage 03's reward model.
 
 Before any training, :func:`load_reward_function` imports it and :func:`check_reward_function` calls it once on a
 few real prompts: a function that does not import, is not callable, raises, or returns the wrong number of
@@ -31,7 +31,7 @@ def load_reward_function(spec: str) -> RewardFunction:
     """Import ``"package.module:function"`` and return the function (a one-line error otherwise)."""
     module_name, sep, attr = str(spec).partition(":")
     if not sep or not module_name or not attr:
-        raise RewardFunctionError(f"reward_function {spec!r}: expected 'module:function', e.g. 'utils.example_rewards:count_the'")
+        raise RewardFunctionError(f"reward_function {spec!r}: expected 'module:function', e.g. 'utils.rl.example_rewards:count_the'")
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # an import error, or any error the module raises while importing

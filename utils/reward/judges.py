@@ -21,9 +21,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from utils import chat_format
+from utils.model import chat_format
 from utils.pipeline.artifacts import StageNotRun, stage_path
-from utils.modeling import default_device
+from utils.model.modeling import default_device
 from utils.reward.evaluation import Scorer
 from utils.pipeline.stages import PPO, REWARD
 
@@ -63,7 +63,7 @@ class TextPairScorer:
     def load(cls, name_or_path: str, device: torch.device | str | None = None, max_length: int = 512) -> "TextPairScorer":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        from utils.model_source import refuse_gguf
+        from utils.model.source import refuse_gguf
 
         refuse_gguf(name_or_path, "judge")
         try:

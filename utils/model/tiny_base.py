@@ -4,7 +4,7 @@ The offline profile can download nothing, so it makes its own stand-in for Pythi
 https://arxiv.org/abs/2304.01373), the model family OpenAssistant fine-tuned:
 
 1. a byte-level BPE tokenizer (GPT-2's scheme, as Pythia's) trained on the training split's messages,
-   with the chat special tokens of :mod:`utils.chat_format` in its vocabulary;
+   with the chat special tokens of :mod:`utils.model.chat_format` in its vocabulary;
 2. a GPT-NeoX of a few million parameters with Pythia's architecture choices (rotary embeddings on a
    quarter of each head, parallel attention and MLP residual, untied input and output embeddings);
 3. plain next-token pretraining on the same text, a fixed number of seeded steps, nanoGPT style: random
@@ -33,8 +33,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
 
-from utils import chat_format
-from utils.modeling import default_device
+from utils.model import chat_format
+from utils.model.modeling import default_device
 
 # Bump when the recipe below changes, so that cached models built by an older recipe are not reused.
 # 2: no wall-clock cap (version 1 could cache a build the cap had cut short).
@@ -166,7 +166,7 @@ def pretrain(
 ) -> dict:
     """Next-token training on random windows of ``train``; returns the loss curves and what was run. A line goes to
     ``log`` every tenth of the steps (minutes on a CPU: the cell that builds the base is never silent)."""
-    from utils.modeling import Countdown
+    from utils.model.modeling import Countdown
 
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(config.seed)

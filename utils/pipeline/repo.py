@@ -1,7 +1,7 @@
-"""What `python -m utils.repo` writes into the repository: notebook cells and links, and the README's run results.
+"""What `python -m utils.pipeline.repo` writes into the repository: notebook cells and links, and the README's run results.
 
 ``sync``: the notebooks' setup cell, their generated parameters cells, the Colab links. A fork or mirror changes
-``REPO_URL`` here and runs ``python -m utils.repo sync`` (or ``python -m utils.repo sync --url
+``REPO_URL`` here and runs ``python -m utils.pipeline.repo sync`` (or ``python -m utils.pipeline.repo sync --url
 https://github.com/me/my-fork``, which rewrites the constant too): every notebook's first code cell and every "Open in
 Colab" link of the README follow. A test checks they agree.
 
@@ -20,11 +20,12 @@ from pathlib import Path
 
 REPO_URL = "https://github.com/oasst-kit/oasst-kit"
 BRANCH = "main"
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 COLAB_DIR = "/content/oasst-kit"
 
 SETUP_CELL = '''# Setup. On Colab: fetch the kit and install what it needs (Colab's own torch is kept).
-# Locally: just move to the repository root so paths like data/... resolve. (Written by `python -m utils.repo sync`.)
+# Locally: just move to the repository root so paths like data/... resolve.
+# (Written by `python -m utils.pipeline.repo sync`.)
 import os, subprocess, sys
 KIT_URL, KIT_DIR = "{url}", "{colab_dir}"
 if "google.colab" in sys.modules and not os.path.exists(KIT_DIR):
@@ -35,7 +36,7 @@ if "google.colab" in sys.modules and not os.path.exists(KIT_DIR):
 while not os.path.exists("utils/__init__.py") and os.path.dirname(os.getcwd()) != os.getcwd():
     os.chdir("..")
 sys.path.insert(0, os.getcwd())
-import utils.quiet; utils.quiet.notebook()  # results, not library chatter'''
+import utils.pipeline.quiet; utils.pipeline.quiet.notebook()  # results, not library chatter'''
 
 COLAB_LINK = re.compile(r"https://colab\.research\.google\.com/github/[^)\s]+/blob/[^/)\s]+/notebooks/(\d\d_[A-Za-z0-9_]+)\.ipynb")
 
@@ -104,7 +105,7 @@ def report_excerpt(report_md: str, report_path: str) -> str:
     head = report_md.split("\n## Each stage at a glance", 1)[0]
     lines = [line for line in head.splitlines()[1:] if not line.startswith(("## ", "![", "# "))]
     body = re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
-    return f"From `{report_path}` (`runs/` is not committed), written by `python -m utils.repo readme`:\n\n{body}\n"
+    return f"From `{report_path}` (`runs/` is not committed), written by `python -m utils.pipeline.repo readme`:\n\n{body}\n"
 
 
 def sync_readme(readme: Path = ROOT / "README.md", runs: Path = ROOT / "runs", write: bool = True) -> list[str]:
@@ -130,10 +131,10 @@ def sync_readme(readme: Path = ROOT / "README.md", runs: Path = ROOT / "runs", w
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m utils.repo", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m utils.pipeline.repo", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
     sync_cmd = sub.add_parser("sync", help="write the setup cells, the generated parameters cells and the Colab links")
-    sync_cmd.add_argument("--url", help="the repository's new URL (also rewrites REPO_URL in utils/repo.py)")
+    sync_cmd.add_argument("--url", help="the repository's new URL (also rewrites REPO_URL in utils/pipeline/repo.py)")
     readme_cmd = sub.add_parser("readme", help="rewrite the README's results blocks from runs/<profile>/report.md")
     readme_cmd.add_argument("--check", action="store_true", help="change nothing; fail where the README differs from the reports")
     args = ap.parse_args(argv)

@@ -143,7 +143,7 @@ def encode_prompt(messages: Sequence[dict[str, Any]], tokenizer) -> list[int]:
 def _token_id(tokenizer, token: str) -> int:
     tid = tokenizer.convert_tokens_to_ids(token)
     if tid is None or tid == tokenizer.unk_token_id:
-        raise ValueError(f"tokenizer has no {token!r} token: call utils.chat_format.add_special_tokens(tokenizer) first")
+        raise ValueError(f"tokenizer has no {token!r} token: call utils.model.chat_format.add_special_tokens(tokenizer) first")
     return tid
 
 

@@ -1,6 +1,6 @@
 """Loading tokenizers and causal language models the same way in every stage.
 
-One call gives a model ready for the kit: the chat special tokens (``utils.chat_format``) are in the
+One call gives a model ready for the kit: the chat special tokens (``utils.model.chat_format``) are in the
 tokenizer and the model's embeddings cover them, the pad token is known to the model, and with
 ``quantization="nf4"`` the linear layers are 4-bit NormalFloat with double quantization, QLoRA's recipe
 (Dettmers et al., 2023, https://arxiv.org/abs/2305.14314). bitsandbytes runs 4-bit layers on the CPU too,
@@ -20,8 +20,8 @@ from typing import Literal
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, PreTrainedModel, TrainerCallback
 
-from utils import chat_format
-from utils.model_source import resolve_model_source
+from utils.model import chat_format
+from utils.model.source import resolve_model_source
 
 Quantization = Literal["nf4", "none"]
 QUANTIZATIONS = ("nf4", "none")
@@ -149,7 +149,7 @@ def pair_schedule_args(n_pairs: int, batch_size: int, grad_accum: int, epochs: f
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """A tokenizer with the chat special tokens (and a pad token) added where it has no chat template.
 
-    ``name_or_path`` is any model source of :mod:`utils.model_source` (hub name, folder, GGUF file).
+    ``name_or_path`` is any model source of :mod:`utils.model.source` (hub name, folder, GGUF file).
     """
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_source(name_or_path), trust_remote_code=trust_remote_code)
     chat_format.add_special_tokens(tokenizer)
@@ -179,7 +179,7 @@ def load_causal_lm(
 ) -> PreTrainedModel:
     """A causal LM on ``device``, 4-bit NF4 (``"nf4"``) or in its compute dtype (``"none"``).
 
-    ``name_or_path`` is any model source of :mod:`utils.model_source`: a hub name, a folder, or a GGUF file
+    ``name_or_path`` is any model source of :mod:`utils.model.source`: a hub name, a folder, or a GGUF file
     (converted once to a folder in the cache, then loaded like any other).
 
     Pass the kit's ``tokenizer`` (from :func:`load_tokenizer`) so that the embeddings are grown to cover
