@@ -7,6 +7,7 @@ and generation that stops at the model's end-of-turn token.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,10 +81,13 @@ def test_an_architecture_transformers_cannot_load_is_one_line(tmp_path):
 # ---- the packaged SmolLM2 ----------------------------------------------------------------------------------------
 
 
+CONVERSION_LINES: list[str] = []  # what the conversion said while it ran
+
+
 @pytest.fixture(scope="module")
 def smol_dir(tmp_path_factory) -> Path:
     """The GGUF converted once into a transformers folder (as runs/cache holds it for the smol profile)."""
-    return model_source.convert_gguf(model_source.gguf_path(SMOL), tmp_path_factory.mktemp("cache"))
+    return model_source.convert_gguf(model_source.gguf_path(SMOL), tmp_path_factory.mktemp("cache"), say=CONVERSION_LINES.append)
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +102,14 @@ def test_conversion_is_a_plain_folder_and_is_reused(smol_dir):
     assert config["model_type"] == "llama" and config["num_hidden_layers"] == 30 and "quantization_config" not in config
     assert (smol_dir / "model.safetensors").exists()
     stamp = (smol_dir / "model.safetensors").stat().st_mtime
-    assert model_source.convert_gguf(model_source.gguf_path(SMOL), smol_dir.parent) == smol_dir
+    said: list[str] = []
+    assert model_source.convert_gguf(model_source.gguf_path(SMOL), smol_dir.parent, say=said.append) == smol_dir
     assert (smol_dir / "model.safetensors").stat().st_mtime == stamp  # found, not converted again
+    assert said == []  # and silently: only a conversion is worth a line
+    # the conversion itself said what it does and how long it took, the long cell of smol's first stage
+    start, end = CONVERSION_LINES
+    assert "converting it to a float32 transformers folder, once" in start and " MB)" in start
+    assert re.search(r"converted in \d+ s into .*gguf-SmolLM2", end), end
 
 
 def test_the_models_own_template_gives_an_exact_assistant_mask(smol_tokenizer):
