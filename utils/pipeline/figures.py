@@ -41,9 +41,9 @@ def cut(text: str, width: int = CELL_WIDTH) -> str:
     """At most ``width`` characters, cut at a word or separator with "…"."""
     if len(text) <= width:
         return text
-    cut = text[: width - 1]
-    space = max(cut.rfind(" "), cut.rfind(","), cut.rfind(";"))
-    return (cut[:space] if space > width // 2 else cut).rstrip(" ,;") + " …"
+    head = text[: width - 1]
+    space = max(head.rfind(" "), head.rfind(","), head.rfind(";"))
+    return (head[:space] if space > width // 2 else head).rstrip(" ,;") + " …"
 
 
 def fmt(value: Any) -> str:
