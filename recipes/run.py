@@ -62,7 +62,7 @@ from utils.pipeline.stage_record import (
     temporary_dir,
     tidy_checkpoints,
 )
-from utils.pipeline.progress import KERNEL_LOG, StageProgress, Ticker, format_seconds, kernel_log_lines, register_engine
+from utils.pipeline.progress import KERNEL_LOG, StageProgress, Ticker, format_seconds, kernel_log_lines, pace, register_engine
 from utils.pipeline.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
@@ -224,11 +224,13 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
     publish(tmp, run_dir / stage)
 
 
-def estimate_seconds(profile: Profile, stage: str, on_disk: StageRecord | None) -> float | None:
-    """How long ``stage`` should take: its last time in this run folder (this machine), else the profile's measured one."""
+def estimate_seconds(profile: Profile, stage: str, on_disk: StageRecord | None, run_pace: float | None = None) -> float | None:
+    """How long ``stage`` should take: its last time in this run folder (this machine), else the profile's measured one,
+    times this run's pace where one is known (:func:`utils.pipeline.progress.pace`)."""
     if on_disk is not None and on_disk.seconds:
         return float(on_disk.seconds)
-    return profile.measured_seconds.get(stage)
+    measured = profile.measured_seconds.get(stage)
+    return measured * run_pace if measured and run_pace else measured
 
 
 def run_profile(
@@ -289,7 +291,12 @@ def run_profile(
                 log(f"{head}: {busy}")
             record.machine, record.commit = machine.describe(others_running=load), machine.commit(REPO_ROOT)
             t0 = time.time()
-            shown = StageProgress(head, code_cells(p.notebook), estimate_seconds(profile, p.stage, on_disk)) if progress else None
+            run_pace = pace((r.seconds, profile.measured_seconds.get(r.stage)) for r in results if r.status == "ran")
+            shown = None
+            if progress:
+                estimate = estimate_seconds(profile, p.stage, on_disk, run_pace)
+                paced = estimate != estimate_seconds(profile, p.stage, on_disk)  # the line says the pace scaled it
+                shown = StageProgress(head, code_cells(p.notebook), estimate, paced=paced)
             try:
                 if shown is None:
                     execute_stage(p, record, run_dir, None)
@@ -318,11 +325,16 @@ def write_run_report(run_dir: Path) -> Path | None:
     return write_report(run_dir)
 
 
-def summary(results: list[StageResult], run_dir: Path, seconds: float, report: Path | None) -> list[str]:
-    """The run's last lines: each stage's time, the total, and where the report is."""
+def summary(results: list[StageResult], run_dir: Path, seconds: float, report: Path | None,
+            measured: dict[str, float] | None = None) -> list[str]:
+    """The run's last lines: each stage's time, the total, how this machine's pace compares with the profile's
+    ``measured`` times (where it differs by more than 15%), and where the report is."""
     lines = [f"{r.stage:20s} {r.status:8s} {format_seconds(r.seconds) if r.status != 'skipped' else 'unchanged'}" for r in results]
     ran = sum(r.status == "ran" for r in results)
     lines.append(f"{ran} stage(s) ran, {len(results) - ran} unchanged, in {format_seconds(seconds)}: {run_dir}")
+    run_pace = pace((r.seconds, (measured or {}).get(r.stage)) for r in results if r.status == "ran")
+    if run_pace is not None and abs(run_pace - 1) > 0.15:
+        lines.append(f"pace: the stages took {run_pace:.2f}× the times the profile measured (`measured:` in its YAML names that machine)")
     if report is not None:
         lines.append(f"report: {report} (and {report.with_suffix('.html').name} beside it, one file that opens offline)")
     return lines
@@ -382,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: finished stages are kept, the interrupted one starts again (from its checkpoints) next run",
               file=sys.stderr)
         return 130
-    print("\n".join(summary(results, run_dir, time.time() - t0, report)))
+    print("\n".join(summary(results, run_dir, time.time() - t0, report, profile.measured_seconds)))
     return 0
 
 

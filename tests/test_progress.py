@@ -10,7 +10,7 @@ import pytest
 from recipes.run import StageResult, estimate_seconds, summary
 from utils.pipeline import machine
 from utils.pipeline.profile import load_profile
-from utils.pipeline.progress import LOG_EVERY, StageProgress, format_seconds
+from utils.pipeline.progress import LOG_EVERY, StageProgress, format_seconds, pace
 from utils.pipeline.stage_record import StageRecord
 
 
@@ -89,6 +89,32 @@ def test_the_estimate_is_the_last_time_here_else_the_profiles_measured_one(tmp_p
     path.write_text("name: p\nmeasured: {02_sft: 69}\nstages:\n  02_sft:\n")
     with pytest.raises(ValueError, match="p.yaml: measured must be a mapping with seconds"):
         load_profile(path)
+
+
+def test_the_pace_is_this_runs_time_over_the_profiles_for_the_long_stages_only():
+    assert pace([]) is None
+    assert pace([(13.2, 6.0), (40.0, None)]) is None  # a 6-second stage is its kernel's start; unmeasured ones say nothing
+    assert pace([(13.2, 6.0), (573.0, 337.0), (250.0, 152.0)]) == pytest.approx((573 + 250) / (337 + 152))
+
+
+def test_a_first_runs_estimate_follows_this_machines_pace_a_stage_run_here_before_keeps_its_own_time(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("name: p\nmeasured:\n  on: a 2-core laptop\n  seconds: {02_sft: 100}\nstages:\n  02_sft:\n")
+    profile = load_profile(path)
+    assert estimate_seconds(profile, "02_sft", None, run_pace=1.7) == pytest.approx(170.0)
+    assert estimate_seconds(profile, "02_sft", StageRecord("02_sft", "f", {}, "c", {}, seconds=80.5), run_pace=1.7) == 80.5
+    clock = Clock()
+    p = StageProgress("[4/7] 04_dpo", code_cells=12, estimate=170, paced=True, clock=clock, out=io.StringIO(), interactive=True)
+    clock.now += 60
+    assert p.line() == "[4/7] 04_dpo  cell 0/12  1m00s of ~2m50s at this run's pace"
+
+
+def test_the_summary_says_when_this_machine_ran_at_another_pace_than_the_profiles():
+    results = [StageResult("01_explore_trees", "ran", 13.2), StageResult("02_sft", "ran", 573.0)]
+    slow = summary(results, Path("runs/smol"), 600.0, None, {"01_explore_trees": 6, "02_sft": 337})
+    assert slow[-1].startswith("pace: the stages took 1.70× the times the profile measured")
+    same = summary(results, Path("runs/smol"), 600.0, None, {"01_explore_trees": 6, "02_sft": 560})
+    assert not any(line.startswith("pace:") for line in same)  # within 15%: nothing to explain
 
 
 def test_the_offline_profiles_carry_their_measured_times():

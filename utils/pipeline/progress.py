@@ -8,8 +8,10 @@ text the notebook prints) and shows one line::
 
 On a terminal the line is redrawn in place every second; in a log (output not a terminal) a plain line is
 written once a minute, so a CI log holds a few lines per long stage. The estimate is the stage's last time in
-this run folder or, for a first run, the profile's measured time (``measured:`` in the profile); when the stage
-runs well past it on a busy machine, the line says so.
+this run folder or, for a first run, the profile's measured time (``measured:`` in the profile), scaled by this run's
+:func:`pace` once a long stage has finished: a laptop twice as slow as the machine that measured the profile sees
+estimates twice as long from its second long stage on. When the stage runs well past its estimate on a busy machine,
+the line says so.
 
 The kernel talks to papermill over local IPC sockets (Linux), not TCP: nothing listens on the network, and the
 kernel has no cause to warn that "Kernel is running over TCP without encryption" at every stage. What the kernel
@@ -26,7 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, Callable, Iterable, TextIO
 
 from utils.pipeline.machine import available_cores, load_average
 
@@ -35,6 +37,15 @@ KERNEL_LOG = "kernel.log"  # in the stage's folder: what the kernel process wrot
 SHUTDOWN_CHATTER = ("KeyboardInterrupt caught in kernel",)  # the runner's own shutdown interrupt, nothing else
 LOG_EVERY = 60.0  # seconds between plain progress lines when the output is not a terminal
 REDRAW_EVERY = 1.0
+PACE_MIN_SECONDS = 60.0  # a stage measured shorter is mostly its kernel's start: it says little about the machine
+
+
+def pace(stages: Iterable[tuple[float, float | None]]) -> float | None:
+    """This machine's speed against the profile's: the seconds the finished stages took over the seconds the profile
+    measured for them (``(took, measured)`` pairs; stages measured under a minute, or not at all, left out). None
+    until one counts. 2.0: this machine takes twice as long."""
+    counted = [(took, measured) for took, measured in stages if measured and measured >= PACE_MIN_SECONDS]
+    return sum(t for t, _ in counted) / sum(m for _, m in counted) if counted else None
 
 
 def format_seconds(s: float) -> str:
@@ -51,6 +62,7 @@ class StageProgress:
     head: str  # "[3/7] 03_reward"
     code_cells: int
     estimate: float | None = None  # seconds
+    paced: bool = False  # the estimate is the profile's scaled by this run's pace (shown as such)
     started: float | None = None  # the clock's time when the stage started (default: now)
     cell: int = 0  # 1-based index among code cells of the cell now running
     last_output: str = ""
@@ -87,7 +99,7 @@ class StageProgress:
         elapsed = self.clock() - self.started
         parts = [self.head, f"cell {self.cell}/{self.code_cells}"]
         if self.estimate:
-            parts.append(f"{format_seconds(elapsed)} of ~{format_seconds(self.estimate)}")
+            parts.append(f"{format_seconds(elapsed)} of ~{format_seconds(self.estimate)}" + (" at this run's pace" if self.paced else ""))
             if elapsed > 1.5 * self.estimate + 30:
                 load, cores = load_average(), available_cores()
                 busy = load is not None and load > cores + 0.5
