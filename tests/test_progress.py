@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import platform
 from pathlib import Path
 
 import pytest
@@ -158,6 +159,16 @@ def test_a_busy_machine_is_named_before_a_stage_starts():
     assert machine.busy_note(cores=2, load=0.4) is None
     note = machine.busy_note(cores=2, load=2.3)
     assert note.startswith("the machine is busy before this stage starts (load 2.3 on 2 cores)")
+
+
+def test_the_cpu_is_named_with_its_widest_vector_extension(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+                    "processor\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n")
+    assert machine.cpu_name(info) == "AMD EPYC, AVX2"
+    info.write_text("model name\t: AMD EPYC 9R14\nflags\t\t: avx avx2 avx512f avx512bw\n")
+    assert machine.cpu_name(info) == "AMD EPYC 9R14, AVX-512"
+    assert machine.cpu_name(tmp_path / "absent") == (platform.processor() or platform.machine())
 
 
 def test_running_now_counts_other_runnable_threads(tmp_path):

@@ -30,7 +30,7 @@ def fake_run(root):
     (sft / "stage.json").write_text(json.dumps({
         "stage": "02_sft", "seconds": 61.5, "finished": "2026-11-23T10:00:00", "commit": "abc1234",
         "parameters": {"base_model": "tiny", "quantization": "nf4", "train_paths": ["data/a.jsonl"], "heldout_paths": ["data/b.jsonl"]},
-        "machine": {"cores": 2, "threads": 2, "others_running": 2.5, "gpu": None}}))
+        "machine": {"cores": 2, "threads": 2, "others_running": 2.5, "gpu": None, "cpu": "AMD EPYC, AVX2"}}))
     (sft / "02_sft.ipynb").write_text("{}")
     (sft / "adapter").mkdir()
     fig, ax = plt.subplots(figsize=(2, 2))
@@ -90,7 +90,7 @@ def test_report_leads_with_the_answer_then_gathers_every_stage(tmp_path):
 
     # What was run, then the results table, within the first screen.
     assert "| commit | abc1234 (sft); not recorded (evaluate) |" in md
-    assert "| machine | 2 cores, 2 threads, no GPU (sft); not recorded (evaluate) |" in md
+    assert "| machine | 2 cores (AMD EPYC, AVX2), 2 threads, no GPU (sft); not recorded (evaluate) |" in md
     assert "| shared machine | other work was running when these started, so their times are long: 02_sft (2.5 threads of other work running as it started) |" in md
     assert "policy the kit-built tiny GPT-NeoX (nf4)" in md and "train data/a.jsonl; held out data/b.jsonl (188 trees" in md
     head = "\n".join(lines[:40])

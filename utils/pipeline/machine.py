@@ -122,6 +122,22 @@ def _gpu_name() -> str | None:
     return (names[0] + (f" (x{len(names)})" if len(names) > 1 else "")) if out.returncode == 0 and names else None
 
 
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The processor's model and its widest vector extension, e.g. ``"AMD EPYC, AVX2"``: torch's CPU kernels run
+    wider (and faster) with AVX-512, so two 2-core machines of one name can differ in speed by it. Without
+    ``/proc/cpuinfo``: the platform's name."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or platform.machine()
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    widest = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX")) if flag in flags), None)
+    return f"{model}, {widest}" if widest else model
+
+
 def describe(others_running: float | None = None, threads: int | None = None) -> dict[str, Any]:
     """What ``stage.json`` records about where a stage ran (never part of its fingerprint). ``others_running``: threads
     of other processes running as the stage started (:func:`running_now`), where the caller measured it (the runner
@@ -132,7 +148,7 @@ def describe(others_running: float | None = None, threads: int | None = None) ->
         "threads": thread_count() if threads is None else threads,
         "others_running": others_running,
         "gpu": _gpu_name(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "python": platform.python_version(),
     }
 

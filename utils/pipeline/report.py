@@ -124,7 +124,9 @@ def run_rows(run_dir: Path, stages: list[str]) -> list[list[str]]:
     machines: dict[str, list[str]] = {}
     for s, r in records.items():
         m = r.get("machine") or {}
-        text = (f"{m.get('cores')} cores, {m.get('threads')} threads, " + (f"GPU {m['gpu']}" if m.get("gpu") else "no GPU")) if m else "not recorded"
+        cpu = f" ({m['cpu']})" if m.get("cpu") else ""
+        text = (f"{m.get('cores')} cores{cpu}, {m.get('threads')} threads, " + (f"GPU {m['gpu']}" if m.get("gpu") else "no GPU")
+                if m else "not recorded")
         machines.setdefault(text, []).append(s)
     if machines:
         rows.append(["machine", _joined(machines)])
