@@ -63,7 +63,7 @@ from utils.pipeline.stage_record import (
     tidy_checkpoints,
 )
 from utils.pipeline.progress import KERNEL_LOG, StageProgress, Ticker, format_seconds, kernel_log_lines, pace, register_engine
-from utils.pipeline.stages import NOTEBOOKS_DIR, STAGE_NAME, downstream, notebook_path, upstream
+from utils.pipeline.stages import NOTEBOOKS_DIR, SFT, STAGE_NAME, downstream, notebook_path, upstream
 
 RUNS_DIR = REPO_ROOT / "runs"
 
@@ -224,13 +224,23 @@ def execute_stage(planned: PlannedStage, record: StageRecord, run_dir: Path, pro
     publish(tmp, run_dir / stage)
 
 
-def estimate_seconds(profile: Profile, stage: str, on_disk: StageRecord | None, run_pace: float | None = None) -> float | None:
+def estimate_seconds(profile: Profile, stage: str, on_disk: StageRecord | None, factor: float | None = None) -> float | None:
     """How long ``stage`` should take: its last time in this run folder (this machine), else the profile's measured one,
     times this run's pace where one is known (:func:`utils.pipeline.progress.pace`)."""
     if on_disk is not None and on_disk.seconds:
         return float(on_disk.seconds)
     measured = profile.measured_seconds.get(stage)
-    return measured * run_pace if measured and run_pace else measured
+    return measured * factor if measured and factor else measured
+
+
+# The stage that builds or fetches the base model on its first run (the tiny base, a GGUF conversion, a hub download):
+# the profiles' measured times leave that out, so its time says nothing about this machine's pace.
+ONE_TIME_WORK = {SFT}
+
+
+def run_pace(results: list[StageResult], measured: dict[str, float]) -> float | None:
+    """This run's pace so far (:func:`utils.pipeline.progress.pace`), from the stages it ran but 02_sft."""
+    return pace((r.seconds, measured.get(r.stage)) for r in results if r.status == "ran" and r.stage not in ONE_TIME_WORK)
 
 
 def run_profile(
@@ -291,10 +301,9 @@ def run_profile(
                 log(f"{head}: {busy}")
             record.machine, record.commit = machine.describe(others_running=load), machine.commit(REPO_ROOT)
             t0 = time.time()
-            run_pace = pace((r.seconds, profile.measured_seconds.get(r.stage)) for r in results if r.status == "ran")
             shown = None
             if progress:
-                estimate = estimate_seconds(profile, p.stage, on_disk, run_pace)
+                estimate = estimate_seconds(profile, p.stage, on_disk, run_pace(results, profile.measured_seconds))
                 paced = estimate != estimate_seconds(profile, p.stage, on_disk)  # the line says the pace scaled it
                 shown = StageProgress(head, code_cells(p.notebook), estimate, paced=paced)
             try:
@@ -332,9 +341,9 @@ def summary(results: list[StageResult], run_dir: Path, seconds: float, report: P
     lines = [f"{r.stage:20s} {r.status:8s} {format_seconds(r.seconds) if r.status != 'skipped' else 'unchanged'}" for r in results]
     ran = sum(r.status == "ran" for r in results)
     lines.append(f"{ran} stage(s) ran, {len(results) - ran} unchanged, in {format_seconds(seconds)}: {run_dir}")
-    run_pace = pace((r.seconds, (measured or {}).get(r.stage)) for r in results if r.status == "ran")
-    if run_pace is not None and abs(run_pace - 1) > 0.15:
-        lines.append(f"pace: the stages took {run_pace:.2f}× the times the profile measured (`measured:` in its YAML names that machine)")
+    factor = run_pace(results, measured or {})
+    if factor is not None and abs(factor - 1) > 0.15:
+        lines.append(f"pace: the stages took {factor:.2f}× the times the profile measured (`measured:` in its YAML names that machine)")
     if report is not None:
         lines.append(f"report: {report} (and {report.with_suffix('.html').name} beside it, one file that opens offline)")
     return lines
