@@ -64,7 +64,8 @@ def prompts(n: int = 16, offset: int = 0) -> list[list[dict[str, str]]]:
 
 
 def settings(**overrides) -> RLOOParams:
-    base = dict(updates=2, prompts_per_update=4, replies_per_prompt=4, max_new_tokens=8, learning_rate=2e-2, beta=0.05)
+    base = dict(updates=2, prompts_per_update=4, replies_per_prompt=4, max_new_tokens=8, learning_rate=2e-2, beta=0.05,
+                steps_per_update=1)
     return RLOOParams(**{**base, **overrides})
 
 
@@ -233,8 +234,14 @@ def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer
         RLOOParams(replies_per_prompt=1)
     with pytest.raises(ValueError, match="mini_batch_size must divide the 16 replies"):
         RLOOParams(mini_batch_size=5)
-    args = trainer_args(RLOOParams(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8), "/tmp/unused")
+    args = trainer_args(RLOOParams(prompts_per_update=4, replies_per_prompt=4, mini_batch_size=8, steps_per_update=1),
+                        "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.generation_batch_size) == (8, 2, 16)
+    # No mini_batch_size: each optimizer step's replies in one pass (16 replies, 4 steps: 4 passes of 4, one each).
+    args = trainer_args(RLOOParams(prompts_per_update=4, replies_per_prompt=4, steps_per_update=4), "/tmp/unused")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 1, 4)
+    with pytest.raises(ParameterError, match="steps_per_update must divide the 16 replies of an update, got 3"):
+        RLOOParams(steps_per_update=3)
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.num_iterations) == (1.0, 0, 1.0, 1.0, 1)
     args = trainer_args(RLOOParams(updates=3, mini_batch_size=4, steps_per_update=2), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 2, 4)

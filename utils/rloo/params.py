@@ -16,19 +16,21 @@ class RLOOParams(DataParams):
         "rloo", '"rloo": trl\'s RLOOTrainer; "grpo": trl\'s GRPOTrainer (the group\'s mean and spread, KL in the loss)')
     quantization: Literal["nf4", "none"] | None = param(None, 'None: as stage 02 trained (its metrics say); or "nf4" / "none"')
     gradient_checkpointing: bool = param(False, "trade compute for activation memory (GPU profiles)")
-    updates: int = param(12, "optimizer steps, each on freshly sampled replies: ~5 s each on 2 cores for tiny (measured)")
+    updates: int = param(12, "updates, each on freshly sampled replies: 10 to 11 s each on 2 cores for tiny (AVX2 host)")
     prompts_per_update: int = param(4, "prompts sampled per update")
     replies_per_prompt: int = param(
         4, "k, at least 2: the baseline of each reply is the mean reward of the other k - 1 to its prompt")
     mini_batch_size: int | None = param(
-        None, "replies per forward/backward pass, a divisor of those of an update (None: all at once)")
-    steps_per_update: int = param(1, "optimizer steps per update: its replies split into this many mini-batches, as PPO's")
+        None, "replies per forward/backward pass, for memory: a divisor of a step's (None: a step's replies at once)")
+    steps_per_update: int = param(
+        4, "optimizer steps per update, its replies split into this many mini-batches as PPO's (1: the paper's plain "
+           "REINFORCE); tiny, means of 3 seeds: 4 at 5e-4 proxy +0.064 at KL 0.91, 1 at 2e-3 +0.072 at 2.67")
     max_new_tokens: int = param(
         96, "as 04_ppo: 61% of SFT replies end within 96 tokens on tiny; stage 05 pairs their fixed sets")
     max_prompt_tokens: int = param(256, "longer prompts are skipped (and counted), never cut")
     learning_rate: float = param(
-        2e-3, "one step an update; tiny, 12 updates, 96 tokens: at 1e-3 KL 0.88, proxy +0.054; at 1.5e-3 KL 1.44, +0.054 "
-              "(best-of-2: +0.060)")
+        5e-4, "tiny, 4 steps an update, seeds 0-2: KL 0.69-1.08, proxy +0.057 to +0.072; at 1e-3 KL 1.3-2.0, +0.036 to "
+              "+0.079 (benchmarks/results/rl-sweep-tiny.md)")
     beta: float = param(0.05, "the KL coefficient: the reward of a reply loses beta x its log-ratio to the SFT model")
     max_grad_norm: float = param(1.0, "gradients clipped to this norm")
     reward_function: str | None = param(
@@ -54,15 +56,25 @@ class RLOOParams(DataParams):
         if self.mini_batch_size is not None and (self.mini_batch_size < 1 or self.replies_per_update % self.mini_batch_size):
             raise ParameterError(f"04_rloo: mini_batch_size must divide the {self.replies_per_update} replies of an update, "
                                  f"got {self.mini_batch_size!r}")
-        micro_batches = self.replies_per_update // (self.mini_batch_size or self.replies_per_update)
-        if self.steps_per_update < 1 or micro_batches % self.steps_per_update:
-            raise ParameterError(f"04_rloo: steps_per_update must divide the {micro_batches} micro-batches of an update "
-                                 f"({self.replies_per_update} replies in micro-batches of {self.mini_batch_size}), "
-                                 f"got {self.steps_per_update!r}")
+        if self.mini_batch_size is None:
+            if self.steps_per_update < 1 or self.replies_per_update % self.steps_per_update:
+                raise ParameterError(f"04_rloo: steps_per_update must divide the {self.replies_per_update} replies of an "
+                                     f"update, got {self.steps_per_update!r}")
+        else:
+            micro_batches = self.replies_per_update // self.mini_batch_size
+            if self.steps_per_update < 1 or micro_batches % self.steps_per_update:
+                raise ParameterError(f"04_rloo: steps_per_update must divide the {micro_batches} micro-batches of an update "
+                                     f"({self.replies_per_update} replies in micro-batches of {self.mini_batch_size}), "
+                                     f"got {self.steps_per_update!r}")
 
     @property
     def replies_per_update(self) -> int:
         return self.prompts_per_update * self.replies_per_prompt
+
+    @property
+    def micro_batch(self) -> int:
+        """Replies per forward/backward pass: ``mini_batch_size``, else one optimizer step's replies."""
+        return self.mini_batch_size or self.replies_per_update // self.steps_per_update
 
     def training(self) -> dict[str, Any]:
         """What decides the run's updates, which a checkpoint must match to be resumed: all but how often it
