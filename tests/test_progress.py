@@ -24,8 +24,9 @@ class Clock:
 
 
 class Cell:
-    def __init__(self, cell_type: str):
+    def __init__(self, cell_type: str, *tags: str):
         self.cell_type = cell_type
+        self.metadata = {"tags": list(tags)}
 
 
 def test_the_line_shows_the_cell_the_time_against_the_estimate_and_the_last_thing_printed():
@@ -38,6 +39,13 @@ def test_the_line_shows_the_cell_the_time_against_the_estimate_and_the_last_thin
     clock.now += 72
     assert p.line() == "[3/7] 03_reward  cell 2/14  1m12s of ~2m35s  | step 20/40 loss 0.61"
     assert p.line(width=30) == "[3/7] 03_reward  cell 2/14  1…" and len(p.line(width=30)) == 30
+
+
+def test_the_cell_papermill_injects_is_not_counted_so_the_last_cell_is_n_of_n():
+    p = StageProgress("[6/7] 04_rloo", code_cells=3, clock=Clock(), out=io.StringIO(), interactive=True)
+    for cell in (Cell("markdown"), Cell("code", "parameters"), Cell("code", "injected-parameters"), Cell("code"), Cell("code")):
+        p.cell_started(cell)
+    assert "cell 3/3" in p.line()
 
 
 def test_a_stage_far_past_its_estimate_says_so():

@@ -81,7 +81,9 @@ class StageProgress:
 
     # ---- fed by papermill -------------------------------------------------------------------------------------
     def cell_started(self, cell: Any) -> None:
-        if getattr(cell, "cell_type", None) == "code":
+        # papermill's injected parameters cell is not one of the notebook's code cells: counted, the last would be "10/9"
+        injected = "injected-parameters" in getattr(cell, "metadata", {}).get("tags", [])
+        if getattr(cell, "cell_type", None) == "code" and not injected:
             self.cell += 1
 
     def write(self, text: str) -> int:
