@@ -227,7 +227,7 @@ def test_a_reward_that_miscounts_during_training_stops_in_one_line(tokenizer):
 # ---- settings and prompts -----------------------------------------------------------------------------------------------
 
 
-def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer):
+def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer, monkeypatch):
     with pytest.raises(ParameterError, match="algorithm must be 'rloo' or 'grpo'"):
         RLOOParams(algorithm="ppo")
     with pytest.raises(ParameterError, match="replies_per_prompt must be >= 2"):
@@ -242,6 +242,10 @@ def test_settings_reject_nonsense_and_long_prompts_are_counted_not_cut(tokenizer
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 1, 4)
     with pytest.raises(ParameterError, match="steps_per_update must divide the 16 replies of an update, got 3"):
         RLOOParams(steps_per_update=3)
+    monkeypatch.setattr("utils.model.distributed.world_size", lambda: 2)  # under accelerate launch: half a step each
+    args = trainer_args(RLOOParams(prompts_per_update=4, replies_per_prompt=4, steps_per_update=4), "/tmp/unused")
+    assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (2, 1, 4)
+    monkeypatch.undo()
     assert (args.temperature, args.top_k, args.top_p, args.repetition_penalty, args.num_iterations) == (1.0, 0, 1.0, 1.0, 1)
     args = trainer_args(RLOOParams(updates=3, mini_batch_size=4, steps_per_update=2), "/tmp/unused")
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.steps_per_generation) == (4, 2, 4)

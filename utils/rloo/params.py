@@ -71,11 +71,6 @@ class RLOOParams(DataParams):
     def replies_per_update(self) -> int:
         return self.prompts_per_update * self.replies_per_prompt
 
-    @property
-    def micro_batch(self) -> int:
-        """Replies per forward/backward pass: ``mini_batch_size``, else one optimizer step's replies."""
-        return self.mini_batch_size or self.replies_per_update // self.steps_per_update
-
     def training(self) -> dict[str, Any]:
         """What decides the run's updates, which a checkpoint must match to be resumed: all but how often it
         checkpoints and what is shown or measured on the side (the snapshot schedule and the reward are keyed apart)."""

@@ -116,8 +116,9 @@ def trainer_args(params: RLOOParams, output_dir: str, save_steps: int = 0):
     from utils.model.modeling import default_device, trainer_device_args
 
     processes = distributed.world_size()  # under accelerate launch each process samples its share of an update
-    micro = params.micro_batch
     steps = params.steps_per_update
+    # No mini_batch_size: each process's share of one optimizer step's replies in one pass.
+    micro = params.mini_batch_size or max(1, params.replies_per_update // (steps * processes))
     if params.replies_per_update % (micro * processes * steps):
         raise ValueError(f"the {params.replies_per_update} replies of an update do not split into {steps} steps of "
                          f"micro-batches of {micro} on {processes} processes")
