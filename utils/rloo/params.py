@@ -24,14 +24,16 @@ class RLOOParams(DataParams):
         None, "replies per forward/backward pass, for memory: a divisor of a step's (None: a step's replies at once)")
     steps_per_update: int = param(
         4, "optimizer steps per update, its replies split into this many mini-batches as PPO's (1: the paper's plain "
-           "REINFORCE); tiny, means of 3 seeds: 4 at 5e-4 proxy +0.064 at KL 0.91, 1 at 2e-3 +0.072 at 2.67")
+           "REINFORCE); tiny at β 0.05, means of 3 seeds: 4 at 5e-4 proxy +0.064 at KL 0.91, 1 at 2e-3 +0.072 at 2.67")
     max_new_tokens: int = param(
         96, "as 04_ppo: 61% of SFT replies end within 96 tokens on tiny; stage 05 pairs their fixed sets")
     max_prompt_tokens: int = param(256, "longer prompts are skipped (and counted), never cut")
     learning_rate: float = param(
-        5e-4, "tiny, 4 steps an update, seeds 0-2: KL 0.69-1.08, proxy +0.057 to +0.072; at 1e-3 KL 1.3-2.0, +0.036 to "
+        5e-4, "tiny at β 0.05, 4 steps an update, seeds 0-2: KL 0.69-1.08, proxy +0.057 to +0.072; at 1e-3 KL 1.3-2.0, +0.036 to "
               "+0.079 (benchmarks/results/rl-sweep-tiny.md)")
-    beta: float = param(0.05, "the KL coefficient: the reward of a reply loses beta x its log-ratio to the SFT model")
+    beta: float = param(
+        0.02, "the KL coefficient: a reply's reward loses beta x its log-ratio to SFT; tiny, seeds 0-2: proxy +0.073 at "
+              "1.57 nats, at trl's 0.05 +0.064 at 0.91 (benchmarks/results/rl-sweep-tiny.md)")
     max_grad_norm: float = param(1.0, "gradients clipped to this norm")
     reward_function: str | None = param(
         None, 'None: the proxy reward model of stage 03; or "module:function", e.g. "utils.rl.example_rewards:count_the"')
