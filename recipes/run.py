@@ -64,6 +64,7 @@ from utils.pipeline.stage_record import (
 )
 from utils.pipeline.progress import KERNEL_LOG, StageProgress, Ticker, format_seconds, kernel_log_lines, pace, register_engine
 from utils.pipeline.stages import NOTEBOOKS_DIR, SFT, STAGE_NAME, downstream, notebook_path, upstream
+from utils.sft.stage import first_build
 
 RUNS_DIR = REPO_ROOT / "runs"
 
@@ -305,6 +306,11 @@ def run_profile(
             if progress:
                 estimate = estimate_seconds(profile, p.stage, on_disk, run_pace(results, profile.measured_seconds))
                 paced = estimate != estimate_seconds(profile, p.stage, on_disk)  # the line says the pace scaled it
+                built = first_build(p.params, REPO_ROOT) if p.stage == SFT else None
+                if built:  # a fresh clone: the profile's time (and a time here before) found the base in the cache
+                    log(f"{head}: builds {built[0]} first, once (about {format_seconds(built[1])} on 2 cores; "
+                        f"later runs find it in {p.params['base_cache_dir']})")
+                    estimate = (estimate or 0.0) + built[1]
                 shown = StageProgress(head, code_cells(p.notebook), estimate, paced=paced)
             try:
                 if shown is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import platform
 from pathlib import Path
 
@@ -116,6 +117,59 @@ def test_a_first_runs_estimate_follows_this_machines_pace_a_stage_run_here_befor
     p = StageProgress("[4/7] 04_dpo", code_cells=12, estimate=170, paced=True, clock=clock, out=io.StringIO(), interactive=True)
     clock.now += 60
     assert p.line() == "[4/7] 04_dpo  cell 0/12  1m00s of ~2m50s at this run's pace"
+
+
+def test_a_first_run_adds_the_tiny_base_build_to_sfts_estimate_until_the_cache_holds_one(tmp_path):
+    """The profiles' measured 02_sft times found the base cached; on a fresh clone the base is built first, so the
+    estimate counts its build until a finished build with the same settings is in the cache."""
+    from utils.sft.params import TINY_BASE
+    from utils.sft.stage import TINY_BASE_BUILD_SECONDS, first_build
+
+    params = {"base_model": "tiny", "tiny_base": dict(TINY_BASE), "base_cache_dir": "cache"}
+    assert first_build(params, tmp_path) == ("the tiny base", TINY_BASE_BUILD_SECONDS)
+    assert first_build({**params, "tiny_base": {**TINY_BASE, "steps": 600}}, tmp_path)[1] == pytest.approx(2 * TINY_BASE_BUILD_SECONDS)
+    assert first_build({**params, "base_model": "HuggingFaceTB/SmolLM2-135M"}, tmp_path) is None
+    build = tmp_path / "cache" / "tiny-gpt-neox-0123456789abcdef"
+    build.mkdir(parents=True)
+    assert first_build(params, tmp_path) is not None  # a build still under way has no report yet
+    (build / "tiny_base.json").write_text(json.dumps({"config": {**TINY_BASE, "seed": 1}}))
+    assert first_build(params, tmp_path) is not None  # another seed is another base
+    (build / "tiny_base.json").write_text(json.dumps({"config": TINY_BASE}))
+    assert first_build(params, tmp_path) is None
+    assert first_build({**params, "base_cache_dir": str(tmp_path / "cache")}, Path("/nowhere")) is None  # absolute: as is
+
+
+@pytest.mark.slow  # two runs of a toy notebook through papermill
+def test_the_runner_says_a_first_sft_run_builds_the_base_and_not_once_it_is_cached(tmp_path):
+    import nbformat
+
+    from recipes.run import run_profile
+    from utils.sft.params import TINY_BASE
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('run_dir = ""\nout_dir = ""\nbase_cache_dir = "runs/cache"')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [cell, nbformat.v4.new_code_cell("import json, pathlib\n"
+                                                "pathlib.Path(out_dir, 'metrics.json').write_text(json.dumps({'cache': base_cache_dir}))")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(nb, tmp_path / "notebooks" / "02_sft.ipynb")
+    cache = tmp_path / "cache"
+    path = tmp_path / "p.yaml"
+    path.write_text(f"name: p\nstages:\n  02_sft: {{base_cache_dir: {cache}}}\n")
+
+    def logged(**kw) -> list[str]:
+        logs: list[str] = []
+        run_profile(load_profile(path), tmp_path / "runs", notebooks_dir=tmp_path / "notebooks", log=logs.append, **kw)
+        return logs
+
+    first = logged()
+    assert any(line.startswith("[1/1] 02_sft: builds the tiny base first, once (about 3m00s on 2 cores; later runs find it in")
+               for line in first), first
+    (cache / "tiny-gpt-neox-0123456789abcdef").mkdir(parents=True)
+    (cache / "tiny-gpt-neox-0123456789abcdef" / "tiny_base.json").write_text(json.dumps({"config": TINY_BASE}))
+    again = logged(force=True)
+    assert any("02_sft: running" in line for line in again) and not any("builds the tiny base" in line for line in again), again
 
 
 def test_the_summary_says_when_this_machine_ran_at_another_pace_than_the_profiles():

@@ -11,7 +11,8 @@ written once a minute, so a CI log holds a few lines per long stage. The estimat
 this run folder or, for a first run, the profile's measured time (``measured:`` in the profile), scaled by this run's
 :func:`pace` once a long stage has finished: a laptop twice as slow as the machine that measured the profile sees
 estimates twice as long from then on (the runner leaves 02_sft out of the pace: its first run may build or convert
-the base model, which the profiles' times do not include). When the stage runs well past its estimate on a busy machine,
+the base model, which the profiles' times do not include; where it will build the tiny base, it adds the build's time to
+02_sft's estimate and says so). When the stage runs well past its estimate on a busy machine,
 the line says so.
 
 The kernel talks to papermill over local IPC sockets (Linux), not TCP: nothing listens on the network, and the
