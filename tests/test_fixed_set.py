@@ -57,3 +57,20 @@ def test_rl_check_reads_the_last_snapshot_of_each_rl_stage():
     assert rows["ppo@12"]["KL ≤ target"].startswith("yes")
     assert rows["rloo@8"]["≥ best_of_2"].startswith("no") and rows["rloo@8"]["> 2 s.e."] == "no"
     assert rows["rloo@8"]["KL ≤ target"].startswith("no")
+
+
+def test_rl_check_pairs_the_snapshot_with_best_of_2_prompt_by_prompt():
+    """"no" by less than the paired difference's standard error cannot tell the two apart: the row says by how much."""
+    base = {"proxy": {"a": [0.0, 0.0], "b": [1.0, 1.0], "c": [2.0, 2.0]}}
+    best = point("best_of_2", {"proxy": {"a": [0.1, 0.1], "b": [1.1, 1.1], "c": [2.1, 2.1]}}, base, 0.19, n=2)
+    rl = point("rloo@8", {"proxy": {"a": [0.0, 0.2], "b": [1.0, 1.0], "c": [2.1, 2.3]}}, base, [[1.0], [1.0], [1.0]], update=8)
+    assert rl["proxy_gain_by_prompt"] == pytest.approx([0.1, 0.0, 0.2])
+    (row,) = rl_check([base_point := point("sft", base, base, None), best, rl], target_kl=3.0)
+    assert base_point["proxy_gain_by_prompt"] == [0.0, 0.0, 0.0]
+    # differences 0.0, -0.1, +0.1: mean 0, standard error 0.1 / sqrt(3)
+    assert row["≥ best_of_2"] == f"yes (+0.100; +0.000 ± {0.1 / 3 ** 0.5:.3f})"
+    worse = point("rloo@8", {"proxy": {"a": [0.0, 0.0], "b": [1.1, 1.1], "c": [2.1, 2.1]}}, base, [[1.0], [1.0], [1.0]], update=8)
+    (row,) = rl_check([best, worse], target_kl=3.0)
+    assert row["≥ best_of_2"] == f"no (+0.100; -0.033 ± {0.1 / 3:.3f})"
+    del best["proxy_gain_by_prompt"]  # a metrics.json from before the per-prompt gains: the verdict alone
+    assert rl_check([best, worse], target_kl=3.0)[0]["≥ best_of_2"] == "no (+0.100)"

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from utils.rl.fixed_set import (JUDGE, PROXY, WORDS, Conversation, PolicySamples, best_of_n_kl, best_of_n_scores, load_samples, point,
-                             sample_policy, samples_point, score_samples)
+from utils.rl.fixed_set import (JUDGE, PROXY, WORDS, Conversation, PolicySamples, best_of_n_kl, best_of_n_scores, load_samples,
+                             paired_mean, point, sample_policy, samples_point, score_samples)
 
 
 def stage_samples(run_dir: str | Path, stage: str) -> list[PolicySamples]:
@@ -69,9 +69,19 @@ def family(player: str) -> str:
     return "best_of_n" if player.startswith("best_of_") else player.split("@")[0]
 
 
+def gain_over(p: Mapping[str, Any], reference: Mapping[str, Any]) -> tuple[float, float] | None:
+    """``p``'s proxy gain minus ``reference``'s, paired by prompt, with its standard error; None without per-prompt
+    gains on two or more common prompts."""
+    pairs = [(a - b) for a, b in zip(p.get("proxy_gain_by_prompt") or [], reference.get("proxy_gain_by_prompt") or [])
+             if a is not None and b is not None]
+    return paired_mean(pairs) if len(pairs) > 1 else None
+
+
 def rl_check(points: Sequence[Mapping[str, Any]], target_kl: float | None, against: str = "best_of_2") -> list[dict[str, str]]:
     """For each RL stage's last snapshot: does it beat ``against`` on the proxy, by more than 2 standard errors
-    above zero, within ``target_kl``? One row per stage, the figures beside each verdict."""
+    above zero, within ``target_kl``? One row per stage, the figures beside each verdict: beside the first,
+    ``against``'s gain and the snapshot's gain minus it, paired by prompt (± one standard error), since "no" by
+    less than that standard error cannot tell the two apart."""
     reference = next((p for p in points if p["player"] == against), None)
     last: dict[str, Mapping[str, Any]] = {}
     for p in points:
@@ -83,13 +93,19 @@ def rl_check(points: Sequence[Mapping[str, Any]], target_kl: float | None, again
         rows.append({
             "player": p["player"],
             "proxy gain": f"{g:+.3f} ± {se:.3f}",
-            f"≥ {against}": "n/a" if reference is None else f"{'yes' if g >= reference['proxy_gain'] else 'no'} ({reference['proxy_gain']:+.3f})",
+            f"≥ {against}": "n/a" if reference is None else versus(g, reference, gain_over(p, reference)),
             "> 2 s.e.": "yes" if g > 2 * se else "no",
             "KL ≤ target": "n/a" if target_kl is None else f"{'yes' if p['kl'] <= target_kl else 'no'} ({p['kl']:.2f} vs {target_kl:g})",
             "judge gain": "" if p.get("judge_gain") is None else f"{p['judge_gain']:+.3f} ± {p['judge_gain_se']:.3f}",
             "words gain": f"{p['gains'][WORDS][0]:+.1f}" if WORDS in p.get("gains", {}) else "",
         })
     return rows
+
+
+def versus(gain: float, reference: Mapping[str, Any], difference: tuple[float, float] | None) -> str:
+    """"yes (+0.060; +0.020 ± 0.012)": the verdict, the reference's gain and the paired difference where known."""
+    beside = f"{reference['proxy_gain']:+.3f}" + ("" if difference is None else f"; {difference[0]:+.3f} ± {difference[1]:.3f}")
+    return f"{'yes' if gain >= reference['proxy_gain'] else 'no'} ({beside})"
 
 
 def points_table(points: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:

@@ -212,7 +212,8 @@ def results_blocks(run_dir: Path) -> list[Block]:
     if checks:
         columns = list(dict.fromkeys(k for c in checks for k in c))
         blocks += [Paragraph(["RL on fixed held-out prompts, each stage's last snapshot against SFT (paired by prompt, "
-                              "± one standard error; name@N: the policy after N updates):"]),
+                              "± one standard error; name@N: the policy after N updates; ≥ best_of_2: best-of-2's gain, "
+                              "then the snapshot's gain minus it, paired by prompt):"]),
                    Table(columns, [[cut(str(c.get(k, "") or "–")) for k in columns] for c in checks])]
     figure = run_dir / EVALUATE / "reward_vs_kl.png"
     if figure.exists():

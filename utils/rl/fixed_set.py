@@ -112,13 +112,23 @@ def _se(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
+def prompt_gains(player: Mapping[str, Sequence[float]], baseline: Mapping[str, Sequence[float]]) -> list[float | None]:
+    """Player's mean − baseline's mean on each prompt, in the baseline's order (None where the player did not answer):
+    two players' lists pair prompt by prompt."""
+    return [float(np.mean(player[p]) - np.mean(row)) if p in player else None for p, row in baseline.items()]
+
+
 def paired_gain(player: Mapping[str, Sequence[float]], baseline: Mapping[str, Sequence[float]]) -> tuple[float, float]:
     """Mean over the prompts both answered of (player's mean − baseline's mean on that prompt), and its standard
     error over those prompts."""
-    common = [p for p in player if p in baseline]
-    if not common:
+    return paired_mean([d for d in prompt_gains(player, baseline) if d is not None])
+
+
+def paired_mean(differences: Sequence[float]) -> tuple[float, float]:
+    """Mean of per-prompt differences and its standard error over prompts."""
+    if not differences:
         raise ValueError("no prompt in common with the baseline: the fixed sets differ")
-    d = np.array([np.mean(player[p]) - np.mean(baseline[p]) for p in common])
+    d = np.asarray(differences, dtype=float)
     return float(d.mean()), _se(d)
 
 
@@ -172,6 +182,8 @@ def point(player: str, scores: Mapping[str, Scores], baseline: Mapping[str, Scor
         row[f"{name}_gain"], row[f"{name}_gain_se"] = g
         row[f"{name}_reward"] = mean_se(scores[name])[0] if name in scores else None
     row["gains"] = {name: list(g) for name, g in gains.items()}  # every reward's, the extra judges' included
+    if PROXY in scores and PROXY in baseline:  # per prompt: two players' gains compare paired (rl_check against best-of-2)
+        row["proxy_gain_by_prompt"] = prompt_gains(scores[PROXY], baseline[PROXY])
     if WORDS in scores:
         row["words"] = mean_se(scores[WORDS])[0]
     elif replies is not None:
