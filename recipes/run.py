@@ -307,7 +307,7 @@ def run_profile(
                 estimate = estimate_seconds(profile, p.stage, on_disk, run_pace(results, profile.measured_seconds))
                 paced = estimate != estimate_seconds(profile, p.stage, on_disk)  # the line says the pace scaled it
                 built = first_build(p.params, REPO_ROOT) if p.stage == SFT else None
-                if built:  # a fresh clone: the profile's time (and a time here before) found the base in the cache
+                if built:  # a fresh clone: the profile's measured time found the base already in the cache
                     log(f"{head}: builds {built[0]} first, once (about {format_seconds(built[1])} on 2 cores; "
                         f"later runs find it in {p.params['base_cache_dir']})")
                     estimate = (estimate or 0.0) + built[1]

@@ -6,6 +6,7 @@ of its metrics.json. Every step reads its settings from :class:`utils.sft.params
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,6 @@ def first_build(params: dict[str, Any], root: Path) -> tuple[str, float] | None:
     no finished build with these ``tiny_base`` settings; else None. Read from the builds' reports without torch, so
     the runner can ask; a build from other data with the same settings counts as found (the cache key also hashes
     the texts). A GGUF's conversion (about 20 s) and a hub download are not counted."""
-    import json
-
     if params.get("base_model") != "tiny":
         return None
     wanted = dict(params.get("tiny_base") or {})
@@ -75,6 +74,7 @@ def first_build(params: dict[str, Any], root: Path) -> tuple[str, float] | None:
             continue
         if all(config.get(k) == v for k, v in wanted.items()):
             return None
+
     def tokens(settings: dict[str, Any]) -> int:  # what pretraining reads: its time goes with it
         return settings["steps"] * settings["batch_size"] * settings["block_size"]
 
