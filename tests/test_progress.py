@@ -139,7 +139,6 @@ def test_a_first_run_adds_the_tiny_base_build_to_sfts_estimate_until_the_cache_h
     assert first_build({**params, "base_cache_dir": str(tmp_path / "cache")}, Path("/nowhere")) is None  # absolute: as is
 
 
-@pytest.mark.slow  # two runs of a toy notebook through papermill
 def test_the_runner_says_a_first_sft_run_builds_the_base_and_not_once_it_is_cached(tmp_path):
     import nbformat
 
